@@ -1,0 +1,3 @@
+"""eigenmix: compose neural-network modules in their spectral bases."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,28 @@
+"""The package's exceptions.
+
+Every user mistake (a missing folder, a malformed adapter, an unsupported variant) raises a
+subclass of :class:`EigenmixError` with a one-line message that names the file and the
+problem. The CLI turns these into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class EigenmixError(Exception):
+    """Base class of every error eigenmix raises on purpose."""
+
+
+class InvalidInputError(EigenmixError, ValueError):
+    """The input (a path, a file, a tensor, an argument) is not what eigenmix can read."""
+
+
+class UnsupportedAdapterError(InvalidInputError):
+    """An adapter uses a PEFT variant whose maths eigenmix does not (yet) reproduce."""
+
+
+class ShapeMismatchError(InvalidInputError):
+    """Tensors disagree in shape with each other or with their config."""
+
+
+class NonFiniteError(InvalidInputError):
+    """A tensor holds NaN or Inf values."""

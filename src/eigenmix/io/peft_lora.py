@@ -1,0 +1,196 @@
+"""Read and write PEFT LoRA adapter folders (``adapter_config.json`` +
+``adapter_model.safetensors``) as eigenmix modules.
+
+Layer names are the module paths inside the base model (PEFT's ``base_model.model.``
+prefix removed); deltas are ``scale · B A`` in ``(out, in)`` orientation. PEFT stores
+``lora_A`` as ``(r, in)`` and ``lora_B`` as ``(out, r)`` also for ``fan_in_fan_out``
+layers (GPT-2 ``Conv1D``), so only a full-model writer needs that flag; it is kept in
+``meta``. Tensors that are not LoRA factors (``modules_to_save`` heads, trained biases)
+become ``extras``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAdapterError
+from eigenmix.io.atomic import atomic_dir
+from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config
+from eigenmix.io.safetensors_io import read_safetensors, refuse_pickle
+from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+_FACTOR = re.compile(r"^(?P<layer>.+)\.lora_(?P<which>A|B)\.weight$")
+_REFUSED_KEYS = {
+    "lora_magnitude_vector": "DoRA (lora_magnitude_vector tensors)",
+    "lora_embedding_A": "LoRA on embedding layers (lora_embedding_A)",
+    "lora_embedding_B": "LoRA on embedding layers (lora_embedding_B)",
+    ".lora_A.bias": "LoRA with a bias (lora_A.bias)",
+    ".lora_B.bias": "LoRA with a bias (lora_B.bias)",
+}
+
+
+def _weights_file(folder: Path) -> Path:
+    path = folder / WEIGHTS_NAME
+    if path.is_file():
+        return path
+    for pickle_name in ("adapter_model.bin", "adapter_model.pt"):
+        if (folder / pickle_name).is_file():
+            raise refuse_pickle(folder / pickle_name)
+    raise InvalidInputError(f"{folder}: no {WEIGHTS_NAME}")
+
+
+def read_lora_adapter(path: Path | str, *, name: str | None = None) -> Module:
+    """Read a PEFT LoRA adapter folder into a :class:`Module` of :class:`LowRankDelta`.
+
+    Raises:
+        InvalidInputError: missing folder or files, malformed config, corrupt weights.
+        UnsupportedAdapterError: a non-LoRA type or a LoRA variant (DoRA, ...), named.
+        ShapeMismatchError: tensors that disagree with each other or with the config.
+        NonFiniteError: NaN or Inf in a tensor.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise InvalidInputError(f"{folder}: no such adapter folder")
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder}: not a folder; a PEFT adapter is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    config = read_config(folder)
+    weights_path = _weights_file(folder)
+    tensors = read_safetensors(weights_path)
+    factors: dict[str, dict[str, Tensor]] = {}
+    extras: dict[str, Tensor] = {}
+    for key, tensor in tensors.items():
+        for marker, what in _REFUSED_KEYS.items():
+            if marker in key:
+                raise UnsupportedAdapterError(f"{weights_path}: {what} is not supported; it changes the maths of the update")
+        rel = key.removeprefix(PREFIX)
+        match = _FACTOR.match(rel)
+        if match:
+            factors.setdefault(match["layer"], {})[match["which"]] = tensor
+        else:
+            extras[rel] = tensor
+    if not factors:
+        raise InvalidInputError(f"{weights_path}: holds no LoRA weights (no '*.lora_A.weight' tensors)")
+    layers = {layer: _layer_delta(layer, pair, config, weights_path) for layer, pair in sorted(factors.items())}
+    meta = {
+        "format": "peft_lora",
+        "peft_config": config,
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
+        "modules_to_save": list(config.get("modules_to_save") or []),
+    }
+    return Module(
+        name=name or folder.resolve().name,
+        layers=layers,
+        base_model=config.get("base_model_name_or_path"),
+        source=str(folder),
+        extras=extras,
+        meta=meta,
+    )
+
+
+def _layer_delta(layer: str, pair: dict[str, Tensor], config: dict[str, Any], where: Path) -> LowRankDelta:
+    if set(pair) != {"A", "B"}:
+        missing = "lora_B" if "A" in pair else "lora_A"
+        raise ShapeMismatchError(f"{where}: layer '{layer}' has no {missing}.weight")
+    A, B = pair["A"], pair["B"]
+    if A.ndim != 2 or B.ndim != 2:
+        raise UnsupportedAdapterError(
+            f"{where}: layer '{layer}' has {A.ndim}-D LoRA factors; LoRA on convolutions is not supported"
+        )
+    r, alpha = layer_rank_alpha(config, layer)
+    if A.shape[0] != r or B.shape[1] != r:
+        raise ShapeMismatchError(
+            f"{where}: layer '{layer}': lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} disagree with r={r} from the config"
+        )
+    return LowRankDelta(B, A, lora_scale(alpha, r, rslora=bool(config.get("use_rslora", False))))
+
+
+def _as_lowrank(name: str, delta: object) -> LowRankDelta:
+    if isinstance(delta, LowRankDelta):
+        return delta
+    if isinstance(delta, SpectralDelta):
+        return delta.lowrank()
+    if isinstance(delta, DenseDelta):
+        raise InvalidInputError(
+            f"layer '{name}' is a dense delta; a LoRA adapter needs low-rank layers (truncate it with .lowrank(rank) first)"
+        )
+    raise TypeError(f"layer '{name}': unknown delta type {type(delta).__name__}")
+
+
+def _config_reproduces(config: dict[str, Any], layers: dict[str, LowRankDelta]) -> bool:
+    """True when ``config`` gives exactly these ranks and scales to these layers."""
+    rslora = bool(config.get("use_rslora", False))
+    for name, d in layers.items():
+        r, alpha = layer_rank_alpha(config, name)
+        if r != d.rank or lora_scale(alpha, r, rslora=rslora) != d.scale:
+            return False
+    return True
+
+
+def build_config(module: Module, layers: dict[str, LowRankDelta]) -> dict[str, Any]:
+    """A LoRA config whose per-layer ranks and scales reproduce ``layers`` exactly.
+
+    Reuses the module's own PEFT config when it already does; otherwise targets the
+    layers by their full names, with the most common rank and ``alpha = scale · r`` as
+    defaults and ``rank_pattern`` / ``alpha_pattern`` for the others (keys escaped and
+    longest first, so PEFT's suffix matching picks each layer's own entry).
+    """
+    source = dict(module.meta.get("peft_config") or {})
+    if source and set(layers) == set(module.layers) and _config_reproduces(source, layers):
+        return source
+    r = Counter(d.rank for d in layers.values()).most_common(1)[0][0]
+    alpha = Counter(d.scale * r for d in layers.values() if d.rank == r).most_common(1)[0][0]
+    ranks, alphas = {}, {}
+    for name in sorted(layers, key=lambda n: (-n.count("."), n)):
+        d = layers[name]
+        if d.rank != r:
+            ranks[re.escape(name)] = d.rank
+        if d.scale * d.rank != alpha or d.rank != r:
+            alphas[re.escape(name)] = d.scale * d.rank
+    config = {k: v for k, v in source.items() if k in ("task_type", "base_model_name_or_path", "revision", "bias")}
+    return config | {
+        "peft_type": "LORA",
+        "r": int(r),
+        "lora_alpha": float(alpha),
+        "target_modules": sorted(layers),
+        "rank_pattern": ranks,
+        "alpha_pattern": alphas,
+        "use_rslora": False,
+        "fan_in_fan_out": bool(module.meta.get("fan_in_fan_out", False)),
+        "modules_to_save": module.meta.get("modules_to_save") or None,
+        "lora_dropout": 0.0,
+        "bias": source.get("bias", "none"),
+        "inference_mode": True,
+        "base_model_name_or_path": module.base_model,
+    }
+
+
+def write_lora_adapter(module: Module, out: Path | str, *, overwrite: bool = False) -> Path:
+    """Write ``module`` as a PEFT LoRA adapter folder that ``PeftModel.from_pretrained`` loads.
+
+    Low-rank layers are written as they are; spectral ones as balanced factors
+    (``B = U√σ``, ``A = √σ Vᵀ``). The folder is written atomically.
+
+    Raises:
+        InvalidInputError: a dense layer (truncate it first) or ``out`` exists.
+    """
+    layers = {name: _as_lowrank(name, d) for name, d in module.layers.items()}
+    config = build_config(module, layers)
+    tensors: dict[str, Tensor] = {}
+    for name, d in layers.items():
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = d.A.contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = d.B.contiguous()
+    for name, t in module.extras.items():
+        tensors[f"{PREFIX}{name}"] = t.contiguous()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return Path(out)

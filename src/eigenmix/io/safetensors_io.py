@@ -1,0 +1,146 @@
+"""Checked safetensors reading: one clear error for a missing, corrupt, truncated or
+pickle file, and for NaN / Inf values. eigenmix never unpickles."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from eigenmix.errors import InvalidInputError, NonFiniteError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+CONVERT_HINT = (
+    "eigenmix reads safetensors only and never unpickles; convert it once, in an environment you trust: "
+    "python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('{src}', weights_only=True), '{dst}')\""
+)
+
+
+def refuse_pickle(path: Path) -> InvalidInputError:
+    """The error for a pickle weight file, with a one-line conversion hint."""
+    dst = path.with_suffix(".safetensors").name
+    return InvalidInputError(f"{path}: is a pickle file; " + CONVERT_HINT.format(src=path.name, dst=dst))
+
+
+def check_finite(name: str, tensor: Tensor, where: Path | str) -> None:
+    """Raise :class:`NonFiniteError` if a floating tensor holds NaN or Inf."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        n_bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteError(f"{where}: tensor '{name}' holds {n_bad} NaN/Inf value(s)")
+
+
+def _bad_file(path: Path, err: Exception) -> InvalidInputError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return InvalidInputError(f"{path}: not a readable safetensors file (corrupt or truncated?): {reason}")
+
+
+def read_safetensors(path: Path | str) -> dict[str, Tensor]:
+    """Read every tensor of one ``.safetensors`` file, checked for NaN / Inf.
+
+    Raises:
+        InvalidInputError: missing, pickle, corrupt or truncated file.
+        NonFiniteError: a tensor holds NaN or Inf.
+    """
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise refuse_pickle(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    tensors: dict[str, Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                tensors[name] = f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _bad_file(path, err) from err
+    for name, t in tensors.items():
+        check_finite(name, t, path)
+    return tensors
+
+
+class CheckpointReader:
+    """Lazy, tensor-at-a-time reader of a full checkpoint in safetensors.
+
+    Accepts a ``.safetensors`` file, or a folder holding ``model.safetensors`` or a
+    sharded ``model.safetensors.index.json``. Only the header is read up front; each
+    :meth:`get` reads one tensor.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._files = self._resolve(self.path)
+        self._stack = ExitStack()
+        self._handles = {}
+        self._where: dict[str, Path] = {}
+        try:
+            for file in self._files:
+                handle = self._stack.enter_context(safe_open(str(file), framework="pt"))
+                self._handles[file] = handle
+                for name in handle.keys():  # noqa: SIM118
+                    self._where[name] = file
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            self._stack.close()
+            raise _bad_file(file, err) from err
+
+    @staticmethod
+    def _resolve(path: Path) -> list[Path]:
+        if path.suffix in PICKLE_SUFFIXES:
+            raise refuse_pickle(path)
+        if path.is_file():
+            return [path]
+        if not path.is_dir():
+            raise InvalidInputError(f"{path}: no such checkpoint file or folder")
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise InvalidInputError(f"{index}: not a safetensors index (needs a 'weight_map')") from err
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise InvalidInputError(f"{index}: shard {missing[0]} is missing")
+            return [path / s for s in shards]
+        if (path / "model.safetensors").is_file():
+            return [path / "model.safetensors"]
+        pickles = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise refuse_pickle(pickles[0])
+        raise InvalidInputError(f"{path}: no model.safetensors or model.safetensors.index.json in this folder")
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+
+    def get(self, name: str) -> Tensor:
+        """Read one tensor, checked for NaN / Inf."""
+        file = self._where[name]
+        try:
+            tensor = self._handles[file].get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise _bad_file(file, err) from err
+        check_finite(name, tensor, file)
+        return tensor
+
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        for name in self._where:
+            yield name, self.get(name)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

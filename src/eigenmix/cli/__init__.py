@@ -1,0 +1,52 @@
+"""The ``eigenmix`` console script.
+
+User mistakes raise :class:`eigenmix.errors.EigenmixError`; :func:`main` prints them as
+one line on stderr and exits with code 2 (as Click does for usage errors).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from eigenmix.cli.console import make_console
+
+from eigenmix import __version__
+from eigenmix.cli.demo import demo
+from eigenmix.cli.inspect_cmd import inspect, overlap
+from eigenmix.errors import EigenmixError
+
+app = typer.Typer(
+    name="eigenmix",
+    help="Compose LoRA adapters and fine-tunes in their spectral bases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"eigenmix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Compose LoRA adapters and fine-tunes in their spectral bases."""
+
+
+app.command()(inspect)
+app.command()(overlap)
+app.command()(demo)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        app()
+    except EigenmixError as err:
+        make_console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,49 @@
+"""``eigenmix inspect`` and ``eigenmix overlap``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from eigenmix.cli.console import make_console
+
+from eigenmix.inspect import module_overlap, module_report, overlap_summary, overlap_table, spectra_summary, spectra_table
+from eigenmix.io import read_lora_adapter
+from eigenmix.io.atomic import atomic_dir
+
+
+def inspect(
+    path: Path = typer.Argument(..., help="A PEFT LoRA adapter folder."),
+    top: int = typer.Option(4, min=1, help="Singular values shown per layer."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file."),
+) -> None:
+    """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy."""
+    module = read_lora_adapter(path)
+    reports = module_report(module)
+    console = make_console()
+    console.print(spectra_table(reports, title=f"{module.name}  ({module.base_model or 'unknown base'})", top=top))
+    console.print(spectra_summary(reports))
+    if json_out is not None:
+        _write_json(json_out, {"adapter": str(path), "layers": [asdict(r) for r in reports]})
+
+
+def overlap(
+    first: Path = typer.Argument(..., help="A PEFT LoRA adapter folder."),
+    second: Path = typer.Argument(..., help="Another adapter of the same base model."),
+) -> None:
+    """Per-layer subspace overlap (principal angles) of two adapters' column and row spaces."""
+    a, b = read_lora_adapter(first), read_lora_adapter(second)
+    rows = module_overlap(a, b)
+    console = make_console()
+    console.print(overlap_table(rows, title=f"subspace overlap: {a.name} vs {b.name}"))
+    console.print(overlap_summary(rows))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write one JSON file atomically (through a temporary sibling folder)."""
+    with atomic_dir(path.with_name(path.name + ".d"), overwrite=True) as tmp:
+        (tmp / path.name).write_text(json.dumps(payload, indent=2) + "\n")
+        (tmp / path.name).replace(path)
+    path.with_name(path.name + ".d").rmdir()

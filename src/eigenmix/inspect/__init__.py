@@ -1,0 +1,17 @@
+"""Interpretation: per-layer spectra of a module and subspace overlaps between modules."""
+
+from eigenmix.inspect.overlap import LayerOverlap, module_overlap
+from eigenmix.inspect.spectra import LayerReport, layer_report, module_report
+from eigenmix.inspect.tables import overlap_summary, overlap_table, spectra_summary, spectra_table
+
+__all__ = [
+    "LayerOverlap",
+    "LayerReport",
+    "layer_report",
+    "module_overlap",
+    "module_report",
+    "overlap_summary",
+    "overlap_table",
+    "spectra_summary",
+    "spectra_table",
+]

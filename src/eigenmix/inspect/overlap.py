@@ -1,0 +1,78 @@
+"""How much two modules' subspaces overlap, layer by layer.
+
+For each shared layer the column spaces (outputs written) and row spaces (inputs read)
+of the two deltas are compared by :func:`eigenmix.spectral.subspace_overlap` (mean
+squared cosine of the principal angles) and by the smallest principal angle. Two random
+rank-r subspaces of R^m overlap about ``r / m``; 1 means one contains the other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from eigenmix.modules import AnyDelta, Module, delta_dtype
+from eigenmix.spectral import SVD, default_rtol, principal_angles, subspace_overlap
+
+
+@dataclass(frozen=True)
+class LayerOverlap:
+    """Overlap of two modules' deltas in one layer.
+
+    Attributes:
+        layer: layer name.
+        ranks: numerical ranks of the two deltas.
+        column_overlap: overlap of the column (output) spaces, in [0, 1].
+        row_overlap: overlap of the row (input) spaces, in [0, 1].
+        min_column_angle: smallest principal angle between column spaces, degrees.
+        min_row_angle: smallest principal angle between row spaces, degrees.
+        chance: the overlap expected of random subspaces of these ranks, ``max(r) / m``
+            for columns (the row figure is ``max(r) / n``; both are printed as one).
+    """
+
+    layer: str
+    ranks: tuple[int, int]
+    column_overlap: float
+    row_overlap: float
+    min_column_angle: float
+    min_row_angle: float
+    chance: float
+
+
+def module_overlap(a: Module, b: Module) -> list[LayerOverlap]:
+    """Per-layer subspace overlap of the matrix layers that ``a`` and ``b`` share."""
+    rows = []
+    for layer in a.layers:
+        if layer not in b.layers or len(a.layers[layer].shape) != 2:
+            continue
+        da, db = a.layers[layer], b.layers[layer]
+        if da.shape != db.shape:
+            continue
+        sa, sb = _numerical_spectrum(da), _numerical_spectrum(db)
+        if sa.S.numel() == 0 or sb.S.numel() == 0:
+            continue
+        col_angles = principal_angles(sa.U, sb.U)
+        row_angles = principal_angles(sa.V, sb.V)
+        m, n = da.shape
+        rows.append(
+            LayerOverlap(
+                layer=layer,
+                ranks=(sa.S.numel(), sb.S.numel()),
+                column_overlap=subspace_overlap(sa.U, sb.U),
+                row_overlap=subspace_overlap(sa.V, sb.V),
+                min_column_angle=math.degrees(float(col_angles[0])),
+                min_row_angle=math.degrees(float(row_angles[0])),
+                chance=max(sa.S.numel(), sb.S.numel()) / min(m, n),
+            )
+        )
+    return rows
+
+
+def _numerical_spectrum(delta: AnyDelta) -> SVD:
+    """Exact SVD of a matrix delta with numerically zero directions dropped."""
+    f = delta.spectral().svd.to(torch.float64)
+    if f.S.numel() == 0 or f.S[0] == 0:
+        return f.truncate(0)
+    return f.truncate(int((f.S > default_rtol(delta_dtype(delta)) * f.S[0]).sum()))

@@ -1,0 +1,68 @@
+"""Per-layer spectral reports of a module: shape, rank, top singular values, and the
+rank each layer needs to keep 90% / 99% of its spectral energy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
+from eigenmix.spectral import rank_for_energy
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """The spectrum of one layer's delta.
+
+    Attributes:
+        layer: layer name.
+        shape: ``(m, n)``.
+        rank: stored rank (LoRA ``r``, spectral ``k``, or ``min(m, n)`` for dense).
+        scale: LoRA scale (1.0 for other forms).
+        singular_values: all singular values of the delta (scale included), descending.
+        rank_90: rank that keeps 90% of the energy.
+        rank_99: rank that keeps 99% of the energy.
+    """
+
+    layer: str
+    shape: tuple[int, int]
+    rank: int
+    scale: float
+    singular_values: tuple[float, ...]
+    rank_90: int
+    rank_99: int
+
+    @property
+    def frobenius(self) -> float:
+        return float(sum(s * s for s in self.singular_values) ** 0.5)
+
+
+def layer_report(layer: str, delta: LowRankDelta | SpectralDelta | DenseDelta) -> LayerReport:
+    """Spectrum of one matrix delta (exact; factored for low-rank deltas)."""
+    S = delta.spectral().S.to(torch.float64)
+    if isinstance(delta, LowRankDelta):
+        rank, scale = delta.rank, delta.scale
+    elif isinstance(delta, SpectralDelta):
+        rank, scale = delta.rank, 1.0
+    else:
+        rank, scale = min(delta.shape), 1.0
+    return LayerReport(
+        layer=layer,
+        shape=(int(delta.shape[0]), int(delta.shape[1])),
+        rank=rank,
+        scale=float(scale),
+        singular_values=tuple(float(s) for s in S),
+        rank_90=rank_for_energy(S, 0.90),
+        rank_99=rank_for_energy(S, 0.99),
+    )
+
+
+def module_report(module: Module) -> list[LayerReport]:
+    """:func:`layer_report` for every matrix layer of ``module``, in layer order."""
+    reports = []
+    for name, delta in module.layers.items():
+        if isinstance(delta, DenseDelta) and not delta.is_matrix:
+            continue
+        reports.append(layer_report(name, delta))
+    return reports

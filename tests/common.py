@@ -1,0 +1,64 @@
+"""Tiny in-process models and real PEFT adapters for the I/O tests (no downloads)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+class Tiny(nn.Module):
+    """Three linears and a head: enough for rank/alpha patterns and modules_to_save."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.ModuleDict({"q": nn.Linear(12, 10), "v": nn.Linear(12, 10), "out": nn.Linear(10, 8)})
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.encoder["q"](x)) * self.encoder["v"](x)  # (batch, 10)
+        return self.head(torch.relu(self.encoder["out"](h)))  # (batch, 3)
+
+
+class TinyConv1D(nn.Module):
+    """GPT-2 style layers whose weights are stored (in, out): PEFT's fan_in_fan_out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = Conv1D(9, 7)  # nf=9 outputs, nx=7 inputs; weight (7, 9)
+        self.c_proj = Conv1D(5, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(torch.tanh(self.c_attn(x)))
+
+
+def base_model(kind: str = "tiny", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return Tiny() if kind == "tiny" else TinyConv1D()
+
+
+def make_adapter(folder: Path, config: LoraConfig, *, kind: str = "tiny", seed: int = 1) -> PeftModel:
+    """A real PEFT adapter with random (non-zero) LoRA factors, saved to ``folder``."""
+    model = get_peft_model(copy.deepcopy(base_model(kind)), config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    model.save_pretrained(str(folder))
+    model.eval()
+    return model
+
+
+def load_adapter(folder: Path, kind: str = "tiny") -> PeftModel:
+    model = PeftModel.from_pretrained(copy.deepcopy(base_model(kind)), str(folder))
+    model.eval()
+    return model
+
+
+def inputs(kind: str = "tiny", n: int = 16) -> torch.Tensor:
+    return torch.randn(n, 12 if kind == "tiny" else 7, generator=torch.Generator().manual_seed(99))

@@ -1,0 +1,171 @@
+"""Every bad adapter input gets one specific package exception from the API, one line and
+exit code 2 from the CLI, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from common import make_adapter
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+
+from eigenmix.cli import main
+from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError, UnsupportedAdapterError
+from eigenmix.io import read_lora_adapter
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    folder = tmp_path / "adapter"
+    make_adapter(folder, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "out"]))
+    return folder
+
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / CONFIG).read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (folder / CONFIG).write_text(json.dumps(config))
+
+
+def edit_weights(folder, fn):
+    tensors = load_file(str(folder / WEIGHTS))
+    fn(tensors)
+    save_file(tensors, str(folder / WEIGHTS))
+
+
+def no_r(f):
+    edit_config(f, r=None)
+
+
+def corrupt(f):
+    (f / WEIGHTS).write_bytes(b"\x07\x00garbage that is no safetensors header")
+
+
+def truncated(f):
+    data = (f / WEIGHTS).read_bytes()
+    (f / WEIGHTS).write_bytes(data[: len(data) // 2])
+
+
+def pickle_only(f):
+    tensors = load_file(str(f / WEIGHTS))
+    torch.save(tensors, f / "adapter_model.bin")
+    (f / WEIGHTS).unlink()
+
+
+def wrong_rank(f):
+    edit_config(f, r=5)
+
+
+def wrong_shape(f):
+    edit_weights(f, lambda t: t.update({"base_model.model.encoder.q.lora_B.weight": torch.zeros(10, 3)}))
+
+
+def nan_weight(f):
+    edit_weights(f, lambda t: t["base_model.model.encoder.v.lora_A.weight"].__setitem__((0, 0), float("nan")))
+
+
+def inf_weight(f):
+    edit_weights(f, lambda t: t["base_model.model.encoder.v.lora_B.weight"].__setitem__((1, 1), float("inf")))
+
+
+def dora_config(f):
+    edit_config(f, use_dora=True)
+
+
+def dora_tensors(f):
+    edit_weights(f, lambda t: t.update({"base_model.model.encoder.q.lora_magnitude_vector": torch.ones(10)}))
+
+
+def ia3(f):
+    edit_config(f, peft_type="IA3")
+
+
+def lora_bias(f):
+    edit_config(f, lora_bias=True)
+
+
+def unknown_field(f):
+    edit_config(f, some_future_variant={"on": True})
+
+
+def missing_B(f):
+    edit_weights(f, lambda t: t.pop("base_model.model.encoder.out.lora_B.weight"))
+
+
+def bad_json(f):
+    (f / CONFIG).write_text("{not json")
+
+
+CASES = {
+    "config without r": (no_r, InvalidInputError, "no 'r'"),
+    "corrupt safetensors": (corrupt, InvalidInputError, "not a readable safetensors file"),
+    "truncated safetensors": (truncated, InvalidInputError, "not a readable safetensors file"),
+    ".bin pickle": (pickle_only, InvalidInputError, "pickle file"),
+    "rank disagrees with config": (wrong_rank, ShapeMismatchError, "disagree with r=5"),
+    "factor shapes disagree": (wrong_shape, ShapeMismatchError, "encoder.q"),
+    "NaN": (nan_weight, NonFiniteError, "NaN/Inf"),
+    "Inf": (inf_weight, NonFiniteError, "NaN/Inf"),
+    "DoRA config": (dora_config, UnsupportedAdapterError, "DoRA"),
+    "DoRA tensors": (dora_tensors, UnsupportedAdapterError, "DoRA"),
+    "non-LoRA type": (ia3, UnsupportedAdapterError, "PEFT type IA3"),
+    "lora_bias": (lora_bias, UnsupportedAdapterError, "lora_bias"),
+    "unknown field": (unknown_field, UnsupportedAdapterError, "some_future_variant"),
+    "missing lora_B": (missing_B, ShapeMismatchError, "no lora_B.weight"),
+    "bad JSON": (bad_json, InvalidInputError, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_api_raises_specific_error(adapter, case):
+    breaker, error, words = CASES[case]
+    breaker(adapter)
+    with pytest.raises(error, match=words):
+        read_lora_adapter(adapter)
+
+
+def run_cli(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cli_prints_one_line_and_exits_2(adapter, tmp_path, monkeypatch, capsys, case):
+    breaker, _, words = CASES[case]
+    breaker(adapter)
+    report = tmp_path / "report.json"
+    assert run_cli(monkeypatch, "inspect", adapter, "--json", report) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and words.split()[0] in err
+    assert not report.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # nothing else was written
+
+
+def test_missing_folder(tmp_path, monkeypatch, capsys):
+    with pytest.raises(InvalidInputError, match="no such adapter folder"):
+        read_lora_adapter(tmp_path / "nope")
+    assert run_cli(monkeypatch, "inspect", tmp_path / "nope") == 2
+    assert "no such adapter folder" in capsys.readouterr().err
+
+
+def test_file_instead_of_folder(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        read_lora_adapter(tmp_path / "x.safetensors")
+
+
+def test_missing_weights_file(adapter):
+    (adapter / WEIGHTS).unlink()
+    with pytest.raises(InvalidInputError, match=f"no {WEIGHTS}"):
+        read_lora_adapter(adapter)

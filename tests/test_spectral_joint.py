@@ -1,0 +1,107 @@
+"""Joint bases, cores and reconstruction; principal angles."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import module_family
+
+from eigenmix.spectral import (
+    core_svd,
+    cores,
+    joint_basis,
+    module_spectra,
+    principal_angles,
+    range_overlap,
+    reconstruct,
+    subspace_overlap,
+)
+
+
+@given(module_family())
+def test_joint_basis_reconstruction_is_exact(factors):
+    spectra = module_spectra(factors)
+    basis = joint_basis(spectra, rtol=1e-10)
+    for (B, A), C in zip(factors, cores(basis, spectra), strict=True):
+        dense = B @ A
+        assert torch.allclose(reconstruct(basis, C), dense, atol=1e-9 * max(1.0, float(dense.abs().max())))
+
+
+@given(module_family())
+def test_joint_basis_is_orthonormal_and_not_larger_than_needed(factors):
+    spectra = module_spectra(factors)
+    basis = joint_basis(spectra, rtol=1e-10)
+    R_U, R_V = basis.rank
+    eye_u, eye_v = torch.eye(R_U, dtype=torch.float64), torch.eye(R_V, dtype=torch.float64)
+    assert torch.allclose(basis.Q_U.T @ basis.Q_U, eye_u, atol=1e-10)
+    assert torch.allclose(basis.Q_V.T @ basis.Q_V, eye_v, atol=1e-10)
+    # the joint spaces are those of the deltas themselves (not of the factors B, A)
+    deltas = [B @ A for B, A in factors]
+    assert R_U == int(torch.linalg.matrix_rank(torch.cat(deltas, dim=1)))
+    assert R_V == int(torch.linalg.matrix_rank(torch.cat(deltas, dim=0)))
+
+
+def test_shared_directions_are_dropped_once():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    A = torch.randn(3, 15, generator=g, dtype=torch.float64)
+    spectra = module_spectra([(B, A), (2 * B, A), (B, -A)])
+    basis = joint_basis(spectra)
+    assert basis.rank == (3, 3)
+
+
+@given(module_family())
+def test_sum_of_cores_has_the_spectrum_of_the_summed_delta(factors):
+    spectra = module_spectra(factors)
+    basis = joint_basis(spectra, rtol=1e-10)
+    merged = core_svd(basis, sum(cores(basis, spectra)))
+    dense = sum(B @ A for B, A in factors)
+    ref = torch.linalg.svdvals(dense)
+    k = merged.S.numel()
+    assert torch.allclose(merged.S, ref[:k], atol=1e-9 * max(1.0, float(ref[0])))
+    assert torch.allclose(merged.dense(), dense, atol=1e-9 * max(1.0, float(dense.abs().max())))
+
+
+def test_principal_angles_known_example():
+    e = torch.eye(4, dtype=torch.float64)
+    theta = 0.3
+    Q1 = e[:, :2]
+    Q2 = torch.stack([e[:, 0], math.cos(theta) * e[:, 1] + math.sin(theta) * e[:, 2]], dim=1)
+    angles = principal_angles(Q1, Q2)
+    assert torch.allclose(angles, torch.tensor([0.0, theta], dtype=torch.float64), atol=1e-12)
+    assert subspace_overlap(Q1, Q2) == pytest_approx((1 + math.cos(theta) ** 2) / 2)
+    assert subspace_overlap(e[:, :2], e[:, 2:]) == 0.0
+
+
+def test_small_angles_are_accurate():
+    e = torch.eye(3, dtype=torch.float64)
+    theta = 1e-9  # arccos of the cosine would give ~2e-8 or 0
+    q = (math.cos(theta) * e[:, 0] + math.sin(theta) * e[:, 1]).unsqueeze(1)
+    assert abs(float(principal_angles(e[:, :1], q)[0]) - theta) < 1e-15
+
+
+@given(st.integers(3, 30), st.integers(1, 5), st.integers(1, 5), st.integers(0, 999))
+def test_principal_angles_match_the_cosine_definition(m, p, q, seed):
+    g = torch.Generator().manual_seed(seed)
+    Q1, _ = torch.linalg.qr(torch.randn(m, min(p, m), generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(m, min(q, m), generator=g, dtype=torch.float64))
+    angles = principal_angles(Q1, Q2)
+    cos = torch.linalg.svdvals(Q1.T @ Q2).clamp(0, 1)
+    assert torch.allclose(torch.cos(angles), cos, atol=1e-7)
+    assert bool((angles[1:] >= angles[:-1] - 1e-12).all())
+    assert abs(subspace_overlap(Q1, Q2) - float(cos.square().mean())) < 1e-10
+
+
+def test_range_overlap_ignores_scale_and_rank_deficiency():
+    g = torch.Generator().manual_seed(1)
+    M = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    assert abs(range_overlap(M, 5 * torch.cat([M, M[:, :1]], dim=1)) - 1.0) < 1e-12
+
+
+def pytest_approx(x: float):
+    import pytest
+
+    return pytest.approx(x, abs=1e-12)

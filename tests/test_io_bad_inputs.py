@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from common import make_adapter
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
+from common import make_adapter
 from eigenmix.cli import main
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError, UnsupportedAdapterError
 from eigenmix.io import read_lora_adapter

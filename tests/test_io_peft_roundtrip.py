@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from common import base_model, inputs, load_adapter, make_adapter
 from peft import LoraConfig
 
+from common import base_model, inputs, load_adapter, make_adapter
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.modules import LowRankDelta, Module
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from hypothesis import given
-from strategies import lowrank_factors
 
 from eigenmix.spectral import factored_svd
+from strategies import lowrank_factors
 
 
 @given(lowrank_factors())

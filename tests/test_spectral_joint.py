@@ -7,7 +7,6 @@ import math
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import module_family
 
 from eigenmix.spectral import (
     core_svd,
@@ -19,6 +18,7 @@ from eigenmix.spectral import (
     reconstruct,
     subspace_overlap,
 )
+from strategies import module_family
 
 
 @given(module_family())

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 import typer
-from eigenmix.cli.console import make_console
 
 from eigenmix import __version__
+from eigenmix.cli.console import make_console
 from eigenmix.cli.demo import demo
 from eigenmix.cli.inspect_cmd import inspect, overlap
 from eigenmix.errors import EigenmixError

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import typer
-from eigenmix.cli.console import make_console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from eigenmix.cli.console import make_console
 from eigenmix.data import load_tasks
 from eigenmix.inspect import module_overlap, module_report, overlap_summary, overlap_table, spectra_summary, spectra_table
 from eigenmix.io import read_lora_adapter
@@ -38,11 +38,24 @@ def demo(
     folders = []
     for task in loaded:
         folder = out / task.name
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
             job = bar.add_task(f"training {task.name}", total=steps, loss="-")
-            stats = train_adapter(task, recipe, folder, overwrite=True, on_step=lambda s, loss, j=job, b=bar: b.update(j, advance=1, loss=f"{loss:.3f}"))
+            stats = train_adapter(
+                task,
+                recipe,
+                folder,
+                overwrite=True,
+                on_step=lambda s, loss, j=job, b=bar: b.update(j, advance=1, loss=f"{loss:.3f}"),
+            )
         acc = evaluate_adapter(folder, task, limit=eval_rows, max_length=recipe.max_length)
-        console.print(f"{task.name}: {steps} steps in {stats['train_seconds']:.1f} s, test accuracy {acc:.3f} on {min(eval_rows, len(task.test))} rows → {folder}")
+        rows = min(eval_rows, len(task.test))
+        console.print(f"{task.name}: {steps} steps in {stats['train_seconds']:.1f} s, test accuracy {acc:.3f} on {rows} rows → {folder}")
         folders.append(folder)
     modules = [read_lora_adapter(f) for f in folders]
     for module in modules:

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
-from eigenmix.cli.console import make_console
 
+from eigenmix.cli.console import make_console
 from eigenmix.inspect import module_overlap, module_report, overlap_summary, overlap_table, spectra_summary, spectra_table
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_dir

@@ -51,9 +51,7 @@ def iter_task_vector(base: CheckpointReader, finetuned: CheckpointReader) -> Ite
     for ft_name, base_name in mapping.items():
         shape_b, shape_f = base.shape(base_name), finetuned.shape(ft_name)
         if shape_b != shape_f:
-            raise ShapeMismatchError(
-                f"{finetuned.path}: tensor '{ft_name}' has shape {shape_f} but the base has {shape_b}"
-            )
+            raise ShapeMismatchError(f"{finetuned.path}: tensor '{ft_name}' has shape {shape_f} but the base has {shape_b}")
         w_b, w_f = base.get(base_name), finetuned.get(ft_name)
         if not w_b.is_floating_point():
             continue  # integer buffers (position ids) are not weights
@@ -89,7 +87,7 @@ def load_task_vector(
             if skip_zero and not bool(delta.W.any()):
                 continue
             layers[base_name] = delta
-        extras = {n: rf.get(n) for n in rf.keys() if n not in mapping}
+        extras = {n: rf.get(n) for n in rf.keys() if n not in mapping}  # noqa: SIM118 - reader, not a dict
         base_only = sorted(set(rb.keys()) - set(mapping.values()))
     ft_path = Path(finetuned)
     return Module(

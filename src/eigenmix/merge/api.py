@@ -1,0 +1,164 @@
+"""``merge(modules, method, **params)``: layer by layer, one registry, one path.
+
+Per layer, a spectral method gets the joint-basis decomposition of the K deltas
+(:func:`eigenmix.merge.layer.decompose`) and returns a factored result; an element-wise
+method gets the K dense deltas of that one layer. Vector deltas (biases) are merged by
+element-wise methods as they are, and by the weighted sum times ``scale`` otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from eigenmix.errors import InvalidInputError, ShapeMismatchError
+from eigenmix.merge.layer import decompose
+from eigenmix.merge.registry import MergeMethod, MergeParams, get_method
+from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta, delta_dtype
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """What one layer's merge produced, for tables and reports."""
+
+    layer: str
+    shape: tuple[int, ...]
+    rank: int
+    seconds: float
+
+
+def layer_seed(seed: int, layer: str) -> int:
+    """A per-layer seed, independent of the order in which layers are processed."""
+    return (seed * 1_000_003 + zlib.crc32(layer.encode())) % (2**63)
+
+
+def merge_layer(
+    method: MergeMethod,
+    params: MergeParams,
+    deltas: Sequence[AnyDelta],
+    weights: Sequence[float],
+    *,
+    layer: str = "",
+    seed: int = 0,
+    dense_rank: int | None = None,
+    dense_energy: float = 1.0,
+) -> AnyDelta:
+    """Merge K deltas of one layer with ``method``; the function the CLI runs per layer."""
+    rng = torch.Generator().manual_seed(layer_seed(seed, layer))
+    dtype = _result_dtype(deltas)
+    w = torch.tensor(list(weights), dtype=torch.float64)
+    if len(deltas[0].shape) != 2:
+        stacked = torch.stack([d.dense().to(torch.float64) for d in deltas])
+        if method.kind == "elementwise":
+            return DenseDelta(method.fn(stacked, w, params, rng).to(dtype))
+        return DenseDelta((params.scale * (stacked * w.reshape(-1, *[1] * (stacked.ndim - 1))).sum(0)).to(dtype))
+    if method.kind == "elementwise":
+        stacked = torch.stack([d.dense().to(torch.float64) for d in deltas])  # (K, m, n): this layer only
+        return DenseDelta(method.fn(stacked, w, params, rng).to(dtype))
+    layer_spectra = decompose(deltas, weights, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed)
+    result = method.fn(layer_spectra, params, rng)
+    return SpectralDelta(result.U.to(dtype), result.S.to(dtype), result.V.to(dtype))
+
+
+def _result_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
+    dtype = delta_dtype(deltas[0])
+    for d in deltas[1:]:
+        dtype = torch.promote_types(dtype, delta_dtype(d))
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def check_compatible(modules: Sequence[Module]) -> None:
+    """Same base model (where recorded) and the same shape for every shared layer."""
+    bases = {m.base_model for m in modules if m.base_model}
+    if len(bases) > 1:
+        pairs = ", ".join(f"{m.name}: {m.base_model}" for m in modules if m.base_model)
+        raise InvalidInputError(f"the modules come from different base models ({pairs})")
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for m in modules:
+        for layer, d in m.layers.items():
+            if layer in shapes and shapes[layer][0] != tuple(d.shape):
+                first_shape, first = shapes[layer]
+                raise ShapeMismatchError(
+                    f"layer '{layer}' has shape {first_shape} in {first} but {tuple(d.shape)} in {m.name}"
+                )
+            shapes.setdefault(layer, (tuple(d.shape), m.name))
+
+
+def merge(
+    modules: Sequence[Module],
+    method: str,
+    *,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    dense_rank: int | None = None,
+    dense_energy: float = 1.0,
+    extras: Literal["per_task", "refuse"] = "per_task",
+    name: str = "merged",
+    on_layer: Callable[[LayerResult], None] | None = None,
+    **params: Any,
+) -> Module:
+    """Merge ``modules`` layer by layer with a registered ``method``.
+
+    Args:
+        modules: K modules of one base model. A layer some modules lack is merged over
+            the modules that have it. A merge of one module returns it unchanged.
+        method: a registered name (see ``eigenmix methods``).
+        weights: per-module weights (default 1 each).
+        seed: seeds the random methods, per layer (bit-identical re-runs).
+        dense_rank: dense task vectors are decomposed by a randomized SVD to this rank
+            for spectral methods (exact SVD when None).
+        dense_energy: share of each dense delta's energy kept for spectral methods.
+        extras: ``"per_task"`` keeps each module's non-delta tensors (heads) under
+            ``"{module}/{name}"``; ``"refuse"`` raises if any module has some.
+        on_layer: called after each layer (progress bars, tables).
+        **params: the method's parameters (validated; unknown names are errors).
+
+    Returns:
+        The merged module: spectral deltas for spectral methods, dense ones otherwise.
+    """
+    spec = get_method(method)
+    parsed = spec.parse_params(params)
+    if not modules:
+        raise InvalidInputError("merge needs at least one module")
+    weights = [1.0] * len(modules) if weights is None else list(weights)
+    if len(weights) != len(modules):
+        raise InvalidInputError(f"{len(weights)} weights for {len(modules)} modules")
+    check_compatible(modules)
+    if extras == "refuse" and any(m.extras for m in modules):
+        holder = next(m for m in modules if m.extras)
+        raise InvalidInputError(
+            f"module {holder.name} carries non-delta tensors ({', '.join(sorted(holder.extras)[:3])}); "
+            "a merge cannot combine them: use extras 'per_task' to keep each module's copy"
+        )
+    if len(modules) == 1:
+        return modules[0]
+    merged: dict[str, AnyDelta] = {}
+    for layer in dict.fromkeys(name for m in modules for name in m.layers):
+        members = [(m.layers[layer], w) for m, w in zip(modules, weights, strict=True) if layer in m.layers]
+        start = time.perf_counter()
+        deltas = [d for d, _ in members]
+        merged[layer] = merge_layer(
+            spec, parsed, deltas, [w for _, w in members], layer=layer, seed=seed, dense_rank=dense_rank,
+            dense_energy=dense_energy,
+        )  # fmt: skip
+        if on_layer is not None:
+            d = merged[layer]
+            rank = d.rank if isinstance(d, SpectralDelta) else min(d.shape) if len(d.shape) == 2 else 0
+            on_layer(LayerResult(layer, tuple(d.shape), rank, time.perf_counter() - start))
+    return Module(
+        name=name,
+        layers=merged,
+        base_model=next((m.base_model for m in modules if m.base_model), None),
+        source=None,
+        extras={f"{m.name}/{k}": t for m in modules for k, t in m.extras.items()},
+        meta={
+            "merge": {"method": method, "params": parsed.model_dump(), "weights": weights, "seed": seed},
+            "sources": [m.source or m.name for m in modules],
+            "fan_in_fan_out": any(m.meta.get("fan_in_fan_out", False) for m in modules),
+        },
+    )

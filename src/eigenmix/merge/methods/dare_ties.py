@@ -1,0 +1,34 @@
+"""DARE-TIES: random drop and rescale, then TIES sign election (element-wise)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from eigenmix.merge.elementwise import bernoulli_mask, dare_ties_merge
+from eigenmix.merge.registry import MergeParams, register
+
+
+class DareTiesParams(MergeParams):
+    density: float = Field(0.1, gt=0, le=1, description="keep probability of each entry (1 − drop rate)")
+    rescale: Literal["inverse_density", "l1", "none"] = Field(
+        "inverse_density", description="rescale kept entries by 1/density (paper, PEFT) or to the L1 norm (mergekit)"
+    )
+    normalize: bool = Field(True, description="disjoint mean (PEFT) rather than disjoint sum (mergekit's default)")
+
+
+@register(
+    "dare_ties",
+    params=DareTiesParams,
+    kind="elementwise",
+    description="DARE's seeded random drop and rescale, then TIES sign election and disjoint merge (dense per layer)",
+    paper="Yu et al., Language Models are Super Mario, ICML 2024 (DARE) with Yadav et al., NeurIPS 2023 (TIES)",
+    url="https://arxiv.org/abs/2311.03099",
+)
+def dare_ties(deltas: Tensor, weights: Tensor, p: DareTiesParams, rng: torch.Generator) -> Tensor:
+    """Args: ``deltas`` (K, m, n), ``weights`` (K,), ``rng`` seeds the masks in module order."""
+    masks = torch.stack([bernoulli_mask(d.shape, p.density, rng) for d in deltas])
+    return p.scale * dare_ties_merge(deltas, weights, masks, density=p.density, rescale=p.rescale, normalize=p.normalize)

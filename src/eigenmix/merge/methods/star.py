@@ -1,0 +1,34 @@
+"""STAR: spectral truncation of each task to a share of its nuclear norm, rescaled."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from eigenmix.merge.layer import LayerSpectra
+from eigenmix.merge.registry import MergeParams, register
+from eigenmix.spectral import SVD
+
+
+class StarParams(MergeParams):
+    eta: float = Field(0.4, gt=0, le=1, description="share of each task's nuclear norm its kept directions must reach")
+
+
+@register(
+    "star",
+    params=StarParams,
+    kind="spectral",
+    description="truncate each task to the top directions holding η of its nuclear norm, rescale to the full norm, average; factored",
+    paper="Lee et al., STAR: Spectral Truncation and Rescale for Model Merging, NAACL 2025",
+    url="https://arxiv.org/abs/2502.10339",
+)
+def star(layer: LayerSpectra, p: StarParams, rng: torch.Generator) -> SVD:
+    core = torch.zeros(layer.basis.rank, dtype=torch.float64)
+    for i, s in enumerate(layer.spectra):
+        if s.S.numel() == 0:
+            continue
+        share = torch.cumsum(s.S, 0) / s.S.sum()
+        r = min(int((share < p.eta - 1e-12).sum()) + 1, s.S.numel())
+        kept = s.S[:r] * (s.S.sum() / s.S[:r].sum())  # same nuclear norm as before truncation
+        core += float(layer.weights[i]) * (layer.P[i][:, :r] * kept) @ layer.R[i][:, :r].T
+    return layer.lift(p.scale * core / layer.k)

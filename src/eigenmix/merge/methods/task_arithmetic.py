@@ -1,0 +1,26 @@
+"""Task Arithmetic: the scaled sum of task vectors."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from eigenmix.merge.layer import LayerSpectra
+from eigenmix.merge.registry import MergeParams, register
+from eigenmix.spectral import SVD
+
+
+class TaskArithmeticParams(MergeParams):
+    scale: float = Field(0.3, description="λ of the paper, chosen on validation there (0.3 for 8 tasks)")
+
+
+@register(
+    "task_arithmetic",
+    params=TaskArithmeticParams,
+    kind="spectral",
+    description="λ · Σ w_k ΔW_k, the scaled sum of task vectors; factored",
+    paper="Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
+    url="https://arxiv.org/abs/2212.04089",
+)
+def task_arithmetic(layer: LayerSpectra, p: TaskArithmeticParams, rng: torch.Generator) -> SVD:
+    return layer.lift(p.scale * layer.weighted_sum())

@@ -6,11 +6,15 @@ import torch
 from torch import Tensor
 
 
-def polar_factor(M: Tensor) -> Tensor:
+def polar_factor(M: Tensor, rtol: float = 1e-10) -> Tensor:
     """The orthogonal polar factor ``A Bᵀ`` of ``M = A diag(s) Bᵀ`` (thin SVD).
 
-    It is the solution of ``min ‖M − X‖_F`` over ``X`` with orthonormal columns (if
-    ``M`` is tall) or rows (if wide). Shape ``(p, q)`` → ``(p, q)``; float64 inside.
+    For full-rank ``M`` it solves ``min ‖M − X‖_F`` over ``X`` with orthonormal columns
+    (tall ``M``) or rows (wide ``M``). For rank-deficient ``M`` (modules that share a
+    direction exactly) that minimiser is not unique; the factor is then taken on the
+    range of ``M`` only (singular values ``≤ rtol · s_max`` dropped), the partial
+    isometry that adds no arbitrary directions. Shape ``(p, q)`` → ``(p, q)``.
     """
-    A, _, Bh = torch.linalg.svd(M.to(torch.float64), full_matrices=False)
-    return (A @ Bh).to(M.dtype)
+    A, s, Bh = torch.linalg.svd(M.to(torch.float64), full_matrices=False)
+    r = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    return (A[:, :r] @ Bh[:r]).to(M.dtype)

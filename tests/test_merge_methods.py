@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import eigenmix
 from dense_reference import (
     dare_linear,
     dare_ties,
@@ -18,10 +22,6 @@ from dense_reference import (
     ties,
     tsv,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-import eigenmix
 from eigenmix.merge import all_methods, get_method, register
 from eigenmix.merge.elementwise import dare_linear_merge, dare_ties_merge
 from eigenmix.merge.registry import MergeParams
@@ -137,7 +137,9 @@ def test_linear_of_orthogonal_modules_is_their_exact_sum(seed, k):
 @pytest.mark.parametrize("method", [m.name for m in all_methods()])
 def test_methods_are_bit_identical_on_rerun(method):
     mods = family(5)
-    mods32 = [Module(m.name, {"layer": LowRankDelta(m.layers["layer"].B.float(), m.layers["layer"].A.float(), 0.5)}) for m in mods]
+    mods32 = [
+        Module(m.name, {"layer": LowRankDelta(m.layers["layer"].B.float(), m.layers["layer"].A.float(), 0.5)}) for m in mods
+    ]
     a = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
     b = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
     assert torch.equal(a, b)

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from eigenmix import merge  # noqa: E402 - callable package: eigenmix.merge(modules, method, **params)
+from eigenmix import merge
 
 __all__ = ["__version__", "merge"]

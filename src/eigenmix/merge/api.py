@@ -83,9 +83,7 @@ def check_compatible(modules: Sequence[Module]) -> None:
         for layer, d in m.layers.items():
             if layer in shapes and shapes[layer][0] != tuple(d.shape):
                 first_shape, first = shapes[layer]
-                raise ShapeMismatchError(
-                    f"layer '{layer}' has shape {first_shape} in {first} but {tuple(d.shape)} in {m.name}"
-                )
+                raise ShapeMismatchError(f"layer '{layer}' has shape {first_shape} in {first} but {tuple(d.shape)} in {m.name}")
             shapes.setdefault(layer, (tuple(d.shape), m.name))
 
 

@@ -24,4 +24,3 @@ def iso_c(layer: LayerSpectra, p: MergeParams, rng: torch.Generator) -> SVD:
     merged = layer.lift(layer.weighted_sum())
     flat = torch.full_like(merged.S, float(merged.S.mean())) if merged.S.numel() else merged.S
     return SVD(merged.U, p.scale * flat, merged.V)
-

@@ -17,17 +17,11 @@ CONFIGS = {
     "plain": dict(kind="tiny", config=LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "out"])),
     "patterns": dict(
         kind="tiny",
-        config=LoraConfig(
-            r=4, lora_alpha=8, target_modules=["q", "v", "out"], rank_pattern={"out": 2, "v": 3}, alpha_pattern={"q": 5}
-        ),
+        config=LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "out"], rank_pattern={"out": 2, "v": 3}, alpha_pattern={"q": 5}),
     ),
     "rslora": dict(kind="tiny", config=LoraConfig(r=4, lora_alpha=6, target_modules=["q", "v", "out"], use_rslora=True)),
-    "modules_to_save": dict(
-        kind="tiny", config=LoraConfig(r=3, lora_alpha=3, target_modules=["q", "out"], modules_to_save=["head"])
-    ),
-    "fan_in_fan_out": dict(
-        kind="conv1d", config=LoraConfig(r=3, lora_alpha=9, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
-    ),
+    "modules_to_save": dict(kind="tiny", config=LoraConfig(r=3, lora_alpha=3, target_modules=["q", "out"], modules_to_save=["head"])),
+    "fan_in_fan_out": dict(kind="conv1d", config=LoraConfig(r=3, lora_alpha=9, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)),
 }
 
 

@@ -46,9 +46,7 @@ def test_prefixed_classifier_checkpoint_aligns_to_base_names(tmp_path):
     base, ft = checkpoints(tmp_path, prefix="bert.")
     module = load_task_vector(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")
     assert "encoder.layer.0.weight" in module.layers
-    assert torch.equal(
-        module.layers["encoder.layer.0.weight"].W, ft["bert.encoder.layer.0.weight"] - base["encoder.layer.0.weight"]
-    )
+    assert torch.equal(module.layers["encoder.layer.0.weight"].W, ft["bert.encoder.layer.0.weight"] - base["encoder.layer.0.weight"])
 
 
 def test_sharded_checkpoint(tmp_path):

@@ -125,10 +125,7 @@ def test_linear_of_orthogonal_modules_is_their_exact_sum(seed, k):
     g = torch.Generator().manual_seed(seed)
     Q_m, _ = torch.linalg.qr(torch.randn(30, 2 * k, generator=g, dtype=torch.float64))
     Q_n, _ = torch.linalg.qr(torch.randn(20, 2 * k, generator=g, dtype=torch.float64))
-    mods = [
-        Module(f"m{i}", {"layer": LowRankDelta(Q_m[:, 2 * i : 2 * i + 2] * 3.0, Q_n[:, 2 * i : 2 * i + 2].T, 0.7)})
-        for i in range(k)
-    ]
+    mods = [Module(f"m{i}", {"layer": LowRankDelta(Q_m[:, 2 * i : 2 * i + 2] * 3.0, Q_n[:, 2 * i : 2 * i + 2].T, 0.7)}) for i in range(k)]
     assert close(merged(mods, "linear"), sum(dense(mods)), 1e-12)
     # module-specific directions are kept whole by the spectral rule too
     assert close(merged(mods, "spectral"), sum(dense(mods)), 1e-12)
@@ -137,9 +134,7 @@ def test_linear_of_orthogonal_modules_is_their_exact_sum(seed, k):
 @pytest.mark.parametrize("method", [m.name for m in all_methods()])
 def test_methods_are_bit_identical_on_rerun(method):
     mods = family(5)
-    mods32 = [
-        Module(m.name, {"layer": LowRankDelta(m.layers["layer"].B.float(), m.layers["layer"].A.float(), 0.5)}) for m in mods
-    ]
+    mods32 = [Module(m.name, {"layer": LowRankDelta(m.layers["layer"].B.float(), m.layers["layer"].A.float(), 0.5)}) for m in mods]
     a = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
     b = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
     assert torch.equal(a, b)

@@ -55,9 +55,7 @@ def run_mergekit(base: Path, fts: list[Path], out: Path, method: str, params: di
     }
     (out.parent / f"{out.name}.yml").write_text(yaml.safe_dump(config))
     script = Path(sys.executable).parent / "mergekit-yaml"
-    subprocess.run(
-        [str(script), str(out.parent / f"{out.name}.yml"), str(out), "--no-copy-tokenizer"], check=True, capture_output=True
-    )
+    subprocess.run([str(script), str(out.parent / f"{out.name}.yml"), str(out), "--no-copy-tokenizer"], check=True, capture_output=True)
     with CheckpointReader(out) as reader:
         return dict(reader.items())
 
@@ -121,12 +119,10 @@ def test_dare_ties_with_mergekit_masks(checkpoints, tmp_path, monkeypatch):
     with CheckpointReader(base) as reader:
         base_weights = dict(reader.items())
     w = torch.tensor(WEIGHTS, dtype=torch.float64)
-    for name, delta in modules[0].layers.items():
+    for name in modules[0].layers:
         deltas = [m.layers[name].dense() for m in modules]
         masks = torch.stack([next(mask for t, mask in seen if t.shape == d.shape and torch.equal(t, d)) for d in deltas])
-        merged = dare_ties_merge(
-            torch.stack([d.double() for d in deltas]), w, masks, density=density, rescale="l1", normalize=False
-        )
+        merged = dare_ties_merge(torch.stack([d.double() for d in deltas]), w, masks, density=density, rescale="l1", normalize=False)
         got = base_weights[name].double() + merged
         err = float((got - expected[name].double()).norm() / expected[name].double().norm())
         assert err <= 1e-5, (name, err)

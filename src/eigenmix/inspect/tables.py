@@ -72,6 +72,5 @@ def overlap_summary(rows: Sequence[LayerOverlap]) -> str:
     chance_col = sum(r.chance_column for r in rows) / n
     chance_row = sum(r.chance_row for r in rows) / n
     return (
-        f"{n} shared layers; mean column overlap {col:.3f} (chance {chance_col:.3f}), "
-        f"mean row overlap {row:.3f} (chance {chance_row:.3f})"
+        f"{n} shared layers; mean column overlap {col:.3f} (chance {chance_col:.3f}), mean row overlap {row:.3f} (chance {chance_row:.3f})"
     )

@@ -102,9 +102,7 @@ def _layer_delta(layer: str, pair: dict[str, Tensor], config: dict[str, Any], wh
         raise ShapeMismatchError(f"{where}: layer '{layer}' has no {missing}.weight")
     A, B = pair["A"], pair["B"]
     if A.ndim != 2 or B.ndim != 2:
-        raise UnsupportedAdapterError(
-            f"{where}: layer '{layer}' has {A.ndim}-D LoRA factors; LoRA on convolutions is not supported"
-        )
+        raise UnsupportedAdapterError(f"{where}: layer '{layer}' has {A.ndim}-D LoRA factors; LoRA on convolutions is not supported")
     r, alpha = layer_rank_alpha(config, layer)
     if A.shape[0] != r or B.shape[1] != r:
         raise ShapeMismatchError(

@@ -77,9 +77,7 @@ def ties_merge(deltas: Tensor, weights: Tensor, *, density: float, normalize: bo
     return disjoint_merge(w_deltas, weights, elect_sign(w_deltas), normalize=normalize)
 
 
-def dare_ties_merge(
-    deltas: Tensor, weights: Tensor, masks: Tensor, *, density: float, rescale: Rescale, normalize: bool
-) -> Tensor:
+def dare_ties_merge(deltas: Tensor, weights: Tensor, masks: Tensor, *, density: float, rescale: Rescale, normalize: bool) -> Tensor:
     """DARE-TIES with given keep-masks ``(K, *shape)``: drop and rescale, then sign election."""
     dropped = torch.stack([drop_and_rescale(d, m, density, rescale) for d, m in zip(deltas, masks, strict=True)])
     w_deltas = weighted(dropped, weights)

@@ -50,9 +50,7 @@ class LayerSpectra:
 
     def weighted_sum(self) -> Tensor:
         """``Σ_k w_k C_k``, the core of the weighted sum of the deltas."""
-        return sum(
-            (float(w) * self.core(i) for i, w in enumerate(self.weights)), torch.zeros(self.basis.rank, dtype=torch.float64)
-        )
+        return sum((float(w) * self.core(i) for i, w in enumerate(self.weights)), torch.zeros(self.basis.rank, dtype=torch.float64))
 
     def lift(self, core: Tensor) -> SVD:
         """The SVD of ``Q_U core Q_Vᵀ`` without forming it (zero directions dropped)."""

@@ -23,9 +23,7 @@ from eigenmix.io.atomic import atomic_dir
 from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder, predict, tokenize
 
 # Every attention and MLP linear of a BERT encoder layer (the pooler is not used).
-BERT_LINEARS = (
-    r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-)
+BERT_LINEARS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
 
 class LoraRecipe(BaseModel):

@@ -12,9 +12,7 @@ from eigenmix.spectral import SVD, polar_factor
 
 
 class TsvParams(MergeParams):
-    fraction: float | None = Field(
-        None, gt=0, le=1, description="share of min(m, n) each task keeps; default 1/K (the paper's choice)"
-    )
+    fraction: float | None = Field(None, gt=0, le=1, description="share of min(m, n) each task keeps; default 1/K (the paper's choice)")
 
 
 @register(

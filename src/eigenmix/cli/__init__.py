@@ -14,6 +14,7 @@ from eigenmix import __version__
 from eigenmix.cli.console import make_console
 from eigenmix.cli.demo import demo
 from eigenmix.cli.inspect_cmd import inspect, overlap
+from eigenmix.cli.merge_cmd import merge, methods
 from eigenmix.errors import EigenmixError
 
 app = typer.Typer(
@@ -41,6 +42,8 @@ def _root(
 app.command()(inspect)
 app.command()(overlap)
 app.command()(demo)
+app.command()(merge)
+app.command()(methods)
 
 
 def main() -> None:

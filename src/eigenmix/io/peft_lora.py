@@ -171,6 +171,20 @@ def build_config(module: Module, layers: dict[str, LowRankDelta]) -> dict[str, A
     }
 
 
+def write_lora_files(module: Module, folder: Path) -> None:
+    """Write the adapter files of ``module`` into an existing ``folder`` (not atomic)."""
+    layers = {name: _as_lowrank(name, d) for name, d in module.layers.items()}
+    config = build_config(module, layers)
+    tensors: dict[str, Tensor] = {}
+    for name, d in layers.items():
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = d.A.contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = d.B.contiguous()
+    for name, t in module.extras.items():
+        tensors[f"{PREFIX}{name}"] = t.contiguous()
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def write_lora_adapter(module: Module, out: Path | str, *, overwrite: bool = False) -> Path:
     """Write ``module`` as a PEFT LoRA adapter folder that ``PeftModel.from_pretrained`` loads.
 
@@ -180,15 +194,8 @@ def write_lora_adapter(module: Module, out: Path | str, *, overwrite: bool = Fal
     Raises:
         InvalidInputError: a dense layer (truncate it first) or ``out`` exists.
     """
-    layers = {name: _as_lowrank(name, d) for name, d in module.layers.items()}
-    config = build_config(module, layers)
-    tensors: dict[str, Tensor] = {}
-    for name, d in layers.items():
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = d.A.contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = d.B.contiguous()
-    for name, t in module.extras.items():
-        tensors[f"{PREFIX}{name}"] = t.contiguous()
+    for name, d in module.layers.items():
+        _as_lowrank(name, d)  # fail before anything is written
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_lora_files(module, tmp)
     return Path(out)

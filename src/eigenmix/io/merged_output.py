@@ -1,0 +1,131 @@
+"""Write a merged module: as a PEFT LoRA adapter (exact rank, or truncated with the
+retained energy reported per layer), or as a full model (base + merged delta) in the
+base model's own safetensors layout. Non-delta tensors of the inputs (classifier heads)
+are written per task beside the output, never dropped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from eigenmix.errors import InvalidInputError
+from eigenmix.io.peft_lora import write_lora_files
+from eigenmix.io.safetensors_io import CheckpointReader
+from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta
+from eigenmix.spectral import retained_energy
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """How one layer was written: its rank and the share of its energy kept."""
+
+    layer: str
+    rank: int
+    retained_energy: float
+
+
+def spectral_form(name: str, delta: AnyDelta, rank: int | None) -> tuple[SpectralDelta, LayerOutput]:
+    """A merged layer as a spectral delta, at its exact numerical rank or cut to ``rank``."""
+    if isinstance(delta, DenseDelta) and not delta.is_matrix:
+        raise InvalidInputError(
+            f"layer '{name}' is a {delta.W.ndim}-D delta (a bias or norm); a LoRA adapter cannot hold it: write a full model"
+        )
+    spec = delta.spectral() if not isinstance(delta, SpectralDelta) else delta
+    S = spec.S.to(torch.float64)
+    exact = int((S > S[0] * 10 * torch.finfo(spec.S.dtype).eps).sum()) if S.numel() and S[0] > 0 else 0
+    keep = exact if rank is None else min(rank, exact)
+    return spec.truncate(max(keep, 1)), LayerOutput(name, max(keep, 1), retained_energy(S, max(keep, 1)))
+
+
+def write_extras(module: Module, folder: Path) -> list[str]:
+    """Per-task non-delta tensors (``"task/name"`` keys) → ``extras/<task>.safetensors``."""
+    by_task: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in module.extras.items():
+        task, _, name = key.partition("/")
+        by_task.setdefault(task, {})[name or task] = tensor.contiguous()
+    if by_task:
+        (folder / "extras").mkdir()
+    for task, tensors in by_task.items():
+        save_file(tensors, str(folder / "extras" / f"{task}.safetensors"))
+    return sorted(by_task)
+
+
+def write_merged_adapter(module: Module, folder: Path, rank: int | None) -> list[LayerOutput]:
+    """Write ``module`` as a PEFT LoRA adapter into ``folder`` (extras beside it)."""
+    layers, report = {}, []
+    for name, delta in module.layers.items():
+        layers[name], row = spectral_form(name, delta, rank)
+        report.append(row)
+    adapter = Module(module.name, layers, module.base_model, None, {}, {"fan_in_fan_out": module.meta.get("fan_in_fan_out", False)})
+    write_lora_files(adapter, folder)
+    write_extras(module, folder)
+    return report
+
+
+def find_base_tensor(layer: str, names: set[str], by_suffix: dict[str, str]) -> str | None:
+    """The base tensor a layer updates: ``{layer}.weight`` (adapters) or ``{layer}`` (task
+    vectors), allowing one leading component of difference (``bert.encoder.…`` vs
+    ``encoder.…``)."""
+    for candidate in (f"{layer}.weight", layer):
+        if candidate in names:
+            return candidate
+        if "." in candidate and candidate.split(".", 1)[1] in names:
+            return candidate.split(".", 1)[1]
+        if candidate in by_suffix:
+            return by_suffix[candidate]
+    return None
+
+
+def base_tensor_names(module: Module, reader: CheckpointReader) -> dict[str, str]:
+    """Map every layer of ``module`` to the base checkpoint tensor it updates (checked)."""
+    names = set(reader.keys())
+    by_suffix = {n.split(".", 1)[1]: n for n in names if "." in n}
+    out = {}
+    for layer, delta in module.layers.items():
+        target = find_base_tensor(layer, names, by_suffix)
+        if target is None:
+            raise InvalidInputError(f"{reader.path}: the base model has no tensor for layer '{layer}'")
+        if reader.shape(target) not in (tuple(delta.shape), tuple(delta.shape)[::-1]):
+            raise InvalidInputError(
+                f"{reader.path}: tensor '{target}' has shape {reader.shape(target)} but the merged layer '{layer}' has {tuple(delta.shape)}"
+            )
+        out[layer] = target
+    return out
+
+
+def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutput]:
+    """Write ``W_base + ΔW`` for every merged layer, every other base tensor unchanged, in
+    one ``model.safetensors``; non-weight files of a base folder (config, tokenizer) are
+    copied, so the result loads like the base model."""
+    fan_in_fan_out = bool(module.meta.get("fan_in_fan_out", False))
+    with CheckpointReader(base) as reader:
+        targets = base_tensor_names(module, reader)
+        by_tensor = {t: layer for layer, t in targets.items()}
+        tensors = {}
+        for name in reader.keys():  # noqa: SIM118
+            W = reader.get(name)
+            if name in by_tensor:
+                delta = module.layers[by_tensor[name]].dense().to(torch.float32)
+                if fan_in_fan_out and delta.ndim == 2 and delta.shape != W.shape:
+                    delta = delta.T
+                W = (W.to(torch.float32) + delta).to(W.dtype)
+            tensors[name] = W.contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if base.is_dir():
+        for item in base.iterdir():
+            if item.is_file() and not item.name.endswith(WEIGHT_FILES) and item.name != "model.safetensors.index.json":
+                shutil.copy2(item, folder / item.name)
+    write_extras(module, folder)
+    return [LayerOutput(layer, min(module.layers[layer].shape), 1.0) for layer in targets]
+
+
+def write_report(folder: Path, payload: dict, layers: list[LayerOutput]) -> None:
+    """``merge_report.json``: the resolved config and, per layer, rank and retained energy."""
+    (folder / "merge_report.json").write_text(json.dumps({**payload, "layers": [asdict(r) for r in layers]}, indent=2) + "\n")

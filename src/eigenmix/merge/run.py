@@ -1,0 +1,73 @@
+"""Run a validated merge config: load, check, merge layer by layer, write atomically."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from eigenmix.io import load_task_vector, read_lora_adapter
+from eigenmix.io.atomic import atomic_dir, check_destination
+from eigenmix.io.merged_output import LayerOutput, write_full_model, write_merged_adapter, write_report
+from eigenmix.merge.api import LayerResult, check_compatible, merge
+from eigenmix.merge.config import MergeConfig
+from eigenmix.modules import Module
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """What a finished merge reports."""
+
+    out: Path
+    layers: list[LayerResult]
+    outputs: list[LayerOutput]
+    seconds: float
+
+
+def load_modules(config: MergeConfig) -> list[Module]:
+    """Read every input module (adapters directly, fine-tunes as task vectors) and check
+    that they fit together."""
+    modules = []
+    for entry in config.modules:
+        name = entry.name or entry.path.name
+        if entry.is_adapter:
+            modules.append(read_lora_adapter(entry.path, name=name))
+        else:
+            assert config.base_model is not None  # guaranteed by MergeConfig validation
+            modules.append(load_task_vector(config.base_model, entry.path, name=name))
+    check_compatible(modules)
+    return modules
+
+
+def run_merge(
+    config: MergeConfig,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    modules: list[Module] | None = None,
+    on_layer: Callable[[LayerResult], None] | None = None,
+) -> MergeRun:
+    """Merge as ``config`` says and write the result to ``out`` atomically."""
+    check_destination(out, overwrite=overwrite)
+    start = time.perf_counter()
+    modules = modules if modules is not None else load_modules(config)
+    results: list[LayerResult] = []
+
+    def record(result: LayerResult) -> None:
+        results.append(result)
+        if on_layer is not None:
+            on_layer(result)
+
+    merged = merge(
+        modules, config.method, weights=[e.weight for e in config.modules], seed=config.seed, dense_rank=config.dense_rank,
+        dense_energy=config.dense_energy, extras=config.extras, on_layer=record, **config.parameters,
+    )  # fmt: skip
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if config.output.kind == "adapter":
+            outputs = write_merged_adapter(merged, tmp, config.output.rank)
+        else:
+            assert config.base_model is not None
+            outputs = write_full_model(merged, config.base_model, tmp)
+        write_report(tmp, {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start}, outputs)
+    return MergeRun(out, results, outputs, time.perf_counter() - start)

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from eigenmix.spectral import (
     core_svd,
     cores,
+    gram_range,
     joint_basis,
     module_spectra,
+    orthonormal_range,
     principal_angles,
     range_overlap,
     reconstruct,
@@ -105,3 +107,16 @@ def pytest_approx(x: float):
     import pytest
 
     return pytest.approx(x, abs=1e-12)
+
+
+@given(module_family(), st.floats(1e-6, 1e3))
+def test_gram_range_spans_the_same_space_as_the_qr_range(factors, magnitude):
+    """The fast Gram-matrix basis equals the QR-based one: same span, orthonormal, and the
+    coordinates it returns reproduce the stacked factors, whatever their magnitude."""
+    X = torch.cat([B * magnitude**i for i, (B, _) in enumerate(factors)], dim=1)
+    Q, C = gram_range(X, 1e-6)
+    Q_ref = orthonormal_range(X / torch.linalg.vector_norm(X, dim=0), 1e-6)
+    assert Q.shape[1] == Q_ref.shape[1]
+    assert torch.allclose(Q.T @ Q, torch.eye(Q.shape[1], dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(Q @ Q.T, Q_ref @ Q_ref.T, atol=1e-8)
+    assert torch.allclose(Q @ C, X, atol=1e-9 * float(X.abs().max()))

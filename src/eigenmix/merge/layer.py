@@ -1,62 +1,101 @@
 """One layer's K deltas, decomposed once for every spectral method.
 
-Low-rank deltas are decomposed exactly by the factored SVD; dense ones by a truncated
-SVD (exact, or randomized when a rank is given), cut to a share of their energy. The
-joint basis then holds every module's singular vectors, and the methods work on the
-coordinates ``P_k = Q_Uᵀ U_k``, ``R_k = Q_Vᵀ V_k`` and cores ``C_k = P_k diag(σ_k) R_kᵀ``
-(see design note 4). Nothing here forms an ``m × n`` matrix.
+Low-rank deltas are used through their factors; dense ones through a truncated SVD
+(exact, or randomized when a rank is given), cut to a share of their energy. The joint
+basis spans every module's factors, and the methods work on the coordinates
+``P_k = Q_Uᵀ U_k``, ``R_k = Q_Vᵀ V_k`` and cores ``C_k = P_k diag(σ_k) R_kᵀ`` (design
+note 4). Nothing here forms an ``m × n`` matrix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from eigenmix.modules import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta
-from eigenmix.spectral import SVD, JointBasis, default_rtol, joint_basis, project, rank_for_energy, svd
+from eigenmix.modules import AnyDelta, LowRankDelta, SpectralDelta, delta_dtype
+from eigenmix.spectral import SVD, JointBasis, default_rtol, factored_svd, gram_range, rank_for_energy, svd
 
 
-@dataclass(frozen=True)
 class LayerSpectra:
-    """K deltas of one ``(m, n)`` layer in a joint basis (all float64).
+    """K deltas of one ``(m, n)`` layer in a joint basis.
+
+    The joint basis ``Q_U`` (m × R_U), ``Q_V`` (n × R_V) is stored in the work dtype (the
+    inputs' float dtype: the only ``m``- and ``n``-sized products run in it); everything
+    else is small and float64. Each delta is ``ΔW_k = Q_U X_k Y_kᵀ Q_Vᵀ`` with factor
+    coordinates ``X_k`` (R_U × r_k), ``Y_k`` (R_V × r_k); the per-module SVDs of those
+    (``P_k``, ``σ_k``, ``R_k``) are computed on first use, since several methods need
+    only the cores.
 
     Attributes:
         shape: ``(m, n)``.
-        spectra: per module, its thin SVD ``(U_k, σ_k, V_k)`` with zero directions dropped.
-        basis: the joint basis ``Q_U`` (m × R_U), ``Q_V`` (n × R_V).
-        P: per module, ``Q_Uᵀ U_k`` (R_U × r_k).
-        R: per module, ``Q_Vᵀ V_k`` (R_V × r_k).
+        basis: the joint basis.
         weights: ``(K,)`` per-module weights from the config.
     """
 
-    shape: tuple[int, int]
-    spectra: list[SVD]
-    basis: JointBasis
-    P: list[Tensor]
-    R: list[Tensor]
-    weights: Tensor
+    def __init__(self, shape: tuple[int, int], basis: JointBasis, X: list[Tensor], Y: list[Tensor], weights: Tensor, rtol: float):
+        self.shape, self.basis, self.weights = shape, basis, weights
+        self._X, self._Y, self._rtol = X, Y, rtol
+        self._svd: list[SVD] | None = None
 
     @property
     def k(self) -> int:
-        return len(self.spectra)
+        return len(self._X)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """``(R_U, R_V)``: the joint dimensions."""
+        return self.basis.Q_U.shape[1], self.basis.Q_V.shape[1]
+
+    def _module_svds(self) -> list[SVD]:
+        if self._svd is None:
+            out = []
+            for X, Y in zip(self._X, self._Y, strict=True):
+                f = factored_svd(X, Y.T, dtype=torch.float64)  # SVD of this module's core
+                keep = int((f.S > self._rtol * f.S[0]).sum()) if f.S.numel() and f.S[0] > 0 else 0
+                out.append(f.truncate(keep))
+            self._svd = out
+        return self._svd
+
+    @property
+    def sigma(self) -> list[Tensor]:
+        """Per module, its singular values ``σ_k`` (r_k,), zero directions dropped."""
+        return [f.S for f in self._module_svds()]
+
+    @property
+    def P(self) -> list[Tensor]:
+        """Per module, ``Q_Uᵀ U_k`` (R_U × r_k): its left singular vectors in joint coordinates."""
+        return [f.U for f in self._module_svds()]
+
+    @property
+    def R(self) -> list[Tensor]:
+        """Per module, ``Q_Vᵀ V_k`` (R_V × r_k)."""
+        return [f.V for f in self._module_svds()]
 
     def core(self, i: int, sigma: Tensor | None = None) -> Tensor:
-        """Module i's core ``P_i diag(σ) R_iᵀ`` (R_U × R_V); ``σ`` defaults to its own."""
-        s = self.spectra[i].S if sigma is None else sigma
-        return (self.P[i] * s) @ self.R[i].T
+        """Module i's core ``C_i = Q_Uᵀ ΔW_i Q_V`` (R_U × R_V), or ``P_i diag(σ) R_iᵀ``."""
+        if sigma is None:
+            return self._X[i] @ self._Y[i].T
+        f = self._module_svds()[i]
+        return (f.U * sigma) @ f.V.T
 
     def weighted_sum(self) -> Tensor:
         """``Σ_k w_k C_k``, the core of the weighted sum of the deltas."""
-        return sum((float(w) * self.core(i) for i, w in enumerate(self.weights)), torch.zeros(self.basis.rank, dtype=torch.float64))
+        X = torch.cat([float(w) * x for w, x in zip(self.weights, self._X, strict=True)], dim=1)
+        return X @ torch.cat(self._Y, dim=1).T
 
     def lift(self, core: Tensor) -> SVD:
-        """The SVD of ``Q_U core Q_Vᵀ`` without forming it (zero directions dropped)."""
+        """The SVD of ``Q_U core Q_Vᵀ`` without forming it (zero directions dropped).
+
+        ``V`` is returned as the transpose of a contiguous ``(r, n)`` matrix, so that the
+        balanced LoRA factor ``A = √σ Vᵀ`` needs no copy.
+        """
         Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
         keep = numerical_rank(S)
-        return SVD(self.basis.Q_U @ Uc[:, :keep], S[:keep], self.basis.Q_V @ Vch[:keep].T)
+        Q_U, Q_V = self.basis
+        Vt = Vch[:keep].to(Q_V.dtype) @ Q_V.T  # (r, n), contiguous
+        return SVD(Q_U @ Uc[:, :keep].to(Q_U.dtype), S[:keep], Vt.T)
 
 
 def numerical_rank(S: Tensor, rtol: float | None = None) -> int:
@@ -67,31 +106,28 @@ def numerical_rank(S: Tensor, rtol: float | None = None) -> int:
     return int((tol * S[0] < S).sum())
 
 
-def delta_spectrum(delta: AnyDelta, *, dense_rank: int | None = None, dense_energy: float = 1.0, seed: int = 0) -> SVD:
-    """Float64 thin SVD of one delta with numerically zero directions dropped.
-
-    Low-rank and spectral deltas are exact. Dense matrices use the randomized SVD to
-    ``dense_rank`` when given (exact SVD otherwise), then keep ``dense_energy`` of the
-    spectrum.
-    """
-    if isinstance(delta, DenseDelta):
-        W = delta.W.to(torch.float64)
-        f = svd(W, dense_rank, randomized=dense_rank is not None and 10 * dense_rank < min(W.shape), seed=seed)
-        if dense_energy < 1.0:
-            f = f.truncate(rank_for_energy(f.S, dense_energy))
-    else:
-        f = delta.spectral().svd.to(torch.float64)
-    tol = default_rtol(_stored_dtype(delta))
-    keep = int((f.S > tol * f.S[0]).sum()) if f.S.numel() and f.S[0] > 0 else 0
-    return f.truncate(keep)
-
-
-def _stored_dtype(delta: AnyDelta) -> torch.dtype:
+def delta_factors(delta: AnyDelta, *, dense_rank: int | None = None, dense_energy: float = 1.0, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(L (m, r), Rt (n, r))`` with ``delta = L Rtᵀ``: LoRA factors with the scale folded
+    in, spectral ``(U σ, V)``, or a truncated SVD of a dense matrix (randomized to
+    ``dense_rank`` when given, exact otherwise; cut to ``dense_energy``)."""
     if isinstance(delta, LowRankDelta):
-        return delta.A.dtype
+        return delta.B * delta.scale, delta.A.T
     if isinstance(delta, SpectralDelta):
-        return delta.U.dtype
-    return delta.W.dtype
+        return delta.U * delta.S, delta.V
+    W = delta.W.to(torch.float64)
+    f = svd(W, dense_rank, randomized=dense_rank is not None and 10 * dense_rank < min(W.shape), seed=seed)
+    if dense_energy < 1.0:
+        f = f.truncate(rank_for_energy(f.S, dense_energy))
+    nonzero = int((f.S > default_rtol(delta.W.dtype) * f.S[0]).sum()) if f.S.numel() and f.S[0] > 0 else 0
+    f = f.truncate(nonzero)  # zero directions are undefined; unit-normalised they would become noise
+    return (f.U * f.S).to(delta.W.dtype), f.V.to(delta.W.dtype)
+
+
+def _work_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
+    dtype = torch.float32
+    for d in deltas:
+        dtype = torch.promote_types(dtype, delta_dtype(d))
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def decompose(
@@ -103,16 +139,19 @@ def decompose(
     seed: int = 0,
     rtol: float | None = None,
 ) -> LayerSpectra:
-    """Decompose K deltas of one layer into a :class:`LayerSpectra`."""
-    spectra = [delta_spectrum(d, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed) for d in deltas]
-    basis = joint_basis(spectra, rtol=rtol)
-    coords = [project(basis, s) for s in spectra]
+    """Decompose K deltas of one layer into a :class:`LayerSpectra`.
+
+    The joint basis comes from the stacked factors by :func:`eigenmix.spectral.gram_range`
+    (BLAS-3, rank-revealing); each module's SVD, where a method needs it, is a factored
+    SVD of its ``R × r_k`` coordinates: no ``m × n`` matrix, no per-module ``m``-sized work.
+    """
+    dtype = _work_dtype(deltas)
+    tol = default_rtol(dtype) if rtol is None else rtol
+    factors = [delta_factors(d, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed) for d in deltas]
+    Q_U, CU = gram_range(torch.cat([L for L, _ in factors], dim=1), tol, dtype=dtype)  # CU: (R_U, Σr)
+    Q_V, CV = gram_range(torch.cat([Rt for _, Rt in factors], dim=1), tol, dtype=dtype)
+    bounds = torch.cumsum(torch.tensor([0] + [L.shape[1] for L, _ in factors]), 0).tolist()
+    X = [CU[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    Y = [CV[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     m, n = deltas[0].shape
-    return LayerSpectra(
-        shape=(int(m), int(n)),
-        spectra=spectra,
-        basis=basis,
-        P=[c[0] for c in coords],
-        R=[c[1] for c in coords],
-        weights=torch.tensor(list(weights), dtype=torch.float64),
-    )
+    return LayerSpectra((int(m), int(n)), JointBasis(Q_U, Q_V), X, Y, torch.tensor(list(weights), dtype=torch.float64), tol)

@@ -111,8 +111,8 @@ class SpectralDelta:
 
     def lowrank(self) -> LowRankDelta:
         """Balanced factors ``B = U diag(√σ)``, ``A = diag(√σ) Vᵀ``, scale 1."""
-        root = self.S.clamp(min=0).sqrt()
-        return LowRankDelta(self.U * root, (self.V * root).T.contiguous(), 1.0)
+        root = self.S.clamp(min=0).sqrt().to(self.U.dtype)
+        return LowRankDelta(self.U * root, (self.V * root).T.contiguous(), 1.0)  # no copy when V is a transposed view
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def iso_cts(layer: LayerSpectra, p: IsoCtsParams, rng: torch.Generator) -> SVD:
     the rest rounded to a multiple of K and shared equally by the tasks. Here ``d`` is the
     joint dimension ``min(R_U, R_V)``, which is ``min(m, n)`` for full-rank task vectors."""
     K = layer.k
-    d = min(layer.basis.rank)
+    d = min(layer.rank)
     n_task_total = round((d - int(d * p.common_space_fraction)) / K) * K
     n_common = d - n_task_total
     per_task = n_task_total // K

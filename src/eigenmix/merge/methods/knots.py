@@ -35,9 +35,10 @@ def knots(layer: LayerSpectra, p: KnotsParams, rng: torch.Generator) -> SVD:
     cat = torch.cat([layer.core(i) for i in range(layer.k)], dim=1)  # (R_U, K·R_V)
     Uc, S, Vch = torch.linalg.svd(cat, full_matrices=False)
     q = numerical_rank(S)
-    R_V = layer.basis.rank[1]
+    R_V = layer.rank[1]
+    Q_U, Q_V = layer.basis
     reps = torch.stack(
-        [(S[:q, None] * Vch[:q, i * R_V : (i + 1) * R_V]) @ layer.basis.Q_V.T for i in range(layer.k)]
+        [((S[:q, None] * Vch[:q, i * R_V : (i + 1) * R_V]).to(Q_V.dtype) @ Q_V.T).double() for i in range(layer.k)]
     )  # (K, q, n): each task's Σ V_kᵀ in input coordinates
     if p.merge == "ties":
         merged = ties_merge(reps, layer.weights, density=p.density)
@@ -46,4 +47,4 @@ def knots(layer: LayerSpectra, p: KnotsParams, rng: torch.Generator) -> SVD:
         merged = dare_ties_merge(reps, layer.weights, masks, density=p.density, rescale="inverse_density", normalize=True)
     else:
         merged = weighted(reps, layer.weights).sum(0) / float(layer.weights.sum())
-    return factored_svd(layer.basis.Q_U @ Uc[:, :q] * p.scale, merged)  # (m, q) @ (q, n)
+    return factored_svd((Q_U @ Uc[:, :q].to(Q_U.dtype)).double() * p.scale, merged)  # (m, q) @ (q, n)

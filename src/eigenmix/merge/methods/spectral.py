@@ -78,8 +78,8 @@ def spectral_coefficients(layer: LayerSpectra, flatten: float = 0.0) -> tuple[li
 def merged_core(layer: LayerSpectra, lambdas: list[Tensor]) -> Tensor:
     """``Σ_k w_k P_k diag(λ_k ⊙ σ_k) R_kᵀ`` (R_U × R_V)."""
     return sum(
-        (float(layer.weights[k]) * layer.core(k, lambdas[k] * layer.spectra[k].S) for k in range(layer.k)),
-        torch.zeros(layer.basis.rank, dtype=torch.float64),
+        (float(layer.weights[k]) * layer.core(k, lambdas[k] * layer.sigma[k]) for k in range(layer.k)),
+        torch.zeros(layer.rank, dtype=torch.float64),
     )
 
 

@@ -23,12 +23,12 @@ class StarParams(MergeParams):
     url="https://arxiv.org/abs/2502.10339",
 )
 def star(layer: LayerSpectra, p: StarParams, rng: torch.Generator) -> SVD:
-    core = torch.zeros(layer.basis.rank, dtype=torch.float64)
-    for i, s in enumerate(layer.spectra):
-        if s.S.numel() == 0:
+    core = torch.zeros(layer.rank, dtype=torch.float64)
+    for i, sigma in enumerate(layer.sigma):
+        if sigma.numel() == 0:
             continue
-        share = torch.cumsum(s.S, 0) / s.S.sum()
-        r = min(int((share < p.eta - 1e-12).sum()) + 1, s.S.numel())
-        kept = s.S[:r] * (s.S.sum() / s.S[:r].sum())  # same nuclear norm as before truncation
+        share = torch.cumsum(sigma, 0) / sigma.sum()
+        r = min(int((share < p.eta - 1e-12).sum()) + 1, sigma.numel())
+        kept = sigma[:r] * (sigma.sum() / sigma[:r].sum())  # same nuclear norm as before truncation
         core += float(layer.weights[i]) * (layer.P[i][:, :r] * kept) @ layer.R[i][:, :r].T
     return layer.lift(p.scale * core / layer.k)

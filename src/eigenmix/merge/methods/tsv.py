@@ -30,11 +30,11 @@ def tsv(layer: LayerSpectra, p: TsvParams, rng: torch.Generator) -> SVD:
     fraction = p.fraction if p.fraction is not None else 1.0 / layer.k
     keep = max(1, int(fraction * min(layer.shape)))
     Us, Ss, Vs = [], [], []
-    for i, s in enumerate(layer.spectra):
-        t = min(keep, s.S.numel())
+    for i, sigma in enumerate(layer.sigma):
+        t = min(keep, sigma.numel())
         Us.append(layer.P[i][:, :t])
         Vs.append(layer.R[i][:, :t])
-        Ss.append(float(layer.weights[i]) * s.S[:t])
+        Ss.append(float(layer.weights[i]) * sigma[:t])
     U_perp = polar_factor(torch.cat(Us, dim=1))  # (R_U, T)
     V_perp = polar_factor(torch.cat(Vs, dim=1))  # (R_V, T)
     core = (U_perp * torch.cat(Ss)) @ V_perp.T

@@ -1,0 +1,63 @@
+"""A fast orthonormal range for tall stacks of factors, by the Gram matrix.
+
+A Householder QR of a tall ``m × p`` matrix costs ``2mp²`` flops at BLAS-2 speed; the
+Gram matrix ``XᵀX`` and the product ``X M`` are BLAS-3 and, for ``m = 11008, p = 128``,
+about five times faster on a CPU. The eigendecomposition ``XᵀX = W Λ Wᵀ`` (float64)
+reveals the rank (``λ ≤ rtol² λ_max`` dropped, the same test as ``s ≤ rtol s_max`` on
+singular values), and gives the coordinates of ``X`` in the basis for free:
+``Q = X W Λ^{-1/2}`` and ``Qᵀ X = Λ^{1/2} Wᵀ``. A second pass re-orthonormalises when
+the kept spectrum is ill-conditioned (as CholeskyQR2 does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _eig_basis(G: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of a Gram matrix above the rank threshold: ``(λ (R,), W (p, R))``, descending."""
+    lam, W = torch.linalg.eigh(G)
+    lam, W = lam.flip(0), W.flip(1)
+    if lam.numel() == 0 or lam[0] <= 0:
+        return lam[:0], W[:, :0]
+    keep = lam > (rtol**2) * lam[0]
+    return lam[keep], W[:, keep]
+
+
+def gram_range(X: Tensor, rtol: float, *, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """Orthonormal basis of the numerical range of ``X`` and the coordinates of ``X`` in it.
+
+    Columns are scaled to unit norm for the rank test, so factors of very different
+    magnitude count alike; zero columns are ignored.
+
+    Args:
+        X: ``(m, p)``.
+        rtol: relative tolerance on singular values of the column-normalised ``X``;
+            raised to ``2√(p·eps)`` (≈ 3e-7 for p = 128), what the Gram matrix resolves.
+        dtype: dtype of the returned basis (the big ``m × R`` product runs in it);
+            default float64. The small algebra is always float64.
+
+    Returns:
+        ``Q (m, R)`` with orthonormal columns and ``C = Qᵀ X`` (``(R, p)``, float64).
+    """
+    dtype = dtype or torch.float64
+    X64 = X.to(torch.float64)
+    # eigh resolves λ only to about p·eps·λ_max, i.e. singular values to √(p·eps): a
+    # tighter tolerance would keep roundoff as directions.
+    rtol = max(rtol, 2.0 * (max(X.shape[1], 1) * torch.finfo(torch.float64).eps) ** 0.5)
+    G_raw = X64.T @ X64  # (p, p), the one m-sized float64 product
+    norms = G_raw.diagonal().clamp(min=0).sqrt()
+    scale = torch.where(norms > 0, 1.0 / norms.clamp(min=1e-300), torch.zeros_like(norms))
+    G = G_raw * scale[:, None] * scale[None, :]  # Gram matrix of the unit-norm columns
+    lam, W = _eig_basis(G, rtol)
+    M = W / lam.sqrt()  # (p, R): Q = Xn M
+    coords_n = lam.sqrt()[:, None] * W.T  # (R, p) = Qᵀ Xn
+    if lam.numel() and lam[-1] < 1e-8 * lam[0]:  # ill-conditioned: one more pass on Q
+        G2 = M.T @ G @ M  # = QᵀQ, computed without forming Q
+        lam2, W2 = _eig_basis(G2, 1e-12)
+        M = M @ (W2 / lam2.sqrt())
+        coords_n = (lam2.sqrt()[:, None] * W2.T) @ coords_n
+    Q = (X if X.dtype == dtype else X64.to(dtype)) @ (scale[:, None] * M).to(dtype)  # (m, R)
+    norms_back = torch.where(scale > 0, norms, torch.zeros_like(norms))
+    return Q, coords_n * norms_back  # coordinates of the original (unnormalised) X

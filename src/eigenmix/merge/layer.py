@@ -9,6 +9,7 @@ note 4). Nothing here forms an ``m × n`` matrix.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -151,7 +152,7 @@ def decompose(
     Q_U, CU = gram_range(torch.cat([L for L, _ in factors], dim=1), tol, dtype=dtype)  # CU: (R_U, Σr)
     Q_V, CV = gram_range(torch.cat([Rt for _, Rt in factors], dim=1), tol, dtype=dtype)
     bounds = torch.cumsum(torch.tensor([0] + [L.shape[1] for L, _ in factors]), 0).tolist()
-    X = [CU[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    Y = [CV[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    X = [CU[:, a:b] for a, b in itertools.pairwise(bounds)]
+    Y = [CV[:, a:b] for a, b in itertools.pairwise(bounds)]
     m, n = deltas[0].shape
     return LayerSpectra((int(m), int(n)), JointBasis(Q_U, Q_V), X, Y, torch.tensor(list(weights), dtype=torch.float64), tol)

@@ -12,7 +12,8 @@ runs ``linear`` (the same weighted sum) and converts the result to rank-128 fact
 
 The end-to-end part writes 8 PEFT adapter folders for 32 decoder layers (224 layers) and
 times ``eigenmix merge``'s own path (read, merge, write a rank-128 adapter) in a fresh
-process, whose peak RSS is ``peak_rss_mb``.
+process, whose peak RSS (``VmHWM``) is ``peak_rss_mb``; it runs first, before this
+process holds the PEFT model.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def write_adapters(root: Path, n_layers: int, k: int, r: int, alpha: float, seed
 
 
 END_TO_END = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
 from eigenmix.merge.config import MergeConfig
@@ -135,8 +136,10 @@ folders, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 config = MergeConfig(method="linear", modules=[{"path": f} for f in folders])
 t0 = time.perf_counter()
 run = run_merge(config, out)
+# VmHWM resets at exec (ru_maxrss would carry the parent's figure over)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"seconds": time.perf_counter() - t0, "seconds_with_imports": time.perf_counter() - start,
-                  "layers": len(run.layers), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "layers": len(run.layers), "peak_rss_mb": hwm / 1024}))
 """
 
 
@@ -161,6 +164,8 @@ def main() -> None:
     args = parser.parse_args()
     alpha = float(args.r)
 
+    # the end-to-end run goes first, while this process is still small
+    e2e = end_to_end(args.e2e_layers, args.k, args.r, alpha, args.seed) if args.e2e_layers else None
     factors = random_factors(args.decoder_layers, args.k, args.r, args.seed)
     eig_s, eig = eigenmix_side(factors, args.r, alpha)
     peft_s, peft = peft_side(factors, args.r, alpha)
@@ -173,8 +178,7 @@ def main() -> None:
         "peft_seconds": peft_s, "eigenmix_seconds": eig_s, "speedup": peft_s / eig_s, "max_rel_diff": max(diffs),
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }  # fmt: skip
-    if args.e2e_layers:
-        e2e = end_to_end(args.e2e_layers, args.k, args.r, alpha, args.seed)
+    if e2e is not None:
         result |= {
             "e2e_decoder_layers": args.e2e_layers, "e2e_layers": e2e["layers"], "e2e_seconds": e2e["seconds"],
             "e2e_seconds_with_imports": e2e["seconds_with_imports"], "peak_rss_mb": e2e["peak_rss_mb"],

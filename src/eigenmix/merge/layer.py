@@ -16,7 +16,35 @@ import torch
 from torch import Tensor
 
 from eigenmix.modules import AnyDelta, LowRankDelta, SpectralDelta, delta_dtype
-from eigenmix.spectral import SVD, JointBasis, default_rtol, factored_svd, gram_range, rank_for_energy, svd
+from eigenmix.spectral import SVD, JointBasis, default_rtol, factored_svd, gram_range_implicit, rank_for_energy, svd
+
+
+class ImplicitBasis:
+    """An orthonormal basis ``Q = X M`` kept as its factors: ``X`` (m × p) the stacked
+    module factors in the work dtype, ``M`` (p × R) float64. ``Q @ Y`` costs one
+    ``m``-sized product; ``Q`` itself is formed (once) only if asked for."""
+
+    def __init__(self, X: Tensor, M: Tensor) -> None:
+        self.X, self.M = X, M
+        self._Q: Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.M.shape[1]
+
+    def apply(self, Y: Tensor) -> Tensor:
+        """``Q @ Y`` for a small ``Y`` (R × k), in the work dtype."""
+        return self.X @ (self.M @ Y.to(torch.float64)).to(self.X.dtype)
+
+    def apply_rows(self, Y: Tensor) -> Tensor:
+        """``Y Qᵀ`` for ``Y`` (k × R): a contiguous ``(k, m)`` result, no transposed copy."""
+        return (Y.to(torch.float64) @ self.M.T).to(self.X.dtype) @ self.X.T
+
+    @property
+    def Q(self) -> Tensor:
+        if self._Q is None:
+            self._Q = self.X @ self.M.to(self.X.dtype)
+        return self._Q
 
 
 class LayerSpectra:
@@ -35,10 +63,18 @@ class LayerSpectra:
         weights: ``(K,)`` per-module weights from the config.
     """
 
-    def __init__(self, shape: tuple[int, int], basis: JointBasis, X: list[Tensor], Y: list[Tensor], weights: Tensor, rtol: float):
-        self.shape, self.basis, self.weights = shape, basis, weights
+    def __init__(
+        self, shape: tuple[int, int], U: ImplicitBasis, V: ImplicitBasis, X: list[Tensor], Y: list[Tensor], weights: Tensor, rtol: float
+    ) -> None:
+        self.shape, self.weights = shape, weights
+        self._U, self._V = U, V
         self._X, self._Y, self._rtol = X, Y, rtol
         self._svd: list[SVD] | None = None
+
+    @property
+    def basis(self) -> JointBasis:
+        """The joint basis ``(Q_U, Q_V)``, formed on first use (most methods never need it)."""
+        return JointBasis(self._U.Q, self._V.Q)
 
     @property
     def k(self) -> int:
@@ -47,7 +83,7 @@ class LayerSpectra:
     @property
     def rank(self) -> tuple[int, int]:
         """``(R_U, R_V)``: the joint dimensions."""
-        return self.basis.Q_U.shape[1], self.basis.Q_V.shape[1]
+        return self._U.dim, self._V.dim
 
     def _module_svds(self) -> list[SVD]:
         if self._svd is None:
@@ -94,9 +130,16 @@ class LayerSpectra:
         """
         Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
         keep = numerical_rank(S)
-        Q_U, Q_V = self.basis
-        Vt = Vch[:keep].to(Q_V.dtype) @ Q_V.T  # (r, n), contiguous
-        return SVD(Q_U @ Uc[:, :keep].to(Q_U.dtype), S[:keep], Vt.T)
+        Vt = self._V.apply_rows(Vch[:keep])  # (r, n), contiguous
+        return SVD(self._U.apply(Uc[:, :keep]), S[:keep], Vt.T)
+
+    def lift_columns(self, C: Tensor) -> Tensor:
+        """``Q_U C`` (m × k) for joint column coordinates ``C`` (R_U × k)."""
+        return self._U.apply(C)
+
+    def project_rows(self, Y: Tensor) -> Tensor:
+        """``Y Q_Vᵀ`` (k × n) for joint row coordinates ``Y`` (k × R_V)."""
+        return self._V.apply_rows(Y)
 
 
 def numerical_rank(S: Tensor, rtol: float | None = None) -> int:
@@ -149,10 +192,13 @@ def decompose(
     dtype = _work_dtype(deltas)
     tol = default_rtol(dtype) if rtol is None else rtol
     factors = [delta_factors(d, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed) for d in deltas]
-    Q_U, CU = gram_range(torch.cat([L for L, _ in factors], dim=1), tol, dtype=dtype)  # CU: (R_U, Σr)
-    Q_V, CV = gram_range(torch.cat([Rt for _, Rt in factors], dim=1), tol, dtype=dtype)
+    XU = torch.cat([L for L, _ in factors], dim=1).to(dtype)  # (m, Σr)
+    XV = torch.cat([Rt for _, Rt in factors], dim=1).to(dtype)  # (n, Σr)
+    MU, CU = gram_range_implicit(XU, tol)  # Q_U = XU MU; CU = Q_Uᵀ XU (R_U, Σr)
+    MV, CV = gram_range_implicit(XV, tol)
     bounds = torch.cumsum(torch.tensor([0] + [L.shape[1] for L, _ in factors]), 0).tolist()
     X = [CU[:, a:b] for a, b in itertools.pairwise(bounds)]
     Y = [CV[:, a:b] for a, b in itertools.pairwise(bounds)]
     m, n = deltas[0].shape
-    return LayerSpectra((int(m), int(n)), JointBasis(Q_U, Q_V), X, Y, torch.tensor(list(weights), dtype=torch.float64), tol)
+    w = torch.tensor(list(weights), dtype=torch.float64)
+    return LayerSpectra((int(m), int(n)), ImplicitBasis(XU, MU), ImplicitBasis(XV, MV), X, Y, w, tol)

@@ -12,7 +12,7 @@
 from eigenmix.spectral.angles import principal_angles, range_overlap, subspace_overlap
 from eigenmix.spectral.energy import energy_profile, rank_for_energy, retained_energy
 from eigenmix.spectral.factored import SVD, factored_svd
-from eigenmix.spectral.gram import gram_range
+from eigenmix.spectral.gram import gram_range, gram_range_implicit
 from eigenmix.spectral.joint import (
     JointBasis,
     core,
@@ -38,6 +38,7 @@ __all__ = [
     "energy_profile",
     "factored_svd",
     "gram_range",
+    "gram_range_implicit",
     "joint_basis",
     "module_spectra",
     "orthonormal_range",

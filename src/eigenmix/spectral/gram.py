@@ -26,6 +26,15 @@ def _eig_basis(G: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
 
 
 def gram_range(X: Tensor, rtol: float, *, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """Orthonormal basis ``Q`` of the numerical range of ``X`` and ``C = Qᵀ X``; see
+    :func:`gram_range_implicit`, which returns ``Q`` as ``X @ M`` without forming it."""
+    M, C = gram_range_implicit(X, rtol)
+    dtype = dtype or torch.float64
+    Q = (X if X.dtype == dtype else X.to(dtype)) @ M.to(dtype)  # (m, R)
+    return Q, C
+
+
+def gram_range_implicit(X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
     """Orthonormal basis of the numerical range of ``X`` and the coordinates of ``X`` in it.
 
     Columns are scaled to unit norm for the rank test, so factors of very different
@@ -35,13 +44,12 @@ def gram_range(X: Tensor, rtol: float, *, dtype: torch.dtype | None = None) -> t
         X: ``(m, p)``.
         rtol: relative tolerance on singular values of the column-normalised ``X``;
             raised to ``2√(p·eps)`` (≈ 3e-7 for p = 128), what the Gram matrix resolves.
-        dtype: dtype of the returned basis (the big ``m × R`` product runs in it);
-            default float64. The small algebra is always float64.
 
     Returns:
-        ``Q (m, R)`` with orthonormal columns and ``C = Qᵀ X`` (``(R, p)``, float64).
+        ``M (p, R)`` such that ``Q = X M`` has orthonormal columns spanning the range of
+        ``X``, and ``C = Qᵀ X`` (``(R, p)``); both float64. Callers that only need
+        ``Q @ Y`` compute ``X @ (M @ Y)``: one ``m``-sized product instead of two.
     """
-    dtype = dtype or torch.float64
     X64 = X.to(torch.float64)
     # eigh resolves λ only to about p·eps·λ_max, i.e. singular values to √(p·eps): a
     # tighter tolerance would keep roundoff as directions.
@@ -58,6 +66,5 @@ def gram_range(X: Tensor, rtol: float, *, dtype: torch.dtype | None = None) -> t
         lam2, W2 = _eig_basis(G2, 1e-12)
         M = M @ (W2 / lam2.sqrt())
         coords_n = (lam2.sqrt()[:, None] * W2.T) @ coords_n
-    Q = (X if X.dtype == dtype else X64.to(dtype)) @ (scale[:, None] * M).to(dtype)  # (m, R)
     norms_back = torch.where(scale > 0, norms, torch.zeros_like(norms))
-    return Q, coords_n * norms_back  # coordinates of the original (unnormalised) X
+    return scale[:, None] * M, coords_n * norms_back  # Q = X (scale M); coordinates of the original X

@@ -36,9 +36,8 @@ def knots(layer: LayerSpectra, p: KnotsParams, rng: torch.Generator) -> SVD:
     Uc, S, Vch = torch.linalg.svd(cat, full_matrices=False)
     q = numerical_rank(S)
     R_V = layer.rank[1]
-    Q_U, Q_V = layer.basis
     reps = torch.stack(
-        [((S[:q, None] * Vch[:q, i * R_V : (i + 1) * R_V]).to(Q_V.dtype) @ Q_V.T).double() for i in range(layer.k)]
+        [layer.project_rows(S[:q, None] * Vch[:q, i * R_V : (i + 1) * R_V]).double() for i in range(layer.k)]
     )  # (K, q, n): each task's Σ V_kᵀ in input coordinates
     if p.merge == "ties":
         merged = ties_merge(reps, layer.weights, density=p.density)
@@ -47,4 +46,4 @@ def knots(layer: LayerSpectra, p: KnotsParams, rng: torch.Generator) -> SVD:
         merged = dare_ties_merge(reps, layer.weights, masks, density=p.density, rescale="inverse_density", normalize=True)
     else:
         merged = weighted(reps, layer.weights).sum(0) / float(layer.weights.sum())
-    return factored_svd((Q_U @ Uc[:, :q].to(Q_U.dtype)).double() * p.scale, merged)  # (m, q) @ (q, n)
+    return factored_svd(layer.lift_columns(Uc[:, :q]).double() * p.scale, merged)  # (m, q) @ (q, n)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-merge clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/factored_svd.py --json benchmarks/results/factored_svd.json
+
+bench-merge: $(STAMP)  # ~10 minutes: PEFT's dense SVDs dominate
+	$(PY) benchmarks/merge_speed.py --json benchmarks/results/merge_speed.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -3,6 +3,9 @@ producing the same merged delta, in one run; and eigenmix end to end on a 32-lay
 
     python benchmarks/merge_speed.py --json benchmarks/results/merge_speed.json
 
+Timings: PEFT once (minutes); eigenmix the median of 3 in-process runs; end to end the
+median of 3 fresh-process runs (minimum and all runs also recorded).
+
 K = 8 random LoRA adapters (rank 16, seeded) on Llama-7B layer shapes (hidden 4096,
 intermediate 11008; q/k/v/o/gate/up/down) for ``--decoder-layers`` decoder layers (2).
 PEFT runs with its defaults (dense delta per adapter, ``torch.linalg.svd`` with
@@ -96,16 +99,20 @@ def peft_side(factors, r: int, alpha: float) -> tuple[float, dict[str, torch.Ten
     return seconds, deltas
 
 
-def eigenmix_side(factors, r: int, alpha: float) -> tuple[float, dict]:
+def eigenmix_side(factors, r: int, alpha: float, repeats: int = 3) -> tuple[float, dict]:
+    """Median of ``repeats`` runs (the first call also pays for thread-pool start-up)."""
     import eigenmix
     from eigenmix.io.merged_output import spectral_form
     from eigenmix.modules import LowRankDelta, Module
 
     modules = [Module(f"a{i}", {n: LowRankDelta(B, A, alpha / r) for n, (B, A) in fac.items()}) for i, fac in enumerate(factors)]
-    start = time.perf_counter()
-    merged = eigenmix.merge(modules, "linear")
-    low = {name: spectral_form(name, d, r * len(factors))[0].lowrank() for name, d in merged.layers.items()}
-    return time.perf_counter() - start, low
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        merged = eigenmix.merge(modules, "linear")
+        low = {name: spectral_form(name, d, r * len(factors))[0].lowrank() for name, d in merged.layers.items()}
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], low
 
 
 def write_adapters(root: Path, n_layers: int, k: int, r: int, alpha: float, seed: int) -> list[Path]:
@@ -143,14 +150,25 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "seconds_with_imports": t
 """
 
 
-def end_to_end(n_layers: int, k: int, r: int, alpha: float, seed: int) -> dict:
+def end_to_end(n_layers: int, k: int, r: int, alpha: float, seed: int, repeats: int = 3) -> dict:
+    """``repeats`` fresh-process runs on the same adapters; the disk is synced before each,
+    so writeback of earlier files does not land inside the timed run."""
+    runs = []
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         folders = write_adapters(Path(tmp), n_layers, k, r, alpha, seed)
-        done = subprocess.run(
-            [sys.executable, "-c", END_TO_END, json.dumps([str(f) for f in folders]), str(Path(tmp) / "merged")],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        for i in range(repeats):
+            os.sync()
+            done = subprocess.run(
+                [sys.executable, "-c", END_TO_END, json.dumps([str(f) for f in folders]), str(Path(tmp) / f"merged{i}")],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    seconds = sorted(r["seconds"] for r in runs)
+    return {
+        "layers": runs[0]["layers"], "seconds": seconds[len(seconds) // 2], "seconds_min": seconds[0], "runs": seconds,
+        "seconds_with_imports": sorted(r["seconds_with_imports"] for r in runs)[len(runs) // 2],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -181,6 +199,7 @@ def main() -> None:
     if e2e is not None:
         result |= {
             "e2e_decoder_layers": args.e2e_layers, "e2e_layers": e2e["layers"], "e2e_seconds": e2e["seconds"],
+            "e2e_seconds_min": e2e["seconds_min"], "e2e_runs": e2e["runs"],
             "e2e_seconds_with_imports": e2e["seconds_with_imports"], "peak_rss_mb": e2e["peak_rss_mb"],
         }  # fmt: skip
     result["machine"] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import torch
 from safetensors.torch import save_file
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.io.peft_lora import write_lora_files
+from eigenmix.io.peft_config import CONFIG_NAME
+from eigenmix.io.peft_lora import PREFIX, WEIGHTS_NAME, lora_config
 from eigenmix.io.safetensors_io import CheckpointReader
+from eigenmix.io.stream_writer import StreamWriter
 from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta
 from eigenmix.spectral import retained_energy
 
@@ -44,10 +47,10 @@ def spectral_form(name: str, delta: AnyDelta, rank: int | None) -> tuple[Spectra
     return spec.truncate(max(keep, 1)), LayerOutput(name, max(keep, 1), retained_energy(S, max(keep, 1)))
 
 
-def write_extras(module: Module, folder: Path) -> list[str]:
+def write_extras(extras: Mapping[str, torch.Tensor], folder: Path) -> list[str]:
     """Per-task non-delta tensors (``"task/name"`` keys) → ``extras/<task>.safetensors``."""
     by_task: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in module.extras.items():
+    for key, tensor in extras.items():
         task, _, name = key.partition("/")
         by_task.setdefault(task, {})[name or task] = tensor.contiguous()
     if by_task:
@@ -57,15 +60,37 @@ def write_extras(module: Module, folder: Path) -> list[str]:
     return sorted(by_task)
 
 
-def write_merged_adapter(module: Module, folder: Path, rank: int | None) -> list[LayerOutput]:
-    """Write ``module`` as a PEFT LoRA adapter into ``folder`` (extras beside it)."""
-    layers, report = {}, []
-    for name, delta in module.layers.items():
-        layers[name], row = spectral_form(name, delta, rank)
-        report.append(row)
-    adapter = Module(module.name, layers, module.base_model, None, {}, {"fan_in_fan_out": module.meta.get("fan_in_fan_out", False)})
-    write_lora_files(adapter, folder)
-    write_extras(module, folder)
+def stream_merged_adapter(
+    layers: Iterable[tuple[str, AnyDelta]],
+    names: list[str],
+    folder: Path,
+    rank: int | None,
+    *,
+    base_model: str | None = None,
+    fan_in_fan_out: bool = False,
+) -> list[LayerOutput]:
+    """Write merged layers as a PEFT LoRA adapter into ``folder`` as they arrive.
+
+    Each layer is cut to ``rank`` (or kept at its exact rank), written as balanced
+    factors, and dropped, so memory holds one layer of output at a time.
+
+    Args:
+        layers: ``(name, delta)`` pairs, e.g. from :func:`eigenmix.merge.iter_merge`.
+        names: every layer name that will come (sizes the file header).
+    """
+    keys = [f"{PREFIX}{n}.lora_{x}.weight" for n in names for x in "AB"]
+    ranks: dict[str, tuple[int, float]] = {}
+    report = []
+    with StreamWriter(folder / WEIGHTS_NAME, keys, {"format": "pt"}) as writer:
+        for name, delta in layers:
+            spec, row = spectral_form(name, delta, rank)
+            low = spec.lowrank()
+            writer.add(f"{PREFIX}{name}.lora_A.weight", low.A)
+            writer.add(f"{PREFIX}{name}.lora_B.weight", low.B)
+            ranks[name] = (low.rank, low.scale)
+            report.append(row)
+    config = lora_config(ranks, fan_in_fan_out=fan_in_fan_out, base_model=base_model)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return report
 
 
@@ -122,7 +147,7 @@ def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutp
         for item in base.iterdir():
             if item.is_file() and not item.name.endswith(WEIGHT_FILES) and item.name != "model.safetensors.index.json":
                 shutil.copy2(item, folder / item.name)
-    write_extras(module, folder)
+    write_extras(module.extras, folder)
     return [LayerOutput(layer, min(module.layers[layer].shape), 1.0) for layer in targets]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAdapterError
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config
-from eigenmix.io.safetensors_io import read_safetensors, refuse_pickle
+from eigenmix.io.safetensors_io import check_finite, open_safetensors, read_tensor, refuse_pickle
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -48,8 +49,32 @@ def _weights_file(folder: Path) -> Path:
     raise InvalidInputError(f"{folder}: no {WEIGHTS_NAME}")
 
 
-def read_lora_adapter(path: Path | str, *, name: str | None = None) -> Module:
+class LazyLoraLayers(Mapping[str, LowRankDelta]):
+    """Layer name → :class:`LowRankDelta`, each read (and checked for NaN/Inf) from the
+    open safetensors file when first asked for, so a merge holds one layer at a time."""
+
+    def __init__(self, handle: Any, path: Path, keys: dict[str, tuple[str, str]], scales: dict[str, float]) -> None:
+        self._handle, self._path, self._keys, self._scales = handle, path, keys, scales
+
+    def __getitem__(self, layer: str) -> LowRankDelta:
+        key_a, key_b = self._keys[layer]
+        A, B = self._handle.get_tensor(key_a), self._handle.get_tensor(key_b)
+        check_finite(key_a, A, self._path)
+        check_finite(key_b, B, self._path)
+        return LowRankDelta(B, A, self._scales[layer])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def read_lora_adapter(path: Path | str, *, name: str | None = None, lazy: bool = False) -> Module:
     """Read a PEFT LoRA adapter folder into a :class:`Module` of :class:`LowRankDelta`.
+
+    With ``lazy``, the config, tensor names and shapes are checked now and each layer's
+    factors are read when the layer is first used (the file stays memory-mapped).
 
     Raises:
         InvalidInputError: missing folder or files, malformed config, corrupt weights.
@@ -64,22 +89,26 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None) -> Module:
         raise InvalidInputError(f"{folder}: not a folder; a PEFT adapter is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
     config = read_config(folder)
     weights_path = _weights_file(folder)
-    tensors = read_safetensors(weights_path)
-    factors: dict[str, dict[str, Tensor]] = {}
+    handle = open_safetensors(weights_path)
+    factors: dict[str, dict[str, str]] = {}
     extras: dict[str, Tensor] = {}
-    for key, tensor in tensors.items():
+    for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
         for marker, what in _REFUSED_KEYS.items():
             if marker in key:
                 raise UnsupportedAdapterError(f"{weights_path}: {what} is not supported; it changes the maths of the update")
         rel = key.removeprefix(PREFIX)
         match = _FACTOR.match(rel)
         if match:
-            factors.setdefault(match["layer"], {})[match["which"]] = tensor
+            factors.setdefault(match["layer"], {})[match["which"]] = key
         else:
-            extras[rel] = tensor
+            extras[rel] = read_tensor(handle, key, weights_path)
     if not factors:
         raise InvalidInputError(f"{weights_path}: holds no LoRA weights (no '*.lora_A.weight' tensors)")
-    layers = {layer: _layer_delta(layer, pair, config, weights_path) for layer, pair in sorted(factors.items())}
+    shapes = {k: tuple(handle.get_slice(k).get_shape()) for pair in factors.values() for k in pair.values()}
+    scales = {layer: _layer_scale(layer, pair, shapes, config, weights_path) for layer, pair in sorted(factors.items())}
+    keys = {layer: (factors[layer]["A"], factors[layer]["B"]) for layer in scales}
+    lazy_layers = LazyLoraLayers(handle, weights_path, keys, scales)
+    layers: Mapping[str, LowRankDelta] = lazy_layers if lazy else {layer: lazy_layers[layer] for layer in keys}
     meta = {
         "format": "peft_lora",
         "peft_config": config,
@@ -96,19 +125,18 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None) -> Module:
     )
 
 
-def _layer_delta(layer: str, pair: dict[str, Tensor], config: dict[str, Any], where: Path) -> LowRankDelta:
+def _layer_scale(layer: str, pair: dict[str, str], shapes: dict[str, tuple[int, ...]], config: dict[str, Any], where: Path) -> float:
+    """Check one layer's factor shapes against each other and the config; its scale."""
     if set(pair) != {"A", "B"}:
         missing = "lora_B" if "A" in pair else "lora_A"
         raise ShapeMismatchError(f"{where}: layer '{layer}' has no {missing}.weight")
-    A, B = pair["A"], pair["B"]
-    if A.ndim != 2 or B.ndim != 2:
-        raise UnsupportedAdapterError(f"{where}: layer '{layer}' has {A.ndim}-D LoRA factors; LoRA on convolutions is not supported")
+    a, b = shapes[pair["A"]], shapes[pair["B"]]
+    if len(a) != 2 or len(b) != 2:
+        raise UnsupportedAdapterError(f"{where}: layer '{layer}' has {len(a)}-D LoRA factors; LoRA on convolutions is not supported")
     r, alpha = layer_rank_alpha(config, layer)
-    if A.shape[0] != r or B.shape[1] != r:
-        raise ShapeMismatchError(
-            f"{where}: layer '{layer}': lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} disagree with r={r} from the config"
-        )
-    return LowRankDelta(B, A, lora_scale(alpha, r, rslora=bool(config.get("use_rslora", False))))
+    if a[0] != r or b[1] != r:
+        raise ShapeMismatchError(f"{where}: layer '{layer}': lora_A {a} and lora_B {b} disagree with r={r} from the config")
+    return lora_scale(alpha, r, rslora=bool(config.get("use_rslora", False)))
 
 
 def _as_lowrank(name: str, delta: object) -> LowRankDelta:
@@ -123,7 +151,7 @@ def _as_lowrank(name: str, delta: object) -> LowRankDelta:
     raise TypeError(f"layer '{name}': unknown delta type {type(delta).__name__}")
 
 
-def _config_reproduces(config: dict[str, Any], layers: dict[str, LowRankDelta]) -> bool:
+def _config_reproduces(config: dict[str, Any], layers: Mapping[str, LowRankDelta]) -> bool:
     """True when ``config`` gives exactly these ranks and scales to these layers."""
     rslora = bool(config.get("use_rslora", False))
     for name, d in layers.items():
@@ -133,41 +161,61 @@ def _config_reproduces(config: dict[str, Any], layers: dict[str, LowRankDelta]) 
     return True
 
 
-def build_config(module: Module, layers: dict[str, LowRankDelta]) -> dict[str, Any]:
+def build_config(module: Module, layers: Mapping[str, LowRankDelta]) -> dict[str, Any]:
     """A LoRA config whose per-layer ranks and scales reproduce ``layers`` exactly.
 
-    Reuses the module's own PEFT config when it already does; otherwise targets the
-    layers by their full names, with the most common rank and ``alpha = scale · r`` as
-    defaults and ``rank_pattern`` / ``alpha_pattern`` for the others (keys escaped and
-    longest first, so PEFT's suffix matching picks each layer's own entry).
+    Reuses the module's own PEFT config when it already does; otherwise see
+    :func:`lora_config`.
     """
     source = dict(module.meta.get("peft_config") or {})
     if source and set(layers) == set(module.layers) and _config_reproduces(source, layers):
         return source
-    r = Counter(d.rank for d in layers.values()).most_common(1)[0][0]
-    alpha = Counter(d.scale * r for d in layers.values() if d.rank == r).most_common(1)[0][0]
-    ranks, alphas = {}, {}
-    for name in sorted(layers, key=lambda n: (-n.count("."), n)):
-        d = layers[name]
-        if d.rank != r:
-            ranks[re.escape(name)] = d.rank
-        if d.scale * d.rank != alpha or d.rank != r:
-            alphas[re.escape(name)] = d.scale * d.rank
-    config = {k: v for k, v in source.items() if k in ("task_type", "base_model_name_or_path", "revision", "bias")}
+    return lora_config(
+        {name: (d.rank, d.scale) for name, d in layers.items()},
+        template=source,
+        fan_in_fan_out=bool(module.meta.get("fan_in_fan_out", False)),
+        modules_to_save=module.meta.get("modules_to_save") or None,
+        base_model=module.base_model,
+    )
+
+
+def lora_config(
+    ranks: Mapping[str, tuple[int, float]],
+    *,
+    template: dict[str, Any] | None = None,
+    fan_in_fan_out: bool = False,
+    modules_to_save: list[str] | None = None,
+    base_model: str | None = None,
+) -> dict[str, Any]:
+    """A LoRA config for layers with the given ``(rank, scale)``: full-name
+    ``target_modules``, the most common rank and ``alpha = scale · r`` as defaults, and
+    ``rank_pattern`` / ``alpha_pattern`` for the others (keys escaped and longest first,
+    so PEFT's suffix matching picks each layer's own entry)."""
+    template = template or {}
+    r = Counter(rank for rank, _ in ranks.values()).most_common(1)[0][0]
+    alpha = Counter(scale * r for rank, scale in ranks.values() if rank == r).most_common(1)[0][0]
+    rank_pattern, alpha_pattern = {}, {}
+    for name in sorted(ranks, key=lambda n: (-n.count("."), n)):
+        rank, scale = ranks[name]
+        if rank != r:
+            rank_pattern[re.escape(name)] = rank
+        if scale * rank != alpha or rank != r:
+            alpha_pattern[re.escape(name)] = scale * rank
+    config = {k: v for k, v in template.items() if k in ("task_type", "base_model_name_or_path", "revision", "bias")}
     return config | {
         "peft_type": "LORA",
         "r": int(r),
         "lora_alpha": float(alpha),
-        "target_modules": sorted(layers),
-        "rank_pattern": ranks,
-        "alpha_pattern": alphas,
+        "target_modules": sorted(ranks),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
         "use_rslora": False,
-        "fan_in_fan_out": bool(module.meta.get("fan_in_fan_out", False)),
-        "modules_to_save": module.meta.get("modules_to_save") or None,
+        "fan_in_fan_out": fan_in_fan_out,
+        "modules_to_save": modules_to_save,
         "lora_dropout": 0.0,
-        "bias": source.get("bias", "none"),
+        "bias": template.get("bias", "none"),
         "inference_mode": True,
-        "base_model_name_or_path": module.base_model,
+        "base_model_name_or_path": base_model,
     }
 
 

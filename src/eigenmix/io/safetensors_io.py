@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -41,6 +42,28 @@ def check_finite(name: str, tensor: Tensor, where: Path | str) -> None:
 def _bad_file(path: Path, err: Exception) -> InvalidInputError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return InvalidInputError(f"{path}: not a readable safetensors file (corrupt or truncated?): {reason}")
+
+
+def open_safetensors(path: Path) -> Any:
+    """Open (memory-map) a safetensors file, checked: one clear error if it is corrupt."""
+    if path.suffix in PICKLE_SUFFIXES:
+        raise refuse_pickle(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _bad_file(path, err) from err
+
+
+def read_tensor(handle: Any, name: str, path: Path) -> Tensor:
+    """One tensor from an open file, checked for NaN / Inf."""
+    try:
+        tensor = handle.get_tensor(name)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _bad_file(path, err) from err
+    check_finite(name, tensor, path)
+    return tensor
 
 
 def read_safetensors(path: Path | str) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@
 import sys
 import types
 
-from eigenmix.merge.api import LayerResult, check_compatible, layer_seed, merge, merge_layer
+from eigenmix.merge.api import LayerResult, check_compatible, iter_merge, layer_seed, merge, merge_layer, merged_extras
 from eigenmix.merge.layer import LayerSpectra, decompose
 from eigenmix.merge.registry import MergeMethod, MergeParams, all_methods, get_method, register
 
@@ -20,9 +20,11 @@ __all__ = [
     "check_compatible",
     "decompose",
     "get_method",
+    "iter_merge",
     "layer_seed",
     "merge",
     "merge_layer",
+    "merged_extras",
     "register",
 ]
 

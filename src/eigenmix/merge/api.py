@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,6 +87,58 @@ def check_compatible(modules: Sequence[Module]) -> None:
             shapes.setdefault(layer, (tuple(d.shape), m.name))
 
 
+def iter_merge(
+    modules: Sequence[Module],
+    method: str,
+    *,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    dense_rank: int | None = None,
+    dense_energy: float = 1.0,
+    **params: Any,
+) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+    """Merge layer by layer, yielding ``(layer, merged delta, LayerResult)`` as each layer
+    is done, so a writer can stream the output; arguments as for :func:`merge`.
+
+    All checks (method, parameters, weights, shapes, base models) run before the first
+    layer is merged.
+    """
+    spec, parsed, weights = _prepare(modules, method, weights, params)
+    for layer in dict.fromkeys(name for m in modules for name in m.layers):
+        start = time.perf_counter()
+        members = [(m.layers[layer], w) for m, w in zip(modules, weights, strict=True) if layer in m.layers]
+        delta = merge_layer(
+            spec, parsed, [d for d, _ in members], [w for _, w in members], layer=layer, seed=seed,
+            dense_rank=dense_rank, dense_energy=dense_energy,
+        )  # fmt: skip
+        rank = delta.rank if isinstance(delta, SpectralDelta) else min(delta.shape) if len(delta.shape) == 2 else 0
+        yield layer, delta, LayerResult(layer, tuple(delta.shape), rank, time.perf_counter() - start)
+
+
+def _prepare(modules: Sequence[Module], method: str, weights: Sequence[float] | None, params: dict[str, Any]):  # type: ignore[no-untyped-def]
+    spec = get_method(method)
+    parsed = spec.parse_params(params)
+    if not modules:
+        raise InvalidInputError("merge needs at least one module")
+    weights = [1.0] * len(modules) if weights is None else list(weights)
+    if len(weights) != len(modules):
+        raise InvalidInputError(f"{len(weights)} weights for {len(modules)} modules")
+    check_compatible(modules)
+    return spec, parsed, weights
+
+
+def merged_extras(modules: Sequence[Module], policy: Literal["per_task", "refuse"]) -> dict[str, torch.Tensor]:
+    """The inputs' non-delta tensors, kept per task as ``"{module}/{name}"``; with
+    ``"refuse"``, an error if any module has some."""
+    if policy == "refuse" and any(m.extras for m in modules):
+        holder = next(m for m in modules if m.extras)
+        raise InvalidInputError(
+            f"module {holder.name} carries non-delta tensors ({', '.join(sorted(holder.extras)[:3])}); "
+            "a merge cannot combine them: use extras 'per_task' to keep each module's copy"
+        )
+    return {f"{m.name}/{k}": t for m in modules for k, t in m.extras.items()}
+
+
 def merge(
     modules: Sequence[Module],
     method: str,
@@ -119,43 +171,30 @@ def merge(
     Returns:
         The merged module: spectral deltas for spectral methods, dense ones otherwise.
     """
-    spec = get_method(method)
-    parsed = spec.parse_params(params)
-    if not modules:
-        raise InvalidInputError("merge needs at least one module")
-    weights = [1.0] * len(modules) if weights is None else list(weights)
-    if len(weights) != len(modules):
-        raise InvalidInputError(f"{len(weights)} weights for {len(modules)} modules")
-    check_compatible(modules)
-    if extras == "refuse" and any(m.extras for m in modules):
-        holder = next(m for m in modules if m.extras)
-        raise InvalidInputError(
-            f"module {holder.name} carries non-delta tensors ({', '.join(sorted(holder.extras)[:3])}); "
-            "a merge cannot combine them: use extras 'per_task' to keep each module's copy"
-        )
+    _prepare(modules, method, weights, params)
+    kept = merged_extras(modules, extras)
     if len(modules) == 1:
         return modules[0]
-    merged: dict[str, AnyDelta] = {}
-    for layer in dict.fromkeys(name for m in modules for name in m.layers):
-        members = [(m.layers[layer], w) for m, w in zip(modules, weights, strict=True) if layer in m.layers]
-        start = time.perf_counter()
-        deltas = [d for d, _ in members]
-        merged[layer] = merge_layer(
-            spec, parsed, deltas, [w for _, w in members], layer=layer, seed=seed, dense_rank=dense_rank,
-            dense_energy=dense_energy,
-        )  # fmt: skip
+    layers: dict[str, AnyDelta] = {}
+    for layer, delta, result in iter_merge(
+        modules, method, weights=weights, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy, **params
+    ):
+        layers[layer] = delta
         if on_layer is not None:
-            d = merged[layer]
-            rank = d.rank if isinstance(d, SpectralDelta) else min(d.shape) if len(d.shape) == 2 else 0
-            on_layer(LayerResult(layer, tuple(d.shape), rank, time.perf_counter() - start))
+            on_layer(result)
     return Module(
         name=name,
-        layers=merged,
+        layers=layers,
         base_model=next((m.base_model for m in modules if m.base_model), None),
         source=None,
-        extras={f"{m.name}/{k}": t for m in modules for k, t in m.extras.items()},
+        extras=kept,
         meta={
-            "merge": {"method": method, "params": parsed.model_dump(), "weights": weights, "seed": seed},
+            "merge": {
+                "method": method,
+                "params": get_method(method).parse_params(params).model_dump(),
+                "weights": list(weights or [1.0] * len(modules)),
+                "seed": seed,
+            },
             "sources": [m.source or m.name for m in modules],
             "fan_in_fan_out": any(m.meta.get("fan_in_fan_out", False) for m in modules),
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ class Module:
     """
 
     name: str
-    layers: dict[str, AnyDelta]
+    layers: Mapping[str, AnyDelta]
     base_model: str | None = None
     source: str | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)

@@ -53,8 +53,11 @@ class LazyLoraLayers(Mapping[str, LowRankDelta]):
     """Layer name → :class:`LowRankDelta`, each read (and checked for NaN/Inf) from the
     open safetensors file when first asked for, so a merge holds one layer at a time."""
 
-    def __init__(self, handle: Any, path: Path, keys: dict[str, tuple[str, str]], scales: dict[str, float]) -> None:
+    def __init__(
+        self, handle: Any, path: Path, keys: dict[str, tuple[str, str]], scales: dict[str, float], shapes: dict[str, tuple[int, int]]
+    ) -> None:
         self._handle, self._path, self._keys, self._scales = handle, path, keys, scales
+        self.shapes = shapes  # (out, in) per layer, from the file header: no data read
 
     def __getitem__(self, layer: str) -> LowRankDelta:
         key_a, key_b = self._keys[layer]
@@ -107,7 +110,8 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None, lazy: bool =
     shapes = {k: tuple(handle.get_slice(k).get_shape()) for pair in factors.values() for k in pair.values()}
     scales = {layer: _layer_scale(layer, pair, shapes, config, weights_path) for layer, pair in sorted(factors.items())}
     keys = {layer: (factors[layer]["A"], factors[layer]["B"]) for layer in scales}
-    lazy_layers = LazyLoraLayers(handle, weights_path, keys, scales)
+    delta_shapes = {layer: (shapes[b][0], shapes[a][1]) for layer, (a, b) in keys.items()}
+    lazy_layers = LazyLoraLayers(handle, weights_path, keys, scales, delta_shapes)
     layers: Mapping[str, LowRankDelta] = lazy_layers if lazy else {layer: lazy_layers[layer] for layer in keys}
     meta = {
         "format": "peft_lora",

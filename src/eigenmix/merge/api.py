@@ -80,11 +80,11 @@ def check_compatible(modules: Sequence[Module]) -> None:
         raise InvalidInputError(f"the modules come from different base models ({pairs})")
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     for m in modules:
-        for layer, d in m.layers.items():
-            if layer in shapes and shapes[layer][0] != tuple(d.shape):
+        for layer, shape in m.shapes().items():  # from headers for lazily read adapters
+            if layer in shapes and shapes[layer][0] != shape:
                 first_shape, first = shapes[layer]
-                raise ShapeMismatchError(f"layer '{layer}' has shape {first_shape} in {first} but {tuple(d.shape)} in {m.name}")
-            shapes.setdefault(layer, (tuple(d.shape), m.name))
+                raise ShapeMismatchError(f"layer '{layer}' has shape {first_shape} in {first} but {shape} in {m.name}")
+            shapes.setdefault(layer, (shape, m.name))
 
 
 def iter_merge(

@@ -39,6 +39,13 @@ class Module:
     def __len__(self) -> int:
         return len(self.layers)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Layer name → delta shape, without reading lazily stored layers."""
+        known = getattr(self.layers, "shapes", None)
+        if known is not None:
+            return dict(known)
+        return {name: tuple(d.shape) for name, d in self.layers.items()}
+
     @property
     def is_lowrank(self) -> bool:
         """True when every layer is low-rank or spectral (no dense delta)."""

@@ -134,6 +134,16 @@ def other_shape_adapter(tmp_path):
     return folder
 
 
+def nan_adapter(tmp_path):
+    """An adapter whose last layer holds a NaN: found only when that layer is merged."""
+    folder = tmp_path / "nan"
+    make_adapter(folder, LoraConfig(r=2, lora_alpha=2, target_modules=TARGETS))
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    tensors["base_model.model.encoder.out.lora_A.weight"][0, 0] = float("nan")
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
 BAD = {
     "unknown key": (lambda tp, ad: {"method": "ties", "modules": modules_cfg(ad), "colour": "red"}, "colour: unknown key"),
     "unknown method": (lambda tp, ad: {"method": "tiess", "modules": modules_cfg(ad)}, "unknown merge method 'tiess'"),
@@ -150,6 +160,10 @@ BAD = {
     "different shapes": (
         lambda tp, ad: {"method": "ties", "modules": [*modules_cfg(ad)[:1], {"path": other_shape_adapter(tp).name}]},
         "has shape",
+    ),
+    "NaN found mid-merge": (
+        lambda tp, ad: {"method": "linear", "modules": [*modules_cfg(ad)[:1], {"path": nan_adapter(tp).name}]},
+        "NaN/Inf",
     ),
 }
 

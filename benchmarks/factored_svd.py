@@ -12,15 +12,13 @@ compared over the top r = 16 (the rest of the dense spectrum is roundoff).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from bench_common import write_result
 from eigenmix.spectral import factored_svd
 
 
@@ -50,26 +48,18 @@ def main() -> None:
     fact_s, fact = timed(lambda: factored_svd(B, A), 10 * args.repeats)
     S_dense = dense.S[: args.r].double()
     rel = float(((fact.S.double() - S_dense).abs() / S_dense).max())
-    result = {
-        "m": args.m,
-        "n": args.n,
-        "r": args.r,
-        "dense_seconds": dense_s,
-        "factored_seconds": fact_s,
-        "speedup": dense_s / fact_s,
-        "max_rel_err_singular_values": rel,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
+    write_result(
+        args.json,
+        {
+            "m": args.m,
+            "n": args.n,
+            "r": args.r,
+            "dense_seconds": dense_s,
+            "factored_seconds": fact_s,
+            "speedup": dense_s / fact_s,
+            "max_rel_err_singular_values": rel,
         },
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(json.dumps(result, indent=2))
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from bench_common import write_result
 
 HIDDEN, INTER = 4096, 11008
 SHAPES = {  # (out, in)
@@ -202,17 +203,7 @@ def main() -> None:
             "e2e_seconds_min": e2e["seconds_min"], "e2e_runs": e2e["runs"],
             "e2e_seconds_with_imports": e2e["seconds_with_imports"], "peak_rss_mb": e2e["peak_rss_mb"],
         }  # fmt: skip
-    result["machine"] = {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "processor": platform.machine(),
-        "torch": torch.__version__,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(json.dumps(result, indent=2))
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

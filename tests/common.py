@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -62,3 +63,15 @@ def load_adapter(folder: Path, kind: str = "tiny") -> PeftModel:
 
 def inputs(kind: str = "tiny", n: int = 16) -> torch.Tensor:
     return torch.randn(n, 12 if kind == "tiny" else 7, generator=torch.Generator().manual_seed(99))
+
+
+def run_cli(monkeypatch, *args) -> int:  # type: ignore[no-untyped-def]
+    """Run the ``eigenmix`` console script in-process; its exit code (0 if it returns)."""
+    from eigenmix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
+    try:
+        main()
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0

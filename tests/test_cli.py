@@ -11,17 +11,8 @@ import pytest
 from peft import LoraConfig
 
 from common import make_adapter
+from common import run_cli as run
 from eigenmix import __version__
-from eigenmix.cli import main
-
-
-def run(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
-    try:
-        main()
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
 
 
 def test_version_from_the_installed_script():

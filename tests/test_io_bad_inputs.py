@@ -4,15 +4,13 @@ exit code 2 from the CLI, and nothing is written."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
-from common import make_adapter
-from eigenmix.cli import main
+from common import make_adapter, run_cli
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError, UnsupportedAdapterError
 from eigenmix.io import read_lora_adapter
 
@@ -131,13 +129,6 @@ def test_api_raises_specific_error(adapter, case):
     breaker(adapter)
     with pytest.raises(error, match=words):
         read_lora_adapter(adapter)
-
-
-def run_cli(monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -5,7 +5,6 @@ code 2, and no output folder."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import eigenmix
 from common import base_model, inputs, load_adapter, make_adapter
-from eigenmix.cli import main
+from common import run_cli as run
 from eigenmix.io import read_lora_adapter
 
 TARGETS = ["q", "v", "out"]
@@ -35,15 +34,6 @@ def write_config(tmp_path, **config):
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def run(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
-    try:
-        main()
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
 
 
 def modules_cfg(folders, weights=(1.0, 0.5)):

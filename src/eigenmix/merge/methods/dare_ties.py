@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from eigenmix.merge.elementwise import bernoulli_mask, dare_ties_merge
-from eigenmix.merge.registry import MergeParams, register
+from eigenmix.merge.methods.dare import DareParams
+from eigenmix.merge.registry import register
 
 
-class DareTiesParams(MergeParams):
-    density: float = Field(0.1, gt=0, le=1, description="keep probability of each entry (1 − drop rate)")
-    rescale: Literal["inverse_density", "l1", "none"] = Field(
-        "inverse_density", description="rescale kept entries by 1/density (paper, PEFT) or to the L1 norm (mergekit)"
-    )
+class DareTiesParams(DareParams):
     normalize: bool = Field(True, description="disjoint mean (PEFT) rather than disjoint sum (mergekit's default)")
 
 

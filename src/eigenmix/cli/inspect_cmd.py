@@ -11,7 +11,6 @@ import typer
 from eigenmix.cli.console import make_console
 from eigenmix.inspect import module_overlap, module_report, overlap_summary, overlap_table, spectra_summary, spectra_table
 from eigenmix.io import read_lora_adapter
-from eigenmix.io.atomic import atomic_dir
 
 
 def inspect(
@@ -42,8 +41,7 @@ def overlap(
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Write one JSON file atomically (through a temporary sibling folder)."""
-    with atomic_dir(path.with_name(path.name + ".d"), overwrite=True) as tmp:
-        (tmp / path.name).write_text(json.dumps(payload, indent=2) + "\n")
-        (tmp / path.name).replace(path)
-    path.with_name(path.name + ".d").rmdir()
+    """Write one JSON file atomically: a temporary sibling, then ``replace``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)

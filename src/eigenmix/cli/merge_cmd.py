@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eigenmix.cli.console import make_console
+from eigenmix.io.atomic import check_destination
 from eigenmix.merge import all_methods, get_method
 from eigenmix.merge.config import load_config
 from eigenmix.merge.run import MergeRun, load_modules, run_merge
@@ -34,10 +35,8 @@ def merge(
     """Merge adapters or fine-tunes as a YAML config says."""
     console = make_console()
     cfg = load_config(config)
-    if out.exists() and not force and not dry_run:
-        from eigenmix.errors import InvalidInputError
-
-        raise InvalidInputError(f"{out}: already exists (pass --force to replace it)")
+    if not dry_run:
+        check_destination(out, overwrite=force)  # before loading anything
     modules = load_modules(cfg)
     layers = list(dict.fromkeys(name for m in modules for name in m.layers))
     method = get_method(cfg.method)

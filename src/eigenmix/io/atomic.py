@@ -18,7 +18,7 @@ from eigenmix.errors import InvalidInputError
 def check_destination(out: Path, *, overwrite: bool) -> None:
     """Fail early, before any work, if ``out`` exists and may not be replaced."""
     if out.exists() and not overwrite:
-        raise InvalidInputError(f"{out}: already exists (pass overwrite / --force to replace it)")
+        raise InvalidInputError(f"{out}: already exists (pass --force, or overwrite=True, to replace it)")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out}: exists and is not a folder")
 

@@ -17,9 +17,10 @@ from typing import Any, Literal
 import torch
 
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
-from eigenmix.merge.layer import decompose
+from eigenmix.merge.elementwise import weighted
+from eigenmix.merge.layer import decompose, work_dtype
 from eigenmix.merge.registry import MergeMethod, MergeParams, get_method
-from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta, delta_dtype
+from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta
 
 
 @dataclass(frozen=True)
@@ -50,26 +51,19 @@ def merge_layer(
 ) -> AnyDelta:
     """Merge K deltas of one layer with ``method``; the function the CLI runs per layer."""
     rng = torch.Generator().manual_seed(layer_seed(seed, layer))
-    dtype = _result_dtype(deltas)
+    dtype = work_dtype(deltas)
     w = torch.tensor(list(weights), dtype=torch.float64)
     if len(deltas[0].shape) != 2:
         stacked = torch.stack([d.dense().to(torch.float64) for d in deltas])
         if method.kind == "elementwise":
             return DenseDelta(method.fn(stacked, w, params, rng).to(dtype))
-        return DenseDelta((params.scale * (stacked * w.reshape(-1, *[1] * (stacked.ndim - 1))).sum(0)).to(dtype))
+        return DenseDelta((params.scale * weighted(stacked, w).sum(0)).to(dtype))
     if method.kind == "elementwise":
         stacked = torch.stack([d.dense().to(torch.float64) for d in deltas])  # (K, m, n): this layer only
         return DenseDelta(method.fn(stacked, w, params, rng).to(dtype))
     layer_spectra = decompose(deltas, weights, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed)
     result = method.fn(layer_spectra, params, rng)
     return SpectralDelta(result.U.to(dtype), result.S.to(dtype), result.V.to(dtype))
-
-
-def _result_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
-    dtype = delta_dtype(deltas[0])
-    for d in deltas[1:]:
-        dtype = torch.promote_types(dtype, delta_dtype(d))
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def check_compatible(modules: Sequence[Module]) -> None:
@@ -104,6 +98,20 @@ def iter_merge(
     layer is merged.
     """
     spec, parsed, weights = _prepare(modules, method, weights, params)
+    yield from _merge_layers(modules, spec, parsed, weights, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy)
+
+
+def _merge_layers(
+    modules: Sequence[Module],
+    spec: MergeMethod,
+    parsed: MergeParams,
+    weights: list[float],
+    *,
+    seed: int,
+    dense_rank: int | None,
+    dense_energy: float,
+) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+    """The layer loop of :func:`iter_merge`, on already checked inputs."""
     for layer in dict.fromkeys(name for m in modules for name in m.layers):
         start = time.perf_counter()
         members = [(m.layers[layer], w) for m, w in zip(modules, weights, strict=True) if layer in m.layers]
@@ -115,7 +123,10 @@ def iter_merge(
         yield layer, delta, LayerResult(layer, tuple(delta.shape), rank, time.perf_counter() - start)
 
 
-def _prepare(modules: Sequence[Module], method: str, weights: Sequence[float] | None, params: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _prepare(
+    modules: Sequence[Module], method: str, weights: Sequence[float] | None, params: dict[str, Any]
+) -> tuple[MergeMethod, MergeParams, list[float]]:
+    """Every check that runs before the first layer: method, parameters, weights, shapes."""
     spec = get_method(method)
     parsed = spec.parse_params(params)
     if not modules:
@@ -171,14 +182,12 @@ def merge(
     Returns:
         The merged module: spectral deltas for spectral methods, dense ones otherwise.
     """
-    _prepare(modules, method, weights, params)
+    spec, parsed, weights = _prepare(modules, method, weights, params)
     kept = merged_extras(modules, extras)
     if len(modules) == 1:
         return modules[0]
     layers: dict[str, AnyDelta] = {}
-    for layer, delta, result in iter_merge(
-        modules, method, weights=weights, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy, **params
-    ):
+    for layer, delta, result in _merge_layers(modules, spec, parsed, weights, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy):
         layers[layer] = delta
         if on_layer is not None:
             on_layer(result)
@@ -191,8 +200,8 @@ def merge(
         meta={
             "merge": {
                 "method": method,
-                "params": get_method(method).parse_params(params).model_dump(),
-                "weights": list(weights or [1.0] * len(modules)),
+                "params": parsed.model_dump(),
+                "weights": weights,
                 "seed": seed,
             },
             "sources": [m.source or m.name for m in modules],

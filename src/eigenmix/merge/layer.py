@@ -167,7 +167,8 @@ def delta_factors(delta: AnyDelta, *, dense_rank: int | None = None, dense_energ
     return (f.U * f.S).to(delta.W.dtype), f.V.to(delta.W.dtype)
 
 
-def _work_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
+def work_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
+    """float32, or float64 if any delta is float64: the dtype of the m-sized products and results."""
     dtype = torch.float32
     for d in deltas:
         dtype = torch.promote_types(dtype, delta_dtype(d))
@@ -189,7 +190,7 @@ def decompose(
     (BLAS-3, rank-revealing); each module's SVD, where a method needs it, is a factored
     SVD of its ``R × r_k`` coordinates: no ``m × n`` matrix, no per-module ``m``-sized work.
     """
-    dtype = _work_dtype(deltas)
+    dtype = work_dtype(deltas)
     tol = default_rtol(dtype) if rtol is None else rtol
     factors = [delta_factors(d, dense_rank=dense_rank, dense_energy=dense_energy, seed=seed) for d in deltas]
     XU = torch.cat([L for L, _ in factors], dim=1).to(dtype)  # (m, Σr)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-merge clean
+.PHONY: demo test lint bench bench-merge bench-tasks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/eigenmix demo
+demo: $(STAMP)  # the merge benchmark's --quick run (3 tasks, ~2-3 min), prints the table
+	$(VENV)/bin/eigenmix bench merge --quick --force --out runs/bench-quick
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -26,6 +26,9 @@ bench: $(STAMP)
 
 bench-merge: $(STAMP)  # ~10 minutes: PEFT's dense SVDs dominate
 	$(PY) benchmarks/merge_speed.py --json benchmarks/results/merge_speed.json
+
+bench-tasks: $(STAMP)  # the full 8-task merge benchmark (~30 min with training, ~10 min with cached adapters)
+	$(VENV)/bin/eigenmix bench merge --force --out benchmarks/results/multitask_merge
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

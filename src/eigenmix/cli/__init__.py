@@ -11,6 +11,7 @@ import sys
 import typer
 
 from eigenmix import __version__
+from eigenmix.cli.bench_cmd import app as bench_app
 from eigenmix.cli.console import make_console
 from eigenmix.cli.demo import demo
 from eigenmix.cli.inspect_cmd import inspect, overlap
@@ -44,6 +45,7 @@ app.command()(overlap)
 app.command()(demo)
 app.command()(merge)
 app.command()(methods)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

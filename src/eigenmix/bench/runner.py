@@ -1,0 +1,183 @@
+"""The protocol: per-task adapters (cached), the individual and floor references, and
+every merge method with its scale chosen on validation under one budget.
+
+See ``benchmarks/README.md`` for the protocol in words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save_file
+
+from eigenmix.bench.cache import entry
+from eigenmix.bench.evaluator import Evaluator, Head, Split
+from eigenmix.bench.probe import fit_probe
+from eigenmix.bench.settings import BenchSettings
+from eigenmix.bench.splits import BenchTask, carve
+from eigenmix.data import load_tasks
+from eigenmix.io import read_lora_adapter
+from eigenmix.io.atomic import atomic_dir
+from eigenmix.merge import get_method
+from eigenmix.merge import merge as merge_modules
+from eigenmix.modules import Module
+from eigenmix.train import MINILM_ID, train_adapter
+
+
+@contextmanager
+def _bar(console: Console) -> Iterator[Progress]:
+    note = TextColumn("{task.fields[note]}")
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), note)
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield progress
+
+
+def load_bench_tasks(settings: BenchSettings, data_dir: Path | None) -> list[BenchTask]:
+    """Load and check every task (all errors surface here, before any work)."""
+    tasks = load_tasks(data_dir, names=list(settings.tasks))
+    return [carve(t, settings.val_rows, settings.test_rows, settings.seed) for t in tasks]
+
+
+def ensure_adapters(tasks: list[BenchTask], settings: BenchSettings, cache_dir: Path, console: Console) -> dict[str, Path]:
+    """Train each task's adapter unless the cache has it; the cache folder of each."""
+    folders = {}
+    with _bar(console) as progress:
+        for t in tasks:
+            folder = entry(cache_dir, "adapters", t.task, {"recipe": settings.recipe.model_dump(), "base": MINILM_ID})
+            folders[t.name] = folder
+            if folder.is_dir():
+                progress.add_task(f"adapter {t.name}", total=1, completed=1, note="cached")
+                continue
+            job = progress.add_task(f"training {t.name}", total=settings.recipe.steps, note="")
+            train_adapter(
+                t.task, settings.recipe, folder,
+                on_step=lambda _, loss, job=job: progress.update(job, advance=1, note=f"loss {loss:.3f}"),
+            )  # fmt: skip
+    return folders
+
+
+def _head(folder: Path) -> Head:
+    tensors = load_file(str(folder / "head.safetensors"))
+    return Head(tensors["weight"], tensors["bias"])
+
+
+def floor_heads(tasks: list[BenchTask], settings: BenchSettings, ev: Evaluator, cache_dir: Path, console: Console) -> dict[str, Head]:
+    """A linear probe per task on the frozen base encoder (cached like the adapters)."""
+    heads = {}
+    ev.apply(None)
+    with _bar(console) as progress:
+        for t in tasks:
+            rows = t.task.train[: settings.probe_rows]
+            probe_settings = {"rows": settings.probe_rows, "max_length": settings.recipe.max_length, "base": MINILM_ID}
+            folder = entry(cache_dir, "probes", t.task, probe_settings)
+            job = progress.add_task(f"probe {t.name}", total=1, note=f"{len(rows)} rows" if not folder.is_dir() else "cached")
+            if not folder.is_dir():
+                head = fit_probe(ev.features(ev.tokenize({t.name: rows})), torch.tensor([r.label for r in rows]), t.task.num_labels)
+                with atomic_dir(folder) as tmp:
+                    save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp / "head.safetensors"))
+            progress.update(job, advance=1)
+            heads[t.name] = _head(folder)
+    return heads
+
+
+def _dense(module: Module) -> dict[str, torch.Tensor]:
+    return {layer: delta.dense().float() for layer, delta in module.layers.items()}
+
+
+def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Path, console: Console) -> dict:
+    """Run the whole protocol; returns the ``results.json`` content."""
+    start = time.perf_counter()
+    tasks = load_bench_tasks(settings, data_dir)
+    for method in settings.methods:
+        get_method(method).parse_params(settings.method_params.get(method, {}))  # fail before any training
+    folders = ensure_adapters(tasks, settings, cache_dir, console)
+    train_meta = {name: json.loads((f / "head.json").read_text()) for name, f in folders.items()}
+    modules = [read_lora_adapter(folders[t.name], name=t.name) for t in tasks]
+    heads = {t.name: _head(folders[t.name]) for t in tasks}
+
+    eval_start = time.perf_counter()
+    ev = Evaluator(settings.recipe.max_length, settings.tokens_per_batch)
+    val = ev.tokenize({t.name: t.val for t in tasks})
+    test = ev.tokenize({t.name: t.task.test for t in tasks})
+
+    individual = {}
+    for t, module in zip(tasks, modules, strict=True):
+        ev.apply(_dense(module))
+        individual |= ev.accuracies(ev.tokenize({t.name: t.task.test}), heads)
+    probes = floor_heads(tasks, settings, ev, cache_dir, console)
+    ev.apply(None)
+    floor = ev.accuracies(test, probes)
+
+    methods = {}
+    with _bar(console) as progress:
+        for method in settings.methods:
+            job = progress.add_task(f"method {method}", total=len(settings.scale_grid) + 1, note="merging")
+            methods[method] = _run_method(method, modules, tasks, settings, ev, heads, val, test, individual, progress, job)
+    return {
+        "tasks": [t.name for t in tasks],
+        "individual": individual,
+        "floor": floor,
+        "methods": methods,
+        "config": {
+            **settings.model_dump(mode="json"),
+            "data_dir": str(data_dir) if data_dir else "bundled",
+            "base_model": MINILM_ID,
+            "train_rows": {t.name: len(t.task.train) for t in tasks},
+            "test_rows_used": {t.name: len(t.task.test) for t in tasks},
+        },
+        "timing": {
+            "train_seconds": {name: meta["train_seconds"] for name, meta in train_meta.items()},
+            "evaluation_seconds": round(time.perf_counter() - eval_start, 1),
+            "total_seconds": round(time.perf_counter() - start, 1),
+        },
+    }
+
+
+def _run_method(
+    method: str,
+    modules: list[Module],
+    tasks: list[BenchTask],
+    settings: BenchSettings,
+    ev: Evaluator,
+    heads: dict[str, Head],
+    val: Split,
+    test: Split,
+    individual: dict[str, float],
+    progress: Progress,
+    job: int,
+) -> dict:
+    """Merge once at scale 1 (every method is linear in its scale), pick the scale with the
+    best mean validation accuracy (ties: nearest the default), then test."""
+    spec = get_method(method)
+    params = spec.parse_params(settings.method_params.get(method, {}))
+    default = params.scale
+    merge_start = time.perf_counter()
+    merged = merge_modules(modules, method, seed=settings.seed, **{**params.model_dump(), "scale": 1.0})
+    merge_seconds = time.perf_counter() - merge_start
+    deltas = _dense(merged)
+    search = {}
+    for multiple in settings.scale_grid:
+        scale = round(default * multiple, 6)
+        ev.apply(deltas, scale)
+        search[scale] = sum(ev.accuracies(val, heads).values()) / len(tasks)
+        progress.update(job, advance=1, note=f"scale {scale:g}: val {search[scale]:.3f}")
+    best = max(search, key=lambda s: (search[s], -abs(math.log(s / default))))
+    ev.apply(deltas, best)
+    per_task = ev.accuracies(test, heads)
+    progress.update(job, advance=1, note=f"scale {best:g}: test {sum(per_task.values()) / len(per_task):.3f}")
+    return {
+        "per_task": per_task,
+        "avg_acc": sum(per_task.values()) / len(per_task),
+        "avg_normalized_acc": sum(per_task[n] / individual[n] for n in per_task) / len(per_task),
+        "merge_seconds": round(merge_seconds, 3),
+        "chosen_params": {**params.model_dump(mode="json"), "scale": best},
+        "validation": {f"{s:g}": acc for s, acc in search.items()},
+    }

@@ -1,0 +1,68 @@
+"""The benchmark's settings: one recipe for every task, one search budget for every method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from eigenmix.train import LoraRecipe
+
+# The recipe of the committed full run (see benchmarks/README.md for how it was chosen).
+FULL_RECIPE = LoraRecipe(steps=400, batch_size=16, max_length=64, lr=2e-3, head_lr=5e-3, warmup=0.1)
+QUICK_RECIPE = FULL_RECIPE.model_copy(update={"steps": 50})
+QUICK_TASKS = ("sst2", "ag_news", "trec")
+
+# Every method's scale is searched over the same multiples of its own default.
+SCALE_GRID = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
+
+
+class BenchSettings(BaseModel):
+    """Everything that decides the numbers of a run (recorded in ``results.json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: tuple[str, ...] = Field(description="task folders of the data folder, in order")
+    methods: tuple[str, ...] = Field(description="registered merge methods")
+    seed: int = Field(0, description="seeds the splits, the training and the random merges")
+    recipe: LoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task")
+    val_rows: int = Field(64, ge=1, description="validation rows per task, carved from train (never trained on)")
+    test_rows: int = Field(500, ge=0, description="test rows per task (the first N of the file); 0: all")
+    probe_rows: int = Field(1000, ge=1, description="training rows per task for the floor's linear probe")
+    scale_grid: tuple[float, ...] = Field(SCALE_GRID, description="multiples of each method's default scale tried on validation")
+    method_params: dict[str, dict] = Field(
+        {"linear": {"normalize": True}},
+        description="parameters other than a method's defaults (linear: the average, model soup; its plain sum is task_arithmetic)",
+    )
+    tokens_per_batch: int = Field(4096, ge=64, description="padded tokens per forward pass in evaluation")
+
+
+def make_settings(
+    data_dir: Path | None,
+    *,
+    tasks: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    steps: int | None = None,
+    test_rows: int | None = None,
+    val_rows: int | None = None,
+) -> BenchSettings:
+    """The settings of a run; unknown methods fail here, before any work.
+
+    Defaults: every task of the data folder and every registered method. ``quick``: the
+    first 3 tasks (sst2, ag_news, trec for the bundled data), 50 training steps, 24
+    validation and 120 test rows per task, a 200-row probe.
+    """
+    from eigenmix.data import task_names
+    from eigenmix.merge import all_methods, get_method
+
+    if tasks is None:
+        tasks = QUICK_TASKS if quick and data_dir is None else tuple(task_names(data_dir))[: 3 if quick else None]
+    methods = methods or tuple(m.name for m in all_methods())
+    for method in methods:
+        get_method(method)
+    recipe = (QUICK_RECIPE if quick else FULL_RECIPE).model_copy(update={"seed": seed, **({"steps": steps} if steps else {})})
+    sizes = {"val_rows": 24, "test_rows": 120, "probe_rows": 200} if quick else {}
+    sizes.update({k: v for k, v in {"test_rows": test_rows, "val_rows": val_rows}.items() if v is not None})
+    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, **sizes)

@@ -1,0 +1,177 @@
+"""The merge benchmark: its pieces against independent references, bad data folders, and
+a tiny real run (MiniLM, two tasks, a few steps) that is deterministic end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import run_cli
+from eigenmix.bench.cache import cache_key
+from eigenmix.bench.evaluator import Evaluator, Head
+from eigenmix.bench.probe import fit_probe
+from eigenmix.bench.report import markdown_table
+from eigenmix.bench.splits import carve
+from eigenmix.data import load_tasks
+from eigenmix.train import LoraRecipe
+
+
+def small_data(folder: Path, names=("trec", "cola"), train=48, test=24) -> Path:
+    """A data folder of the first rows of some bundled tasks (no tasks.json)."""
+    for task in load_tasks(names=list(names)):
+        (folder / task.name).mkdir(parents=True)
+        for split, rows in (("train", task.train[:train]), ("test", task.test[:test])):
+            lines = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows)
+            (folder / task.name / f"{split}.jsonl").write_text(lines)
+    return folder
+
+
+def test_validation_rows_are_carved_from_train_deterministically():
+    task = load_tasks(names=["trec"])[0]
+    a, b = carve(task, 64, 100, seed=0), carve(task, 64, 100, seed=0)
+    assert a == b and len(a.val) == 64 and len(a.task.test) == 100
+    assert len(a.task.train) + 64 == len(task.train)
+    assert not {r.text for r in a.val} & {r.text for r in a.task.train}
+    assert carve(task, 64, 100, seed=1).val != a.val
+
+
+def test_cache_key_follows_data_and_recipe():
+    task = load_tasks(names=["trec"])[0]
+    recipe = {"recipe": LoraRecipe().model_dump()}
+    key = cache_key(task, "adapters", recipe)
+    assert key == cache_key(task, "adapters", recipe)
+    assert key != cache_key(task, "adapters", {"recipe": LoraRecipe(steps=31).model_dump()})
+    assert key != cache_key(carve(task, 1, 0, seed=0).task, "adapters", recipe)
+
+
+def test_probe_fits_separable_data_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 4
+    labels = torch.arange(90) % 3
+    x = centers[labels] + torch.randn(90, 16, generator=g)
+    head = fit_probe(x, labels, 3)
+    assert bool(((x @ head.weight.T + head.bias).argmax(-1) == labels).all())
+    again = fit_probe(x, labels, 3)
+    assert torch.equal(head.weight, again.weight)
+
+
+def test_evaluator_matches_the_peft_model(tmp_path):
+    """W0 + ΔW written into the encoder gives PEFT's own LoRA forward."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from eigenmix.io import read_lora_adapter
+    from eigenmix.train import BERT_LINEARS, load_encoder
+
+    torch.manual_seed(0)
+    encoder, _ = load_encoder()
+    peft_model = get_peft_model(encoder, LoraConfig(r=4, lora_alpha=8, target_modules=BERT_LINEARS, init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    module = read_lora_adapter(tmp_path / "adapter")
+    rows = load_tasks(names=["mrpc"])[0].test[:10]  # sentence pairs, different lengths
+    ev = Evaluator(max_length=64, tokens_per_batch=256)
+    split = ev.tokenize({"mrpc": rows})
+    assert len(split.batches) > 1
+    base = ev.features(split)
+    ev.apply({k: d.dense() for k, d in module.layers.items()})
+    merged = ev.features(split)
+
+    reference = PeftModel.from_pretrained(load_encoder()[0], str(tmp_path / "adapter")).eval()
+    pairs = [r.text_pair for r in rows]
+    ids = ev.tokenizer([r.text for r in rows], pairs, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = reference(**ids).last_hidden_state
+    mask = ids["attention_mask"].unsqueeze(-1).float()
+    expected = (hidden * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(merged, expected, atol=2e-5, rtol=1e-4)
+    assert (merged - base).abs().max() > 1e-2  # the adapter does change the features
+    ev.apply(None)
+    torch.testing.assert_close(ev.features(split), base, atol=0, rtol=0)
+    head = Head(torch.zeros(2, base.shape[1]), torch.tensor([0.0, 1.0]))  # always predicts class 1
+    assert ev.accuracies(split, {"mrpc": head}) == {"mrpc": pytest.approx(sum(r.label == 1 for r in rows) / 10)}
+
+
+def test_tasks_tokenised_together_keep_their_rows():
+    tasks = load_tasks(names=["trec", "mrpc"])
+    ev = Evaluator(max_length=64, tokens_per_batch=512)
+    groups = {"trec": tasks[0].test[:7], "mrpc": tasks[1].test[:5]}
+    together = ev.features(ev.tokenize(groups))
+    apart = torch.cat([ev.features(ev.tokenize({name: rows})) for name, rows in groups.items()])
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-4)
+
+
+def test_markdown_bolds_the_best_merge_of_each_column():
+    results = {
+        "tasks": ["a", "b"],
+        "individual": {"a": 0.9, "b": 0.8},
+        "floor": {"a": 0.5, "b": 0.5},
+        "methods": {
+            "x": {"per_task": {"a": 0.8, "b": 0.4}, "avg_acc": 0.6, "avg_normalized_acc": (0.8 / 0.9 + 0.4 / 0.8) / 2},
+            "y": {"per_task": {"a": 0.7, "b": 0.6}, "avg_acc": 0.65, "avg_normalized_acc": (0.7 / 0.9 + 0.6 / 0.8) / 2},
+        },
+    }
+    results["methods"]["x"]["chosen_params"] = {"scale": 1}
+    results["methods"]["y"]["chosen_params"] = {"scale": 2}
+    lines = markdown_table(results).splitlines()
+    assert lines[2].startswith("| individual | 90.0 | 80.0 | 85.0 | 100.0 |")
+    assert lines[4] == "| y | 70.0 | **60.0** | **65.0** | **76.4** | 2 |"  # sorted by avg normalized
+    assert lines[5] == "| x | **80.0** | 40.0 | 60.0 | 69.4 | 1 |"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: (d / "trec" / "test.jsonl").unlink(), "missing split test.jsonl"),
+        (lambda d: (d / "cola" / "train.jsonl").write_text(""), "is empty"),
+        (lambda d: (d / "trec" / "test.jsonl").write_text('{"text": "a", "label": 0, "topic": 1}\n'), "unknown field 'topic'"),
+        (lambda d: (d / "cola" / "test.jsonl").write_text('{"text": "a", "label": 7}\n'), "label 7 is out of range for 2 classes"),
+    ],
+)
+def test_bad_data_folder_gets_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, mutate, words):
+    data = small_data(tmp_path / "data")
+    mutate(data)
+    out = tmp_path / "results"
+    code = run_cli(monkeypatch, "bench", "merge", "--data-dir", data, "--out", out, "--cache-dir", tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and words in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_unknown_method_fails_before_training(tmp_path, monkeypatch, capsys):
+    data = small_data(tmp_path / "data")
+    code = run_cli(monkeypatch, "bench", "merge", "--data-dir", data, "--methods", "ties,nope", "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "nope" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_tiny_real_run_is_deterministic(tmp_path, monkeypatch):
+    """Two runs, each training its own adapters (separate caches), give the same numbers;
+    a third run reuses the cache."""
+    data = small_data(tmp_path / "data")
+    args = ["bench", "merge", "--data-dir", data, "--methods", "task_arithmetic,ties,dare,spectral", "--steps", "3", "--val-rows", "8"]
+    runs = []
+    for name, cache in (("a", "c1"), ("b", "c2"), ("c", "c1")):
+        assert run_cli(monkeypatch, *args, "--out", tmp_path / name, "--cache-dir", tmp_path / cache) == 0
+        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    first = runs[0]
+    assert first["tasks"] == ["cola", "trec"]
+    assert set(first["methods"]) == {"task_arithmetic", "ties", "dare", "spectral"}
+    ta = first["methods"]["task_arithmetic"]
+    assert set(ta) >= {"per_task", "avg_acc", "avg_normalized_acc", "merge_seconds", "chosen_params"}
+    assert ta["avg_acc"] == pytest.approx(sum(ta["per_task"].values()) / 2)
+    assert ta["avg_normalized_acc"] == pytest.approx(sum(ta["per_task"][t] / first["individual"][t] for t in first["tasks"]) / 2)
+    assert ta["chosen_params"]["scale"] in {round(0.3 * m, 6) for m in first["config"]["scale_grid"]}
+    assert first["config"]["train_rows"] == {"cola": 40, "trec": 40}
+
+    def numbers(result: dict) -> dict:
+        kept = {k: v for k, v in result.items() if k not in ("timing", "config")}
+        kept["methods"] = {m: {k: v for k, v in r.items() if k != "merge_seconds"} for m, r in result["methods"].items()}
+        return kept
+
+    assert numbers(runs[0]) == numbers(runs[1]) == numbers(runs[2])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["results.json", "results.md", "results.png"]
+    assert "**" in (tmp_path / "a" / "results.md").read_text()

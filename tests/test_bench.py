@@ -164,7 +164,10 @@ def test_tiny_real_run_is_deterministic(tmp_path, monkeypatch):
     assert set(ta) >= {"per_task", "avg_acc", "avg_normalized_acc", "merge_seconds", "chosen_params"}
     assert ta["avg_acc"] == pytest.approx(sum(ta["per_task"].values()) / 2)
     assert ta["avg_normalized_acc"] == pytest.approx(sum(ta["per_task"][t] / first["individual"][t] for t in first["tasks"]) / 2)
-    assert ta["chosen_params"]["scale"] in {round(0.3 * m, 6) for m in first["config"]["scale_grid"]}
+    tried = [float(s) for s in ta["validation"]]
+    assert len(tried) == 7 and tried[:5] == [round(0.3 * m, 6) for m in first["config"]["scale_grid"]]
+    assert ta["chosen_params"]["scale"] in tried
+    assert ta["validation"][f"{ta['chosen_params']['scale']:g}"] == max(ta["validation"].values())
     assert first["config"]["train_rows"] == {"cola": 40, "trec": 40}
 
     def numbers(result: dict) -> dict:

@@ -119,7 +119,7 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
     methods = {}
     with _bar(console) as progress:
         for method in settings.methods:
-            job = progress.add_task(f"method {method}", total=len(settings.scale_grid) + 1, note="merging")
+            job = progress.add_task(f"method {method}", total=len(settings.scale_grid) + len(settings.refine) + 1, note="merging")
             methods[method] = _run_method(method, modules, tasks, settings, ev, heads, val, test, individual, progress, job)
     return {
         "tasks": [t.name for t in tasks],
@@ -155,7 +155,8 @@ def _run_method(
     job: int,
 ) -> dict:
     """Merge once at scale 1 (every method is linear in its scale), pick the scale with the
-    best mean validation accuracy (ties: nearest the default), then test."""
+    best mean validation accuracy (coarse multiples of the default, then refinements around
+    the best; ties: nearest the default), then test."""
     spec = get_method(method)
     params = spec.parse_params(settings.method_params.get(method, {}))
     default = params.scale
@@ -163,12 +164,20 @@ def _run_method(
     merged = merge_modules(modules, method, seed=settings.seed, **{**params.model_dump(), "scale": 1.0})
     merge_seconds = time.perf_counter() - merge_start
     deltas = _dense(merged)
-    search = {}
-    for multiple in settings.scale_grid:
-        scale = round(default * multiple, 6)
-        ev.apply(deltas, scale)
-        search[scale] = sum(ev.accuracies(val, heads).values()) / len(tasks)
+    search: dict[float, float] = {}
+
+    def score(scale: float) -> None:
+        scale = round(scale, 6)
+        if scale not in search:
+            ev.apply(deltas, scale)
+            search[scale] = sum(ev.accuracies(val, heads).values()) / len(tasks)
         progress.update(job, advance=1, note=f"scale {scale:g}: val {search[scale]:.3f}")
+
+    for multiple in settings.scale_grid:
+        score(default * multiple)
+    coarse = max(search, key=lambda s: (search[s], -abs(math.log(s / default))))
+    for factor in settings.refine:
+        score(coarse * factor)
     best = max(search, key=lambda s: (search[s], -abs(math.log(s / default))))
     ev.apply(deltas, best)
     per_task = ev.accuracies(test, heads)

@@ -13,8 +13,10 @@ FULL_RECIPE = LoraRecipe(steps=400, batch_size=16, max_length=64, lr=2e-3, head_
 QUICK_RECIPE = FULL_RECIPE.model_copy(update={"steps": 50})
 QUICK_TASKS = ("sst2", "ag_news", "trec")
 
-# Every method's scale is searched over the same multiples of its own default.
-SCALE_GRID = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
+# Every method's scale is searched with the same budget (7 validation passes): the coarse
+# multiples of its own default, then the best one times each refinement factor.
+SCALE_GRID = (0.125, 0.25, 0.5, 1.0, 2.0)
+REFINE = (2**-0.5, 2**0.5)
 
 
 class BenchSettings(BaseModel):
@@ -26,10 +28,11 @@ class BenchSettings(BaseModel):
     methods: tuple[str, ...] = Field(description="registered merge methods")
     seed: int = Field(0, description="seeds the splits, the training and the random merges")
     recipe: LoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task")
-    val_rows: int = Field(64, ge=1, description="validation rows per task, carved from train (never trained on)")
+    val_rows: int = Field(48, ge=1, description="validation rows per task, carved from train (never trained on)")
     test_rows: int = Field(500, ge=0, description="test rows per task (the first N of the file); 0: all")
     probe_rows: int = Field(1000, ge=1, description="training rows per task for the floor's linear probe")
-    scale_grid: tuple[float, ...] = Field(SCALE_GRID, description="multiples of each method's default scale tried on validation")
+    scale_grid: tuple[float, ...] = Field(SCALE_GRID, description="multiples of each method's default scale tried first on validation")
+    refine: tuple[float, ...] = Field(REFINE, description="factors applied to the best coarse scale, tried next")
     method_params: dict[str, dict] = Field(
         {"linear": {"normalize": True}},
         description="parameters other than a method's defaults (linear: the average, model soup; its plain sum is task_arithmetic)",

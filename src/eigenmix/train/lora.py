@@ -8,10 +8,7 @@ encoder layers only, so adapters of different tasks merge cleanly); the head bes
 from __future__ import annotations
 
 import json
-import random
-import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +17,8 @@ from safetensors.torch import save_file
 
 from eigenmix.data import Task
 from eigenmix.io.atomic import atomic_dir
-from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder, predict, tokenize
+from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder, predict
+from eigenmix.train.loop import fit, task_seed
 
 # Every attention and MLP linear of a BERT encoder layer (the pooler is not used).
 BERT_LINEARS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
@@ -62,35 +60,15 @@ def train_adapter(
     # A per-task seed: with one seed for all tasks every adapter starts from the same
     # random lora_A, and since A moves little in short training their row spaces would
     # overlap by construction rather than by what the tasks learned.
-    task_seed = recipe.seed * 1_000_003 + zlib.crc32(task.name.encode())
-    torch.manual_seed(task_seed)
+    seed = task_seed(recipe.seed, task.name)
+    torch.manual_seed(seed)
     encoder, tokenizer = load_encoder()
     config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=recipe.target_modules, lora_dropout=0.0)
     peft_encoder = get_peft_model(encoder, config)
     model = EncoderClassifier(peft_encoder, encoder.config.hidden_size, task.num_labels)
-    lora_params = [p for n, p in model.encoder.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": lora_params, "lr": recipe.lr}, {"params": model.head.parameters(), "lr": recipe.head_lr}],
-        weight_decay=0.0,
-    )
-    schedule = _schedule(optimizer, recipe)
-    lengths = _token_lengths(tokenizer, task, recipe.max_length)
-    batches = _bucketed_batches(lengths, recipe.batch_size, random.Random(task_seed))
-    model.train(recipe.dropout)
-    start, loss_value = time.perf_counter(), float("nan")
-    for step in range(recipe.steps):
-        batch = [task.train[i] for i in next(batches)]
-        pairs = [r.text_pair or "" for r in batch] if task.is_pair else None
-        enc = tokenize(tokenizer, [r.text for r in batch], pairs, recipe.max_length)
-        loss = torch.nn.functional.cross_entropy(model(**enc), torch.tensor([r.label for r in batch]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        loss_value = float(loss.detach())
-        if on_step is not None:
-            on_step(step, loss_value)
-    seconds = time.perf_counter() - start
+    lora_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    groups = [{"params": lora_params, "lr": recipe.lr}, {"params": list(model.head.parameters()), "lr": recipe.head_lr}]
+    seconds, loss_value = fit(model, lambda _, enc: model(**enc), [task], tokenizer, groups, recipe, seed=recipe.seed, on_step=on_step)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         peft_encoder.save_pretrained(str(tmp))
         _pin_base_model_id(tmp / "adapter_config.json")
@@ -105,39 +83,6 @@ def train_adapter(
         }
         (tmp / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"train_seconds": seconds, "final_loss": loss_value}
-
-
-def _schedule(optimizer: torch.optim.Optimizer, recipe: LoraRecipe) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then linear decay to 0 (transformers' schedule); constant if ``warmup == 0``."""
-    if recipe.warmup == 0:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    from transformers import get_linear_schedule_with_warmup
-
-    return get_linear_schedule_with_warmup(optimizer, round(recipe.warmup * recipe.steps), recipe.steps)
-
-
-def _token_lengths(tokenizer: object, task: Task, max_length: int) -> list[int]:
-    texts = [r.text for r in task.train]
-    pairs = [r.text_pair or "" for r in task.train] if task.is_pair else None
-    ids = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
-    return [len(i) for i in ids]
-
-
-def _bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> Iterator[list[int]]:
-    """Endless epochs of shuffled batches of rows of similar length (less padding).
-
-    Each epoch shuffles the rows, sorts windows of ``pool`` batches by length, cuts them
-    into batches, and shuffles the batches.
-    """
-    while True:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), pool * batch_size):
-            window = sorted(order[start : start + pool * batch_size], key=lengths.__getitem__)
-            batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
 
 
 def _pin_base_model_id(config_path: Path) -> None:

@@ -1,0 +1,125 @@
+"""Spectral MoE accuracy: all-MiniLM-L6-v2 fine-tuned with Spectral MoE layers, LoRA r=8
+and SVF (E = 1, no gate or router), per task and on the mixture of tasks.
+
+    python benchmarks/moe_accuracy.py --json benchmarks/results/moe_accuracy.json
+
+Every method adapts the 36 attention and MLP linears of the encoder (``BERT_LINEARS``)
+and trains with one recipe (the merge benchmark's: AdamW, encoder-side lr 2e-3, head lr
+5e-3, 10% warm-up then linear decay, batches of 16 rows of similar length, 64 tokens, no
+dropout), a linear head per task on mean-pooled states. Per task: ``--steps`` steps on
+that task (train split minus nothing: no selection is made on the test split). Mixture:
+one model, one head per task, ``--mixture-steps`` steps drawing the tasks in turn.
+Accuracy on the first ``--test-rows`` test rows of each task. Methods:
+
+- ``lora``: PEFT LoRA, rank 8, α = 16.
+- ``svf``: ``SpectralMoELinear`` with E = 1, full rank, no gate or router: one learned
+  scale per singular value (Transformer²'s SVF).
+- ``moe``: ``SpectralMoELinear`` with E = ``--experts`` (8), full rank, the per-token
+  router, gates and routers initialised to keep the pretrained outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench_common import write_result
+from eigenmix.bench.settings import FULL_RECIPE
+from eigenmix.data import Task, load_tasks
+from eigenmix.moe import convert
+from eigenmix.train import BERT_LINEARS, load_encoder
+from eigenmix.train.encoder import tokenize
+from eigenmix.train.loop import fit, task_seed
+
+METHODS = ("lora", "svf", "moe")
+
+
+def adapt(encoder: nn.Module, method: str, experts: int) -> nn.Module:
+    """The encoder with ``method``'s trainable layers; everything else frozen."""
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, target_modules=BERT_LINEARS, lora_dropout=0.0))
+    if method == "svf":
+        convert(encoder, BERT_LINEARS, n_experts=1, gate=False)
+    else:
+        convert(encoder, BERT_LINEARS, n_experts=experts)
+    return encoder
+
+
+def pooled(encoder: nn.Module, enc: dict) -> torch.Tensor:
+    hidden = encoder(**enc).last_hidden_state  # (b, seq, hidden)
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, hidden)
+
+
+@torch.no_grad()
+def accuracy(encoder: nn.Module, tokenizer: object, head: nn.Linear, task: Task, rows: int) -> float:
+    test = task.test[:rows]
+    right = 0
+    for i in range(0, len(test), 64):
+        batch = test[i : i + 64]
+        pairs = [r.text_pair or "" for r in batch] if task.is_pair else None
+        enc = tokenize(tokenizer, [r.text for r in batch], pairs, FULL_RECIPE.max_length)
+        right += int((head(pooled(encoder, enc)).argmax(-1) == torch.tensor([r.label for r in batch])).sum())
+    return right / len(test)
+
+
+def run(method: str, tasks: list[Task], steps: int, experts: int, test_rows: int, seed: int) -> dict:
+    """Train one encoder (one head per task) on ``tasks`` in turn; test accuracy per task."""
+    torch.manual_seed(task_seed(seed, method + ":" + ",".join(t.name for t in tasks)))
+    encoder, tokenizer = load_encoder()
+    encoder.requires_grad_(False)
+    encoder = adapt(encoder, method, experts)
+    heads = nn.ModuleDict({t.name: nn.Linear(encoder.config.hidden_size, t.num_labels) for t in tasks})
+    body = [p for p in encoder.parameters() if p.requires_grad]
+    groups = [{"params": body, "lr": FULL_RECIPE.lr}, {"params": list(heads.parameters()), "lr": FULL_RECIPE.head_lr}]
+    model = nn.ModuleDict({"encoder": encoder, "heads": heads})
+    recipe = FULL_RECIPE.model_copy(update={"steps": steps, "seed": seed})
+    seconds, loss = fit(model, lambda name, enc: heads[name](pooled(encoder, enc)), tasks, tokenizer, groups, recipe, seed=seed)
+    acc = {t.name: accuracy(encoder, tokenizer, heads[t.name], t, test_rows) for t in tasks}
+    return {"accuracy": acc, "trainable_params": sum(p.numel() for p in body), "train_seconds": seconds, "final_loss": loss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the result")
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: the 8 bundled tasks)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=200, help="steps per task, per-task runs")
+    parser.add_argument("--mixture-steps", type=int, default=800, help="steps of the mixture run (tasks in turn)")
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--test-rows", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    tasks = load_tasks(names=args.tasks.split(",") if args.tasks else None)
+    methods = args.methods.split(",")
+    start = time.perf_counter()
+    per_task: dict[str, dict] = {m: {} for m in methods}
+    for method in methods:
+        for task in tasks:
+            per_task[method][task.name] = run(method, [task], args.steps, args.experts, args.test_rows, args.seed)
+            print(method, task.name, per_task[method][task.name], flush=True)
+    mixture = {m: run(m, tasks, args.mixture_steps, args.experts, args.test_rows, args.seed) for m in methods}
+    for m in methods:
+        print("mixture", m, mixture[m], flush=True)
+    write_result(
+        args.json,
+        {
+            "tasks": [t.name for t in tasks],
+            "recipe": FULL_RECIPE.model_dump() | {"steps": args.steps, "mixture_steps": args.mixture_steps},
+            "experts": args.experts,
+            "test_rows": args.test_rows,
+            "per_task": per_task,
+            "mixture": mixture,
+            "total_seconds": time.perf_counter() - start,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -95,8 +95,9 @@ def test_from_linear_keeps_the_pretrained_outputs(mode, router, rank):
     linear = nn.Linear(48, 32)
     layer = SpectralMoELinear.from_linear(linear, 8, rank, router=router, mode=mode)
     x = torch.randn(64, 48) * 3
-    expected, got = linear(x), layer(x)
-    assert float((got - expected).norm() / expected.norm()) <= 1e-3
+    with torch.no_grad():
+        expected, got = linear(x), layer(x)
+    assert float((got - expected).norm() / expected.norm()) <= 2e-4
     assert float(((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max()) <= 1e-3
 
 

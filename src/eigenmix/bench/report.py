@@ -39,7 +39,7 @@ def table_rows(results: dict, bold: Callable[[str], str]) -> list[tuple[str, lis
     for number, row in enumerate(rows):
         cells = [bold(v) if number >= 2 and v == best[i] else v for i, v in enumerate(values(row))]
         scale = results["methods"].get(row[0], {}).get("chosen_params", {}).get("scale")
-        out.append((row[0], cells, "" if scale is None else f"{scale:g}"))
+        out.append((row[0], cells, "" if scale is None else f"{scale:.3g}"))
     return out
 
 

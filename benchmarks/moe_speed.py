@@ -9,8 +9,8 @@ mode. The fast path runs for every E in ``--experts`` (4, 8, 16, 64) and k in ``
 computed once per k (float64) and every configuration runs the same pure functions as
 ``SpectralMoELinear.forward`` / ``.naive`` (:mod:`eigenmix.moe.functional`), with random
 scales, gates and routers. Each timing is the median of ``--repeats`` runs after one
-warm-up; configurations are interleaved with ``nn.Linear`` re-timings so that ratios
-compare runs taken moments apart.
+warm-up, the two sides of each ratio run alternately (ABAB…) so that both see the same
+machine load.
 
 Keys per (E, k): ``fast_over_linear`` (fast seconds / nn.Linear seconds) and, where the
 naive path ran, ``naive_over_fast``.
@@ -30,14 +30,21 @@ from bench_common import write_result
 from eigenmix.moe import MoEParams, fast_forward, naive_forward
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, run alternately (ABAB…) after one warm-up each,
+    so that both see the same machine load."""
+    a(), b()
+    times_a, times_b = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times_a.append(once(a))
+        times_b.append(once(b))
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def params(weight: torch.Tensor, bias: torch.Tensor, svd: tuple, k: int, n_experts: int, seed: int) -> MoEParams:
@@ -59,8 +66,8 @@ def main() -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[4, 8, 16, 64])
     parser.add_argument("--naive-experts", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 4096])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--naive-repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--naive-repeats", type=int, default=3)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -76,26 +83,27 @@ def main() -> None:
         for k in args.ranks:
             for E in sorted(set(args.experts) | set(args.naive_experts)):
                 p = params(weight, bias, svd, k, E, seed=E)
-                linear_s = timed(lambda: linear(x), args.repeats)
+                fast = lambda p=p: fast_forward(x, p, "spectral")  # noqa: E731
+                linear_s, fast_s = paired(lambda: linear(x), fast, args.repeats)
                 linear_times.append(linear_s)
-                entry = {"E": E, "k": k, "linear_seconds": linear_s}
-                if E in args.experts:
-                    entry["fast_seconds"] = timed(lambda p=p: fast_forward(x, p, "spectral"), args.repeats)
-                    entry["fast_over_linear"] = entry["fast_seconds"] / linear_s
+                entry = {"E": E, "k": k, "linear_seconds": linear_s, "fast_seconds": fast_s, "fast_over_linear": fast_s / linear_s}
                 if E in args.naive_experts:
-                    entry["naive_seconds"] = timed(lambda p=p: naive_forward(x, p, "spectral"), args.naive_repeats)
-                    fast_s = entry.get("fast_seconds") or timed(lambda p=p: fast_forward(x, p, "spectral"), args.repeats)
-                    entry["naive_over_fast"] = entry["naive_seconds"] / fast_s
+                    fast_s, naive_s = paired(fast, lambda p=p: naive_forward(x, p, "spectral"), args.naive_repeats)
+                    entry |= {"fast_seconds_beside_naive": fast_s, "naive_seconds": naive_s, "naive_over_fast": naive_s / fast_s}
                 results[f"E={E},k={k}"] = entry
                 print(entry, flush=True)
 
-    fast = {key: r for key, r in results.items() if "fast_over_linear" in r}
-    targets = {}
+    fast = {key: r for key, r in results.items() if r["E"] in args.experts}
+    targets, scaling = {}, {}
     for k in args.ranks:
         if k <= 64:
             targets[f"k={k}: fast <= 1.15x nn.Linear (all E)"] = all(r["fast_over_linear"] <= 1.15 for r in fast.values() if r["k"] == k)
         if 4 in args.experts and 64 in args.experts:
-            e4, e64 = results[f"E=4,k={k}"]["fast_seconds"], results[f"E=64,k={k}"]["fast_seconds"]
+            with torch.inference_mode():  # the two measured side by side
+                p4, p64 = params(weight, bias, svd, k, 4, seed=4), params(weight, bias, svd, k, 64, seed=64)
+                run4, run64 = (lambda p=p4: fast_forward(x, p, "spectral")), (lambda p=p64: fast_forward(x, p, "spectral"))
+                e4, e64 = paired(run4, run64, args.repeats)
+            scaling[f"k={k}"] = {"E=4_seconds": e4, "E=64_seconds": e64, "E64_over_E4": e64 / e4}
             targets[f"k={k}: E=64 within 1.1x of E=4"] = e64 / e4 <= 1.1
         if k == args.size:
             for E in (8, 16):
@@ -113,6 +121,7 @@ def main() -> None:
             "svd_float64_seconds": svd_seconds,
             "linear_seconds_median": statistics.median(linear_times),
             "configs": results,
+            "fast_E64_vs_E4": scaling,
             "targets_met": targets,
         },
     )

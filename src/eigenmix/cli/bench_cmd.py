@@ -52,11 +52,23 @@ def bench_merge(
     )
     results = run_benchmark(settings, data_dir, cache_dir or default_cache_dir(), console)
     results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
-    results["config"]["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor()}
+    results["config"]["machine"] = {
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
+    }  # fmt: skip
     with atomic_dir(out, overwrite=force) as tmp:
         write_results(results, tmp)
     console.print(_table(results))
     console.print(f"results in {out}/ (results.json, results.md, results.png); {results['timing']['total_seconds']:.0f} s in all")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _table(results: dict) -> Table:

@@ -86,14 +86,19 @@ def fast_forward(x: Tensor, p: MoEParams, mode: Mode) -> MoEOutput:
     y_lin = _linear(x2, p.weight, p.bias)  # (T, m)
     g, rho = gate_and_router(x2, y_lin, p)  # (T, E), (T, 1 | m)
     mix = g @ p.scales  # (T, k) spectral, (T, m) output: Σ_e g_e s_e
+    # Without autograd, y_lin is rescaled and accumulated in place (no (T, m) temporaries).
+    inplace = not torch.is_grad_enabled()
     if mode == "output":  # ȳ − y_lin = y_lin ⊙ (mix / E − 1)
-        out = y_lin * (1 + rho * (mix / n_experts - 1))
+        factor = 1 + rho * (mix / n_experts - 1)
+        out = y_lin.mul_(factor) if inplace else y_lin * factor
     else:
         z = (x2 @ p.V) * p.sigma  # (T, k): x V diag(σ)
         g_sum = g.sum(-1, keepdim=True)  # (T, 1)
         if p.residual is None:  # ȳ − y_lin = [(z ⊙ (mix − Σg)) Uᵀ + (Σg − E) y_lin] / E
             small, lin = z * (mix - g_sum) / n_experts, (g_sum - n_experts) / n_experts  # (T, k), (T, 1)
-            if rho.shape[-1] == 1:
+            if rho.shape[-1] == 1 and inplace:
+                out = y_lin.mul_(1 + rho * lin).addmm_(small * rho, p.U.T)
+            elif rho.shape[-1] == 1:
                 out = torch.addmm(y_lin * (1 + rho * lin), small * rho, p.U.T)
             else:
                 out = y_lin + rho * (small @ p.U.T + lin * y_lin)

@@ -85,6 +85,29 @@ def run(method: str, tasks: list[Task], steps: int, experts: int, test_rows: int
     return {"accuracy": acc, "trainable_params": sum(p.numel() for p in body), "train_seconds": seconds, "final_loss": loss}
 
 
+def markdown(result: dict) -> str:
+    """Accuracy (%) per task and method, per-task runs and the mixture run, with trainable
+    parameters and training seconds."""
+    tasks = result["tasks"]
+    lines = []
+    for title, runs in (("per task (one model per task)", result["per_task"]), ("mixture (one model, a head per task)", None)):
+        header = "| method | " + " | ".join(tasks) + " | avg | trainable params | train s |"
+        lines += [f"**{title}**", "", header, "|---|" + "---:|" * (len(tasks) + 3)]
+        for method in result["methods"]:
+            if runs is None:
+                run = result["mixture"][method]
+                acc, params, seconds = run["accuracy"], run["trainable_params"], run["train_seconds"]
+            else:
+                acc = {t: runs[method][t]["accuracy"][t] for t in tasks}
+                params = sum(runs[method][t]["trainable_params"] for t in tasks) // len(tasks)
+                seconds = sum(runs[method][t]["train_seconds"] for t in tasks)
+            average = 100 * sum(acc.values()) / len(tasks)
+            cells = [f"{100 * acc[t]:.1f}" for t in tasks] + [f"{average:.1f}", f"{params:,}", f"{seconds:.0f}"]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the result")
@@ -107,18 +130,18 @@ def main() -> None:
     mixture = {m: run(m, tasks, args.mixture_steps, args.experts, args.test_rows, args.seed) for m in methods}
     for m in methods:
         print("mixture", m, mixture[m], flush=True)
-    write_result(
-        args.json,
-        {
-            "tasks": [t.name for t in tasks],
-            "recipe": FULL_RECIPE.model_dump() | {"steps": args.steps, "mixture_steps": args.mixture_steps},
-            "experts": args.experts,
-            "test_rows": args.test_rows,
-            "per_task": per_task,
-            "mixture": mixture,
-            "total_seconds": time.perf_counter() - start,
-        },
-    )
+    result = {
+        "tasks": [t.name for t in tasks],
+        "methods": methods,
+        "recipe": FULL_RECIPE.model_dump() | {"steps": args.steps, "mixture_steps": args.mixture_steps},
+        "experts": args.experts,
+        "test_rows": args.test_rows,
+        "per_task": per_task,
+        "mixture": mixture,
+        "total_seconds": time.perf_counter() - start,
+    }
+    write_result(args.json, result)
+    args.json.with_suffix(".md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

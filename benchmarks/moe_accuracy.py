@@ -32,7 +32,7 @@ from eigenmix.bench.settings import FULL_RECIPE
 from eigenmix.data import Task, load_tasks
 from eigenmix.moe import convert
 from eigenmix.train import BERT_LINEARS, load_encoder
-from eigenmix.train.encoder import tokenize
+from eigenmix.train.encoder import mean_pool, tokenize
 from eigenmix.train.loop import fit, task_seed
 
 METHODS = ("lora", "svf", "moe")
@@ -52,9 +52,7 @@ def adapt(encoder: nn.Module, method: str, experts: int) -> nn.Module:
 
 
 def pooled(encoder: nn.Module, enc: dict) -> torch.Tensor:
-    hidden = encoder(**enc).last_hidden_state  # (b, seq, hidden)
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, hidden)
+    return mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"])  # (b, hidden)
 
 
 @torch.no_grad()

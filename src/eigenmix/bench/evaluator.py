@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from eigenmix.data import Example
 from eigenmix.errors import InvalidInputError
-from eigenmix.train.encoder import load_encoder
+from eigenmix.train.encoder import load_encoder, mean_pool
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,7 @@ class Evaluator:
         """Mean-pooled last hidden states ``(N, hidden)``, in the split's row order."""
         pooled = []
         for batch in split.batches:
-            hidden = self.encoder(**batch).last_hidden_state  # (b, seq, hidden)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            pooled.append(mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"]))
         out = torch.empty(len(split.order), pooled[0].shape[1])
         out[split.order] = torch.cat(pooled)
         return out

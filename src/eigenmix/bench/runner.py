@@ -173,12 +173,15 @@ def _run_method(
             search[scale] = sum(ev.accuracies(val, heads).values()) / len(tasks)
         progress.update(job, advance=1, note=f"scale {scale:g}: val {search[scale]:.3f}")
 
+    def rank(scale: float) -> tuple[float, float]:  # best validation accuracy, then nearest the default
+        return search[scale], -abs(math.log(scale / default))
+
     for multiple in settings.scale_grid:
         score(default * multiple)
-    coarse = max(search, key=lambda s: (search[s], -abs(math.log(s / default))))
+    coarse = max(search, key=rank)
     for factor in settings.refine:
         score(coarse * factor)
-    best = max(search, key=lambda s: (search[s], -abs(math.log(s / default))))
+    best = max(search, key=rank)
     ev.apply(deltas, best)
     per_task = ev.accuracies(test, heads)
     progress.update(job, advance=1, note=f"scale {best:g}: test {sum(per_task.values()) / len(per_task):.3f}")

@@ -35,7 +35,7 @@ def bench_merge(
     methods: str | None = typer.Option(None, "--methods", help="Comma-separated merge methods (default: every registered method)."),
     out: Path = typer.Option(Path("runs/bench-merge"), "--out", help="Folder for results.json/.md/.png, written atomically."),
     seed: int = typer.Option(0, "--seed", help="Seeds the validation split, the training and the random merges."),
-    quick: bool = typer.Option(False, "--quick", help="3 tasks, 60 training steps, small validation/test subsets (≈ 2–3 min)."),
+    quick: bool = typer.Option(False, "--quick", help="3 tasks, 50 training steps, small validation/test subsets (≈ 2.5 min)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Override the recipe's training steps."),
     test_rows: int | None = typer.Option(None, "--test-rows", min=0, help="Test rows per task (0: all)."),

@@ -51,7 +51,8 @@ class SpectralMoELinear(nn.Module):
         gate: whether to use the gate and router (False: ``out = ȳ`` with ``g = 1``, the
             SVF case of Transformer² when E = 1).
 
-    A fresh layer has random ``W`` (``nn.Linear``'s init); use :meth:`from_linear` to
+    A fresh layer has random ``W`` (``nn.Linear``'s init) and its SVD (``spectrum=False``
+    skips that SVD, for a caller that sets the weight next); use :meth:`from_linear` to
     wrap a pretrained one.
     """
 
@@ -67,6 +68,7 @@ class SpectralMoELinear(nn.Module):
         gate: bool = True,
         *,
         dtype: torch.dtype | None = None,
+        spectrum: bool = True,
     ) -> None:
         super().__init__()
         _check(in_features, out_features, n_experts, rank, router, mode)
@@ -89,7 +91,8 @@ class SpectralMoELinear(nn.Module):
         self.router_bias = nn.Parameter(torch.zeros(width, dtype=dtype)) if gate else None
         self.last_gate: Tensor | None = None
         self.last_router: Tensor | None = None
-        self._set_spectrum(self.weight.detach())
+        if spectrum:  # from_linear sets the spectrum of the copied weight instead (one SVD)
+            self._set_spectrum(self.weight.detach())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n_experts: int, rank: int | None = None, **kwargs: object) -> SpectralMoELinear:
@@ -99,7 +102,7 @@ class SpectralMoELinear(nn.Module):
             raise InvalidInputError(f"from_linear needs an nn.Linear, not {type(linear).__name__}")
         layer = cls(
             linear.in_features, linear.out_features, n_experts, rank, bias=linear.bias is not None,
-            dtype=linear.weight.dtype, **kwargs,  # type: ignore[arg-type]
+            dtype=linear.weight.dtype, spectrum=False, **kwargs,  # type: ignore[arg-type]
         )  # fmt: skip
         layer.to(linear.weight.device)
         with torch.no_grad():

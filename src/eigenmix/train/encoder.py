@@ -51,6 +51,12 @@ def load_encoder(path: Path | str | None = None) -> tuple[nn.Module, object]:
     return encoder, tokenizer
 
 
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of the token states ``(batch, seq, hidden)`` over the unmasked tokens → ``(batch, hidden)``."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class EncoderClassifier(nn.Module):
     """Encoder → masked mean pooling → linear head (MiniLM was trained with mean pooling).
 
@@ -69,9 +75,7 @@ class EncoderClassifier(nn.Module):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state  # (batch, seq, hidden)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
-        return self.head(pooled)  # (batch, num_labels)
+        return self.head(mean_pool(hidden, attention_mask))  # (batch, num_labels)
 
 
 def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, Tensor]:

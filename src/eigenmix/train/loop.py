@@ -11,6 +11,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,16 @@ from eigenmix.data import Task
 from eigenmix.train.encoder import tokenize
 
 Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task name, tokenised batch) → logits (batch, classes)
+
+
+class Schedule(Protocol):
+    """What the loop reads of a recipe (``LoraRecipe`` has it)."""
+
+    steps: int
+    batch_size: int
+    max_length: int
+    warmup: float
+    dropout: bool
 
 
 def task_seed(seed: int, name: str) -> int:
@@ -32,7 +43,7 @@ def fit(
     tasks: Sequence[Task],
     tokenizer: object,
     groups: list[dict],
-    recipe: object,
+    recipe: Schedule,
     *,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
@@ -50,18 +61,18 @@ def fit(
         ``(seconds, last loss)``.
     """
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    schedule = _schedule(optimizer, recipe.steps, recipe.warmup)  # type: ignore[attr-defined]
+    schedule = _schedule(optimizer, recipe.steps, recipe.warmup)
     batches = [
-        _bucketed_batches(_token_lengths(tokenizer, t, recipe.max_length), recipe.batch_size, random.Random(task_seed(seed, t.name)))  # type: ignore[attr-defined]
+        _bucketed_batches(_token_lengths(tokenizer, t, recipe.max_length), recipe.batch_size, random.Random(task_seed(seed, t.name)))
         for t in tasks
     ]
-    model.train(recipe.dropout)  # type: ignore[attr-defined]
+    model.train(recipe.dropout)
     start, loss_value = time.perf_counter(), float("nan")
-    for step in range(recipe.steps):  # type: ignore[attr-defined]
+    for step in range(recipe.steps):
         task = tasks[step % len(tasks)]
         batch = [task.train[i] for i in next(batches[step % len(tasks)])]
         pairs = [r.text_pair or "" for r in batch] if task.is_pair else None
-        enc = tokenize(tokenizer, [r.text for r in batch], pairs, recipe.max_length)  # type: ignore[attr-defined]
+        enc = tokenize(tokenizer, [r.text for r in batch], pairs, recipe.max_length)
         loss = torch.nn.functional.cross_entropy(forward(task.name, enc), torch.tensor([r.label for r in batch]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

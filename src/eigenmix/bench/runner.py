@@ -23,6 +23,7 @@ from eigenmix.bench.evaluator import Evaluator, Head, Split
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.settings import BenchSettings
 from eigenmix.bench.splits import BenchTask, carve
+from eigenmix.bench.tuned import TUNED, run_tuned
 from eigenmix.data import load_tasks
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_dir
@@ -121,6 +122,10 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
         for method in settings.methods:
             job = progress.add_task(f"method {method}", total=len(settings.scale_grid) + len(settings.refine) + 1, note="merging")
             methods[method] = _run_method(method, modules, tasks, settings, ev, heads, val, test, individual, progress, job)
+        for name in settings.tuned:
+            job = progress.add_task(name, total=1, note="tuning")
+            methods[name] = _run_tuned(name, modules, tasks, settings, ev, heads, individual, methods)
+            progress.update(job, advance=1, note=f"test {methods[name]['avg_acc']:.3f} in {methods[name]['tune_seconds']:.0f} s")
     return {
         "tasks": [t.name for t in tasks],
         "individual": individual,
@@ -138,6 +143,31 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
             "evaluation_seconds": round(time.perf_counter() - eval_start, 1),
             "total_seconds": round(time.perf_counter() - start, 1),
         },
+    }
+
+
+def _run_tuned(
+    name: str,
+    modules: list[Module],
+    tasks: list[BenchTask],
+    settings: BenchSettings,
+    ev: Evaluator,
+    heads: dict[str, Head],
+    individual: dict[str, float],
+    methods: dict[str, dict],
+) -> dict:
+    """A tuned entry, started at the scale this run chose for its data-free merge."""
+    init = TUNED[name].init
+    scale = methods[init]["chosen_params"]["scale"] if init in methods else get_method(init).parse_params({}).scale
+    per_task, info = run_tuned(name, modules, tasks, heads, ev, scale, settings.seed)
+    return {
+        "per_task": per_task,
+        "avg_acc": sum(per_task.values()) / len(per_task),
+        "avg_normalized_acc": sum(per_task[n] / individual[n] for n in per_task) / len(per_task),
+        "merge_seconds": info["tune_seconds"],
+        "tune_seconds": info["tune_seconds"],
+        "n_coefficients": info["n_coefficients"],
+        "chosen_params": {"scale": scale, **info},
     }
 
 

@@ -38,6 +38,7 @@ class BenchSettings(BaseModel):
         description="parameters other than a method's defaults (linear: the average, model soup; its plain sum is task_arithmetic)",
     )
     tokens_per_batch: int = Field(4096, ge=64, description="padded tokens per forward pass in evaluation")
+    tuned: tuple[str, ...] = Field((), description="tuned entries (eigenmix.bench.tuned.TUNED), after the data-free methods")
 
 
 def make_settings(
@@ -50,13 +51,15 @@ def make_settings(
     steps: int | None = None,
     test_rows: int | None = None,
     val_rows: int | None = None,
+    tune: bool = False,
 ) -> BenchSettings:
     """The settings of a run; unknown methods fail here, before any work.
 
     Defaults: every task of the data folder and every registered method. ``quick``: the
     first 3 tasks (sst2, ag_news, trec for the bundled data), 50 training steps, 24
-    validation and 120 test rows per task, a 200-row probe.
+    validation and 120 test rows per task, a 200-row probe. ``tune``: every tuned entry too.
     """
+    from eigenmix.bench.tuned import TUNED
     from eigenmix.data import task_names
     from eigenmix.merge import all_methods, get_method
 
@@ -68,4 +71,4 @@ def make_settings(
     recipe = (QUICK_RECIPE if quick else FULL_RECIPE).model_copy(update={"seed": seed, **({"steps": steps} if steps else {})})
     sizes = {"val_rows": 24, "test_rows": 120, "probe_rows": 200} if quick else {}
     sizes.update({k: v for k, v in {"test_rows": test_rows, "val_rows": val_rows}.items() if v is not None})
-    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, **sizes)
+    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=tuple(TUNED) if tune else (), **sizes)

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel
-from tests.common import base_model, make_adapter
 
 import eigenmix
+from common import base_model, make_adapter
 from eigenmix.errors import InvalidInputError
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.tune import (

@@ -16,6 +16,7 @@ from eigenmix.cli.console import make_console
 from eigenmix.cli.demo import demo
 from eigenmix.cli.inspect_cmd import inspect, overlap
 from eigenmix.cli.merge_cmd import merge, methods
+from eigenmix.cli.tune_cmd import tune
 from eigenmix.errors import EigenmixError
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.command()(overlap)
 app.command()(demo)
 app.command()(merge)
 app.command()(methods)
+app.command()(tune)
 app.add_typer(bench_app, name="bench")
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 import typer
 
 from eigenmix.cli.console import make_console
-from eigenmix.inspect import module_overlap, module_report, overlap_summary, overlap_table, spectra_summary, spectra_table
+from eigenmix.inspect import (
+    coefficients_table,
+    module_overlap,
+    module_report,
+    overlap_summary,
+    overlap_table,
+    spectra_summary,
+    spectra_table,
+)
 from eigenmix.io import read_lora_adapter
 
 
@@ -18,12 +26,18 @@ def inspect(
     top: int = typer.Option(4, min=1, help="Singular values shown per layer."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file."),
 ) -> None:
-    """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy."""
+    """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy;
+    for an ``eigenmix tune`` output, also the learned coefficients per layer and module."""
     module = read_lora_adapter(path)
     reports = module_report(module)
     console = make_console()
     console.print(spectra_table(reports, title=f"{module.name}  ({module.base_model or 'unknown base'})", top=top))
     console.print(spectra_summary(reports))
+    coefficients = path / "coefficients.json"
+    if coefficients.is_file():
+        summary = json.loads(coefficients.read_text())
+        title = f"learned coefficients ({summary['granularity']}, {summary['level']}; {summary['n_coefficients']} numbers)"
+        console.print(coefficients_table(summary, title=title))
     if json_out is not None:
         _write_json(json_out, {"adapter": str(path), "layers": [asdict(r) for r in reports]})
 

@@ -2,11 +2,12 @@
 
 from eigenmix.inspect.overlap import LayerOverlap, module_overlap
 from eigenmix.inspect.spectra import LayerReport, layer_report, module_report
-from eigenmix.inspect.tables import overlap_summary, overlap_table, spectra_summary, spectra_table
+from eigenmix.inspect.tables import coefficients_table, overlap_summary, overlap_table, spectra_summary, spectra_table
 
 __all__ = [
     "LayerOverlap",
     "LayerReport",
+    "coefficients_table",
     "layer_report",
     "module_overlap",
     "module_report",

@@ -74,3 +74,25 @@ def overlap_summary(rows: Sequence[LayerOverlap]) -> str:
     return (
         f"{n} shared layers; mean column overlap {col:.3f} (chance {chance_col:.3f}), mean row overlap {row:.3f} (chance {chance_row:.3f})"
     )
+
+
+def coefficients_table(summary: dict, *, title: str) -> Table:
+    """Learned coefficients (``coefficients.json`` of ``eigenmix tune``): one row per layer,
+    per module its mean λ (its starting mean) and its share of the layer's update energy."""
+    modules = summary["modules"]
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", overflow="fold")
+    for name in modules:
+        table.add_column(f"{name}\nλ̄ (λ0) share", justify="right")
+    if any("mu" in entry for entry in summary["layers"].values()):
+        table.add_column("μ mean [min, max]", justify="right")
+    for layer, entry in summary["layers"].items():
+        cells = []
+        for name in modules:
+            row = entry["modules"].get(name)
+            cells.append("-" if row is None else f"{row['lambda_mean']:.3f} ({row['lambda0_mean']:.3f}) {100 * row['energy_share']:.0f}%")
+        if "mu" in entry:
+            mu = entry["mu"]
+            cells.append(f"{mu['mean']:.3f} [{mu['min']:.2f}, {mu['max']:.2f}]")
+        table.add_row(layer, *cells)
+    return table

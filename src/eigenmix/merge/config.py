@@ -17,14 +17,17 @@ and its task vector ``W_ft − W_base`` is merged).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eigenmix.errors import InvalidInputError
 from eigenmix.merge.registry import get_method
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ModuleEntry(BaseModel):
@@ -103,9 +106,9 @@ def _resolve(raw: dict[str, Any], root: Path) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | str) -> MergeConfig:
-    """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
-    path = Path(path)
+def parse_yaml_config(path: Path, model: type[M], resolve: Callable[[dict[str, Any], Path], dict[str, Any]]) -> M:
+    """Read a YAML mapping, resolve its relative paths, validate it as ``model``; every
+    problem is one :class:`InvalidInputError` line naming the file and the key."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such config file")
     try:
@@ -115,7 +118,7 @@ def load_config(path: Path | str) -> MergeConfig:
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{path}: must be a YAML mapping")
     try:
-        return MergeConfig.model_validate(_resolve(raw, path.parent))
+        return model.model_validate(resolve(raw, path.parent))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -125,3 +128,8 @@ def load_config(path: Path | str) -> MergeConfig:
         raise InvalidInputError(f"{path}: {where + ': ' if where else ''}{msg}") from None
     except InvalidInputError as err:
         raise InvalidInputError(f"{path}: {err}") from None
+
+
+def load_config(path: Path | str) -> MergeConfig:
+    """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
+    return parse_yaml_config(Path(path), MergeConfig, _resolve)

@@ -178,3 +178,26 @@ def test_tiny_real_run_is_deterministic(tmp_path, monkeypatch):
     assert numbers(runs[0]) == numbers(runs[1]) == numbers(runs[2])
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["results.json", "results.md", "results.png"]
     assert "**" in (tmp_path / "a" / "results.md").read_text()
+
+
+def test_tuned_entries_join_the_results(tmp_path, monkeypatch):
+    """``--tune`` adds every tuned entry (steps cut short here), each from its merge's chosen scale."""
+    from eigenmix.bench import tuned
+
+    def short(spec):
+        return spec.model_copy(update={"settings": spec.settings.model_copy(update={"steps": 2, "eval_every": 1}), "budget": 6})
+
+    monkeypatch.setattr(tuned, "TUNED", {name: short(spec) for name, spec in tuned.TUNED.items()})
+    data = small_data(tmp_path / "data")
+    args = ["bench", "merge", "--data-dir", data, "--methods", "task_arithmetic,spectral", "--steps", "3", "--val-rows", "8", "--tune"]
+    assert run_cli(monkeypatch, *args, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache") == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["methods"]) == ["task_arithmetic", "spectral", *tuned.TUNED]
+    expected = {"spectral+tune(sup,n=64)": 36 * 16, "adamerging": 36 * 2, "lorahub(n=16)": 2}
+    for name, count in expected.items():
+        entry = results["methods"][name]
+        assert entry["n_coefficients"] == count and entry["tune_seconds"] > 0
+        start = "spectral" if name.startswith("spectral") else "task_arithmetic"
+        assert entry["chosen_params"]["scale"] == results["methods"][start]["chosen_params"]["scale"]
+        assert entry["avg_acc"] == pytest.approx(sum(entry["per_task"].values()) / 2)
+    assert results["config"]["tuned"] == list(tuned.TUNED)

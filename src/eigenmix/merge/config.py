@@ -17,7 +17,6 @@ and its task vector ``W_ft − W_base`` is merged).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -94,21 +93,23 @@ class MergeConfig(BaseModel):
         return self
 
 
-def _resolve(raw: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Make relative paths relative to the config file's folder."""
+def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Make relative paths relative to the config file's folder: every ``modules[i].path``
+    and the top-level ``keys``."""
     out = dict(raw)
     if isinstance(out.get("modules"), list):
         out["modules"] = [
             {**m, "path": str(root / m["path"])} if isinstance(m, dict) and isinstance(m.get("path"), str) else m for m in out["modules"]
         ]
-    if isinstance(out.get("base_model"), str):
-        out["base_model"] = str(root / out["base_model"])
+    for key in keys:
+        if isinstance(out.get(key), str):
+            out[key] = str(root / out[key])
     return out
 
 
-def parse_yaml_config(path: Path, model: type[M], resolve: Callable[[dict[str, Any], Path], dict[str, Any]]) -> M:
-    """Read a YAML mapping, resolve its relative paths, validate it as ``model``; every
-    problem is one :class:`InvalidInputError` line naming the file and the key."""
+def parse_yaml_config(path: Path, model: type[M], path_keys: tuple[str, ...] = ()) -> M:
+    """Read a YAML mapping, resolve its relative paths (:func:`resolve_paths`), validate it
+    as ``model``; every problem is one :class:`InvalidInputError` line naming the file and the key."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such config file")
     try:
@@ -118,7 +119,7 @@ def parse_yaml_config(path: Path, model: type[M], resolve: Callable[[dict[str, A
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{path}: must be a YAML mapping")
     try:
-        return model.model_validate(resolve(raw, path.parent))
+        return model.model_validate(resolve_paths(raw, path.parent, path_keys))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -132,4 +133,4 @@ def parse_yaml_config(path: Path, model: type[M], resolve: Callable[[dict[str, A
 
 def load_config(path: Path | str) -> MergeConfig:
     """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
-    return parse_yaml_config(Path(path), MergeConfig, _resolve)
+    return parse_yaml_config(Path(path), MergeConfig, ("base_model",))

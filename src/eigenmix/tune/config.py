@@ -83,20 +83,9 @@ class TuneConfig(BaseModel):
         return self
 
 
-def _resolve(raw: dict[str, Any], root: Path) -> dict[str, Any]:
-    out = dict(raw)
-    if isinstance(out.get("modules"), list):
-        out["modules"] = [
-            {**m, "path": str(root / m["path"])} if isinstance(m, dict) and isinstance(m.get("path"), str) else m for m in out["modules"]
-        ]
-    if isinstance(out.get("data_dir"), str):
-        out["data_dir"] = str(root / out["data_dir"])
-    return out
-
-
 def load_tune_config(path: Path | str) -> TuneConfig:
     """Read and validate a tune config; every problem is one :class:`InvalidInputError` line."""
-    return parse_yaml_config(Path(path), TuneConfig, _resolve)
+    return parse_yaml_config(Path(path), TuneConfig, ("data_dir",))
 
 
 __all__ = ["TuneConfig", "TuneModule", "TuneOutput", "load_tune_config"]

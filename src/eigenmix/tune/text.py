@@ -9,7 +9,7 @@ teacher of a task is its own module alone on the base encoder, with its own head
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -74,7 +74,7 @@ def tune_text(
     heads: dict[str, Head],
     ev: Evaluator,
     seed: int,
-    on_step: object = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[Composition, TuneResult]:
     """Learn the coefficients of ``modules`` (module k belongs to ``tasks[k]``) on ``ev``'s
     encoder; the hooks stay on ``ev.encoder`` (``Composition.detach_hooks`` removes them)."""
@@ -96,7 +96,7 @@ def tune_text(
         if spec.search == "cma":
             result = search_module_weights(comp, forward, train, settings, budget=spec.budget)
         else:
-            result = fit_coefficients(comp, forward, train, val, settings, on_step=on_step)  # type: ignore[arg-type]
+            result = fit_coefficients(comp, forward, train, val, settings, on_step=on_step)
     except BaseException:
         comp.detach_hooks()
         raise

@@ -19,6 +19,7 @@ from eigenmix.bench.splits import carve
 from eigenmix.data import load_tasks
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.train import LoraRecipe, load_encoder, train_adapter
+from eigenmix.train.encoder import mean_pool
 from eigenmix.tune import TuneSettings, export_module
 from eigenmix.tune.text import TuneSpec, head_logits, task_data, tune_text
 from test_bench import small_data
@@ -58,9 +59,8 @@ def test_exported_tuned_composition_reproduces_the_live_model_through_peft(train
     encoder, _ = load_encoder()
     peft = PeftModel.from_pretrained(encoder, str(folder)).eval()
     with torch.no_grad():
-        pooled = peft(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        reloaded = ((pooled * mask).sum(1) / mask.sum(1)) @ heads["trec"].weight.T + heads["trec"].bias
+        pooled = mean_pool(peft(**inputs).last_hidden_state, inputs["attention_mask"])
+        reloaded = pooled @ heads["trec"].weight.T + heads["trec"].bias
     assert torch.allclose(reloaded, live, atol=1e-5, rtol=1e-5)
 
 

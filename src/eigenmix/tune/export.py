@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from eigenmix.merge.layer import numerical_rank
 from eigenmix.modules import Module, SpectralDelta
 from eigenmix.spectral import factored_svd
 from eigenmix.tune.factors import delta_factors
@@ -29,8 +30,7 @@ def export_module(comp: Composition, *, name: str = "tuned", base_model: str | N
             mu = comp.mus(layer)
             L, Rt = delta_factors(f, comp.lambdas(layer).double(), None if mu is None else mu.double())
             svd = factored_svd(L, Rt.T, dtype=torch.float64)
-            keep = int((svd.S > 1e-12 * svd.S[0]).sum()) if svd.S.numel() and svd.S[0] > 0 else 0
-            svd = svd.truncate(max(keep, 1))
+            svd = svd.truncate(max(numerical_rank(svd.S, 1e-12), 1))
             dtype = f.left.dtype
             layers[layer] = SpectralDelta(svd.U.to(dtype), svd.S.to(dtype), svd.V.to(dtype))
     return Module(name, layers, base_model=base_model)

@@ -48,8 +48,4 @@ def loss(objective: Objective, logits: Tensor, labels: Tensor | None = None, tea
     return distill(logits, teacher)
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan")
-
-
-__all__ = ["OBJECTIVES", "Objective", "accuracy", "distill", "entropy", "loss", "supervised"]
+__all__ = ["OBJECTIVES", "Objective", "distill", "entropy", "loss", "supervised"]

@@ -24,7 +24,7 @@ from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_dir, check_destination
 from eigenmix.io.peft_lora import write_lora_files
 from eigenmix.merge import check_compatible
-from eigenmix.modules import Module, SpectralDelta
+from eigenmix.modules import Module
 from eigenmix.tune.config import TuneConfig
 from eigenmix.tune.export import export_module, save_coefficients
 from eigenmix.tune.fit import TuneResult
@@ -58,7 +58,7 @@ def run_tune(config: TuneConfig, out: Path, *, overwrite: bool = False, on_step:
         if config.output.rank is not None:
             module = Module(
                 module.name,
-                {k: d.truncate(config.output.rank) for k, d in module.layers.items() if isinstance(d, SpectralDelta)},
+                {k: d.truncate(config.output.rank) for k, d in module.layers.items()},
                 module.base_model,
             )
         with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -200,6 +200,34 @@ def test_the_best_validation_coefficients_are_kept(modules):
     assert min(h["val"] for h in result.history) == pytest.approx(result.best_val)
 
 
+def test_selecting_on_accuracy_keeps_the_most_accurate_check(modules):
+    train, val = teacher_data(modules, 0), teacher_data(modules, 10)
+    comp = build(base_model(), modules, scale=0.5)
+    settings = TuneSettings(steps=20, lr=0.05, batch_rows=8, eval_every=2, patience=10, select="accuracy")
+    result = fit_coefficients(comp, forward_of(comp), train, val, settings)
+    best = max(result.history, key=lambda h: (h["val_accuracy"], -h["val"]))
+    assert result.best_step == best["step"] and result.best_val == best["val"]
+    hits = [float((comp(d.inputs["x"]).argmax(-1) == d.labels).float().mean()) for d in val.values()]
+    assert sum(hits) / len(hits) == pytest.approx(best["val_accuracy"])
+
+
+def test_entropy_anchor_holds_the_marginal_and_needs_the_start_logits(modules):
+    train, val = teacher_data(modules, 0), teacher_data(modules, 10)
+    unanchored = {t: TaskData(d.inputs) for t, d in train.items()}
+    comp = build(base_model(), modules, scale=0.5)
+    with pytest.raises(InvalidInputError, match="anchor"):
+        fit_coefficients(comp, forward_of(comp), unanchored, unanchored, TuneSettings(objective="entropy", anchor=1.0))
+    with torch.no_grad():  # the start's own logits as the reference, as eigenmix.tune.text does
+        start = {t: TaskData(d.inputs, teacher=comp(d.inputs["x"])) for t, d in train.items()}
+        start_val = {t: TaskData(d.inputs, teacher=comp(d.inputs["x"])) for t, d in val.items()}
+        assert float(objective_value(comp, forward_of(comp), start, "entropy", anchor=5.0)) == pytest.approx(
+            float(objective_value(comp, forward_of(comp), start, "entropy")), rel=1e-6
+        )  # no shift at the start
+    settings = TuneSettings(objective="entropy", anchor=1.0, steps=20, batch_rows=8, lr=0.05, eval_every=5, patience=6)
+    result = fit_coefficients(comp, forward_of(comp), start, start_val, settings)
+    assert result.best_val <= result.history[0]["val"]
+
+
 def test_lorahub_search_lowers_the_objective_deterministically(modules):
     train = teacher_data(modules, 0)
     found = []
@@ -220,6 +248,14 @@ def test_objective_values():
     p, q = torch.softmax(logits[1], 0), torch.softmax(logits[0], 0)
     assert float(objectives.distill(logits[:1], logits[1:])) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
     assert float(objectives.supervised(logits[1:], torch.tensor([0]))) == pytest.approx(float(-torch.log_softmax(logits[1], 0)[0]))
+    mean_p = torch.softmax(logits, -1).mean(0)  # KL(uniform ‖ the batch's mean prediction)
+    uniform = torch.full((3,), 1 / 3)
+    assert float(objectives.marginal_shift(logits, torch.zeros(5, 3))) == pytest.approx(float((uniform * (uniform / mean_p).log()).sum()), rel=1e-6)
+    assert float(objectives.marginal_shift(logits, logits)) == pytest.approx(0.0, abs=1e-7)
+    assert float(objectives.loss("entropy", torch.zeros(4, 6), normalize=True)) == pytest.approx(1.0)  # uniform = log(classes)
+    anchored = objectives.loss("entropy", logits, teacher=torch.zeros(2, 3), anchor=2.0, normalize=True)
+    want = (objectives.entropy(logits) + 2.0 * objectives.marginal_shift(logits, torch.zeros(2, 3))) / torch.log(torch.tensor(3.0))
+    assert float(anchored) == pytest.approx(float(want), rel=1e-6)
 
 
 def test_bad_arguments_raise_one_clear_error(modules):

@@ -7,6 +7,9 @@ carved validation rows), and is then tested like every merge. The entries and th
 baselines share that data budget:
 
 - ``spectral+tune(…)``: λ per module direction (eigenmix), from the ``spectral`` merge;
+  ``sup`` and ``distill`` keep the coefficients of the check with the best validation
+  accuracy (``distill``: agreement with the experts, no labels); ``entropy`` adds the
+  label-free marginal anchor (``TuneSettings.anchor``) and a stronger pull to the start;
 - ``adamerging``: one coefficient per module per layer, entropy, from Task Arithmetic
   (AdaMerging's layer-wise variant);
 - ``lorahub(n=16)``: one weight per module, CMA-ES on the labeled rows, from Task
@@ -24,15 +27,17 @@ from eigenmix.tune import TuneSettings
 from eigenmix.tune.text import TuneSpec, tune_text
 
 
-def _spec(objective: str, rows: int, reg: float = TuneSettings().reg, **kw: object) -> TuneSpec:
-    return TuneSpec(rows=rows, settings=TuneSettings(objective=objective, reg=reg), **kw)  # type: ignore[arg-type]
+def _spec(objective: str, rows: int, **kw: object) -> TuneSpec:
+    settings = {k: kw.pop(k) for k in list(kw) if k in TuneSettings.model_fields}
+    return TuneSpec(rows=rows, settings=TuneSettings(objective=objective, **settings), **kw)  # type: ignore[arg-type]
 
 
+# Settings chosen on the validation rows by benchmarks/tune_ablation.py (results/tune_ablation.json).
 TUNED: dict[str, TuneSpec] = {
-    "spectral+tune(sup,n=16)": _spec("sup", 16),
-    "spectral+tune(sup,n=64)": _spec("sup", 64),
-    "spectral+tune(entropy)": _spec("entropy", 64),
-    "spectral+tune(distill)": _spec("distill", 64),
+    "spectral+tune(sup,n=16)": _spec("sup", 16, select="accuracy"),
+    "spectral+tune(sup,n=64)": _spec("sup", 64, select="accuracy"),
+    "spectral+tune(entropy)": _spec("entropy", 64, anchor=1.0, reg=0.1),
+    "spectral+tune(distill)": _spec("distill", 64, select="accuracy"),
     "adamerging": _spec("entropy", 64, init="task_arithmetic", granularity="layer"),
     "lorahub(n=16)": _spec("sup", 16, init="task_arithmetic", granularity="module", search="cma", reg=0.0),
 }

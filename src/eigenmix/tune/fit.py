@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +38,8 @@ class TaskData:
     Attributes:
         inputs: the model's input tensors, rows first (a tokenizer's ``(rows, seq)`` ones).
         labels: ``(rows,)`` long, or None (unlabeled).
-        teacher: ``(rows, classes)`` the expert's logits, for ``distill``.
+        teacher: ``(rows, classes)`` the expert's logits, for ``distill``; the starting
+            composition's, for the ``entropy`` anchor.
     """
 
     inputs: dict[str, Tensor]
@@ -68,8 +70,15 @@ class TuneSettings(BaseModel):
     batch_rows: int = Field(16, ge=1, description="rows of each task per step")
     lr: float = Field(0.02, gt=0, description="AdamW learning rate of the coefficients")
     reg: float = Field(0.01, ge=0, description="weight of the squared distance from the starting coefficients")
+    anchor: float = Field(0.0, ge=0, description="entropy only: weight of KL(start's mean prediction ‖ mean prediction) per task batch")
+    normalize: bool = Field(False, description="entropy only: each task's entropy (and anchor) in units of log(classes)")
     eval_every: int = Field(5, ge=1, description="steps between checks on the validation split")
     patience: int = Field(3, ge=1, description="checks without improvement before stopping")
+    select: Literal["loss", "accuracy"] = Field(
+        "loss",
+        description="what early stopping keeps: the lowest validation objective, or the highest validation accuracy "
+        "(against the labels, or for distill the expert's predictions; ties: the lower objective)",
+    )
     seed: int = Field(0, description="seeds the minibatches (and CMA-ES)")
 
 
@@ -82,16 +91,38 @@ class TuneResult:
     best_val: float
     seconds: float
     n_coefficients: int
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | None]] = field(default_factory=list)
 
 
-def objective_value(comp: Composition, forward: Forward, data: Mapping[str, TaskData], objective: objectives.Objective) -> Tensor:
+def objective_value(
+    comp: Composition,
+    forward: Forward,
+    data: Mapping[str, TaskData],
+    objective: objectives.Objective,
+    anchor: float = 0.0,
+    normalize: bool = False,
+) -> Tensor:
     """Mean over tasks of the objective on ``data`` (differentiable)."""
-    values = [objectives.loss(objective, forward(task, d.inputs), d.labels, d.teacher) for task, d in data.items()]
+    values = [objectives.loss(objective, forward(task, d.inputs), d.labels, d.teacher, anchor, normalize) for task, d in data.items()]
     return torch.stack(values).mean()
 
 
-def _check(data: Mapping[str, TaskData], objective: objectives.Objective) -> None:
+@torch.no_grad()
+def validation_scores(
+    forward: Forward, data: Mapping[str, TaskData], objective: objectives.Objective, anchor: float = 0.0, normalize: bool = False
+) -> tuple[float, float | None]:
+    """(mean objective, mean accuracy) over tasks on ``data``; accuracy is against the labels,
+    else (distill) the expert's predictions, else None."""
+    values, hits = [], []
+    for task, d in data.items():
+        logits = forward(task, d.inputs)
+        values.append(objectives.loss(objective, logits, d.labels, d.teacher, anchor, normalize))
+        target = d.labels if d.labels is not None else d.teacher.argmax(-1) if objective == "distill" else None  # type: ignore[union-attr]
+        hits.append(None if target is None else float((logits.argmax(-1) == target).float().mean()))
+    return float(torch.stack(values).mean()), None if None in hits else sum(hits) / len(hits)  # type: ignore[arg-type]
+
+
+def _check(data: Mapping[str, TaskData], objective: objectives.Objective, anchor: float = 0.0) -> None:
     if not data:
         raise InvalidInputError("tuning needs rows of at least one task")
     for task, d in data.items():
@@ -99,6 +130,8 @@ def _check(data: Mapping[str, TaskData], objective: objectives.Objective) -> Non
             raise InvalidInputError(f"task '{task}': the supervised objective needs labels")
         if objective == "distill" and d.teacher is None:
             raise InvalidInputError(f"task '{task}': the distillation objective needs the expert's logits")
+        if objective == "entropy" and anchor > 0 and d.teacher is None:
+            raise InvalidInputError(f"task '{task}': the entropy anchor needs the starting composition's logits")
 
 
 def fit_coefficients(
@@ -110,33 +143,34 @@ def fit_coefficients(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TuneResult:
     """Learn ``comp``'s coefficients; on return they hold the best ones found on ``val``."""
-    _check(train, settings.objective)
-    _check(val, settings.objective)
+    _check(train, settings.objective, settings.anchor)
+    _check(val, settings.objective, settings.anchor)
+    if settings.select == "accuracy" and settings.objective == "entropy" and any(d.labels is None for d in val.values()):
+        raise InvalidInputError("selecting on validation accuracy needs labels (or, for distill, the expert's logits)")
     params = [p for p in comp.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
     start, history = time.perf_counter(), []
 
-    def validate(step: int) -> float:
-        with torch.no_grad():
-            value = float(objective_value(comp, forward, val, settings.objective))
-        history.append({"step": step, "val": value})
-        return value
+    def validate(step: int) -> tuple[float, float]:
+        value, accuracy = validation_scores(forward, val, settings.objective, settings.anchor, settings.normalize)
+        history.append({"step": step, "val": value, "val_accuracy": accuracy})
+        return (-accuracy, value) if settings.select == "accuracy" and accuracy is not None else (value, -(accuracy or 0.0))
 
-    best_val, best_step, best = validate(0), 0, [p.detach().clone() for p in params]
+    best_key, best_step, best = validate(0), 0, [p.detach().clone() for p in params]
     checks_without_gain, step = 0, 0
     for step in range(1, settings.steps + 1):
         batch = {t: d.rows(torch.randperm(len(d), generator=generator)[: settings.batch_rows]) for t, d in train.items()}
-        loss = objective_value(comp, forward, batch, settings.objective) + settings.reg * comp.penalty()
+        loss = objective_value(comp, forward, batch, settings.objective, settings.anchor, settings.normalize) + settings.reg * comp.penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if on_step is not None:
             on_step(step, float(loss.detach()))
         if step % settings.eval_every == 0 or step == settings.steps:
-            value = validate(step)
-            if value < best_val:
-                best_val, best_step, best, checks_without_gain = value, step, [p.detach().clone() for p in params], 0
+            key = validate(step)
+            if key < best_key:
+                best_key, best_step, best, checks_without_gain = key, step, [p.detach().clone() for p in params], 0
             else:
                 checks_without_gain += 1
                 if checks_without_gain >= settings.patience:
@@ -144,6 +178,7 @@ def fit_coefficients(
     with torch.no_grad():
         for p, b in zip(params, best, strict=True):
             p.copy_(b)
+    best_val = next(h["val"] for h in history if h["step"] == best_step)
     return TuneResult(step, best_step, best_val, time.perf_counter() - start, comp.n_coefficients(), history)
 
 
@@ -161,14 +196,14 @@ def search_module_weights(
 
     if comp.granularity != "module" or len(comp.module_names) < 2:
         raise InvalidInputError("the gradient-free search needs a composition of 2+ modules with granularity 'module'")
-    _check(train, settings.objective)
+    _check(train, settings.objective, settings.anchor)
     weights = comp.lam["all"]
     start, history = time.perf_counter(), []
 
     def value(w: list[float]) -> float:
         with torch.no_grad():
             weights.copy_(torch.tensor(w, dtype=weights.dtype))
-            out = float(objective_value(comp, forward, train, settings.objective) + settings.reg * comp.penalty())
+            out = float(objective_value(comp, forward, train, settings.objective, settings.anchor, settings.normalize) + settings.reg * comp.penalty())
         history.append({"step": len(history), "val": out})
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -91,6 +92,10 @@ def tune_text(
 
     def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:
         return head_logits(ev, heads[task], inputs)
+
+    if settings.objective == "entropy" and settings.anchor > 0:  # the start's own predictions anchor the marginals
+        with torch.no_grad():
+            train, val = ({t: replace(d, teacher=forward(t, d.inputs)) for t, d in part.items()} for part in (train, val))
 
     try:
         if spec.search == "cma":

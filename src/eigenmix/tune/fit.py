@@ -122,6 +122,11 @@ def validation_scores(
     return float(torch.stack(values).mean()), None if None in hits else sum(hits) / len(hits)  # type: ignore[arg-type]
 
 
+def _terms(settings: TuneSettings) -> dict:
+    """The objective's arguments in ``settings`` (for :func:`objective_value` and :func:`validation_scores`)."""
+    return {"objective": settings.objective, "anchor": settings.anchor, "normalize": settings.normalize}
+
+
 def _check(data: Mapping[str, TaskData], objective: objectives.Objective, anchor: float = 0.0) -> None:
     if not data:
         raise InvalidInputError("tuning needs rows of at least one task")
@@ -146,14 +151,14 @@ def fit_coefficients(
     _check(train, settings.objective, settings.anchor)
     _check(val, settings.objective, settings.anchor)
     if settings.select == "accuracy" and settings.objective == "entropy" and any(d.labels is None for d in val.values()):
-        raise InvalidInputError("selecting on validation accuracy needs labels (or, for distill, the expert's logits)")
+        raise InvalidInputError("selecting on validation accuracy with the entropy objective needs labeled validation rows")
     params = [p for p in comp.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
     start, history = time.perf_counter(), []
 
     def validate(step: int) -> tuple[float, float]:
-        value, accuracy = validation_scores(forward, val, settings.objective, settings.anchor, settings.normalize)
+        value, accuracy = validation_scores(forward, val, **_terms(settings))
         history.append({"step": step, "val": value, "val_accuracy": accuracy})
         return (-accuracy, value) if settings.select == "accuracy" and accuracy is not None else (value, -(accuracy or 0.0))
 
@@ -161,7 +166,7 @@ def fit_coefficients(
     checks_without_gain, step = 0, 0
     for step in range(1, settings.steps + 1):
         batch = {t: d.rows(torch.randperm(len(d), generator=generator)[: settings.batch_rows]) for t, d in train.items()}
-        loss = objective_value(comp, forward, batch, settings.objective, settings.anchor, settings.normalize) + settings.reg * comp.penalty()
+        loss = objective_value(comp, forward, batch, **_terms(settings)) + settings.reg * comp.penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -203,7 +208,7 @@ def search_module_weights(
     def value(w: list[float]) -> float:
         with torch.no_grad():
             weights.copy_(torch.tensor(w, dtype=weights.dtype))
-            out = float(objective_value(comp, forward, train, settings.objective, settings.anchor, settings.normalize) + settings.reg * comp.penalty())
+            out = float(objective_value(comp, forward, train, **_terms(settings)) + settings.reg * comp.penalty())
         history.append({"step": len(history), "val": out})
         return out
 

@@ -138,8 +138,8 @@ END_TO_END = """
 import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
-from eigenmix.merge.config import MergeConfig
-from eigenmix.merge.run import run_merge
+from eigenmix.merging.config import MergeConfig
+from eigenmix.merging.run import run_merge
 folders, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 config = MergeConfig(method="linear", modules=[{"path": f} for f in folders])
 t0 = time.perf_counter()

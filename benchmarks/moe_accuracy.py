@@ -31,9 +31,10 @@ from bench_common import write_result
 from eigenmix.bench.settings import FULL_RECIPE
 from eigenmix.data import Task, load_tasks
 from eigenmix.moe import convert
+from eigenmix.seeds import derived_seed
 from eigenmix.train import BERT_LINEARS, load_encoder
 from eigenmix.train.encoder import mean_pool, tokenize
-from eigenmix.train.loop import fit, task_seed
+from eigenmix.train.loop import fit
 
 METHODS = ("lora", "svf", "moe")
 
@@ -69,7 +70,7 @@ def accuracy(encoder: nn.Module, tokenizer: object, head: nn.Linear, task: Task,
 
 def run(method: str, tasks: list[Task], steps: int, experts: int, test_rows: int, seed: int) -> dict:
     """Train one encoder (one head per task) on ``tasks`` in turn; test accuracy per task."""
-    torch.manual_seed(task_seed(seed, method + ":" + ",".join(t.name for t in tasks)))
+    torch.manual_seed(derived_seed(seed, method + ":" + ",".join(t.name for t in tasks)))
     encoder, tokenizer = load_encoder()
     encoder.requires_grad_(False)
     encoder = adapt(encoder, method, experts)

@@ -24,15 +24,16 @@ import torch
 
 from bench_common import write_result
 from eigenmix.bench.settings import FULL_RECIPE
-from eigenmix.bench.splits import carve
 from eigenmix.data import Task, load_tasks
+from eigenmix.harness.splits import carve
+from eigenmix.seeds import derived_seed
 from eigenmix.train import evaluate_adapter, train_adapter
 from eigenmix.train.encoder import EncoderClassifier, load_encoder, predict
-from eigenmix.train.loop import fit, task_seed
+from eigenmix.train.loop import fit
 
 
 def full_finetune(task: Task, steps: int = 600, batch: int = 32, lr: float = 5e-5) -> dict:
-    torch.manual_seed(task_seed(0, task.name))
+    torch.manual_seed(derived_seed(0, task.name))
     encoder, tokenizer = load_encoder()
     model = EncoderClassifier(encoder, encoder.config.hidden_size, task.num_labels)
     model.requires_grad_(True)

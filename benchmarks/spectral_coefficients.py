@@ -17,8 +17,8 @@ import torch
 
 from bench_common import write_result
 from eigenmix.io import read_lora_adapter
-from eigenmix.merge.layer import decompose
-from eigenmix.merge.methods.spectral import spectral_coefficients
+from eigenmix.merging.methods.spectral import spectral_coefficients
+from eigenmix.modules import layer_spectra
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     modules = [read_lora_adapter(f, name=f.name) for f in folders]
     lambdas, sigmas = [], []
     for layer in modules[0].layers:
-        spectra = decompose([m.layers[layer] for m in modules], [1.0] * len(modules))
+        spectra = layer_spectra([m.layers[layer] for m in modules], [1.0] * len(modules))
         lam, _ = spectral_coefficients(spectra)
         lambdas += lam
         sigmas += [spectra.sigma[k] for k in range(spectra.k)]

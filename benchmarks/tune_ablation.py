@@ -21,12 +21,12 @@ import torch
 from rich.console import Console
 
 from bench_common import write_result
-from eigenmix.bench.evaluator import Evaluator
 from eigenmix.bench.runner import _head, ensure_adapters, load_bench_tasks
 from eigenmix.bench.settings import make_settings
+from eigenmix.harness.evaluator import Evaluator
+from eigenmix.harness.tuning import TuneSpec, tune_text
 from eigenmix.io import read_lora_adapter
 from eigenmix.tune import TuneSettings
-from eigenmix.tune.text import TuneSpec, tune_text
 
 
 def _v(objective: str = "sup", rows: int = 64, spec: dict | None = None, scale: float = 1.0, **settings: object) -> tuple[TuneSpec, float]:

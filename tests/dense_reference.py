@@ -39,8 +39,27 @@ def trim(W: Tensor, density: float) -> Tensor:
     return torch.where(W.abs() >= threshold, W, torch.zeros_like(W))
 
 
-def ties(Ws, w, density, normalize=True, scale=1.0):
-    weighted = [wk * trim(W, density) for wk, W in zip(w, Ws, strict=True)]
+def reference_threshold(values: Tensor, density: float) -> float:
+    """The original TIES / KnOTS code's rule: ``kthvalue(d − ⌊d·K⌋)`` of |values|, kept by ``≥``
+    (all entries at K = 1)."""
+    flat = values.abs().flatten()
+    if density >= 1:
+        return float(flat.min())
+    d = flat.numel()
+    return float(flat.kthvalue(d - int(d * density)).values)
+
+
+def trim_global(Ws_per_task: list[list[Tensor]], density: float) -> list[list[Tensor]]:
+    """Each task's tensors trimmed by one threshold over all of them (the original TIES code)."""
+    out = []
+    for tensors in Ws_per_task:
+        t = reference_threshold(torch.cat([x.flatten() for x in tensors]), density)
+        out.append([torch.where(x.abs() >= t, x, torch.zeros_like(x)) for x in tensors])
+    return out
+
+
+def ties(Ws, w, density, normalize=True, scale=1.0, trimmed=False):
+    weighted = [wk * (W if trimmed else trim(W, density)) for wk, W in zip(w, Ws, strict=True)]
     total = sum(weighted)
     sign = torch.where(total >= 0, 1.0, -1.0).double()
     num = torch.zeros_like(Ws[0])
@@ -114,11 +133,13 @@ def star(Ws, w, eta=0.4, scale=1.0):
 
 
 def knots_ties(Ws, w, density=0.2, scale=1.0):
+    """KnOTS-TIES of one layer (the reference's top-k rule, :func:`reference_threshold`)."""
     n = Ws[0].shape[1]
     U, s, Vh = torch.linalg.svd(torch.cat(Ws, 1), full_matrices=False)
     q = int((s > TOL * s[0]).sum())
     reps = [torch.diag(s[:q]) @ Vh[:q, k * n : (k + 1) * n] for k in range(len(Ws))]
-    return scale * U[:, :q] @ ties(reps, w, density)
+    trimmed = [r for [r] in trim_global([[r] for r in reps], density)]
+    return scale * U[:, :q] @ ties(trimmed, w, density, trimmed=True)
 
 
 def spectral(Ws, w, flatten=0.0, scale=1.0):

@@ -11,11 +11,11 @@ import torch
 
 from common import run_cli
 from eigenmix.bench.cache import cache_key
-from eigenmix.bench.evaluator import Evaluator, Head
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.report import markdown_table
-from eigenmix.bench.splits import carve
 from eigenmix.data import load_tasks
+from eigenmix.harness.evaluator import Evaluator, Head
+from eigenmix.harness.splits import carve
 from eigenmix.train import LoraRecipe
 
 

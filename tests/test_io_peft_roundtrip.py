@@ -60,7 +60,7 @@ def test_modules_to_save_head_is_carried(tmp_path):
     make_adapter(tmp_path / "a", CONFIGS["modules_to_save"]["config"])
     module = read_lora_adapter(tmp_path / "a")
     assert set(module.extras) == {"head.weight", "head.bias"}
-    assert module.meta["modules_to_save"] == ["head"]
+    assert module.peft is not None and module.peft.modules_to_save == ("head",)
 
 
 def test_rslora_scale(tmp_path):
@@ -87,7 +87,7 @@ def test_modified_module_writes_patterns_that_peft_reads_back(tmp_path):
         "encoder.v": LowRankDelta(torch.randn(10, 6, generator=g), torch.randn(6, 12, generator=g), 0.37),
         "encoder.out": module.layers["encoder.out"],
     }
-    merged = Module("merged", layers, meta={k: v for k, v in module.meta.items()})
+    merged = Module("merged", layers, peft=module.peft)
     write_lora_adapter(merged, tmp_path / "b")
     config = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
     assert config["rank_pattern"] and config["alpha_pattern"]

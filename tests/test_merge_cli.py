@@ -180,5 +180,5 @@ def test_existing_output_needs_force(tmp_path, adapters, monkeypatch):
 def test_methods_lists_every_method(monkeypatch, capsys):
     assert run(monkeypatch, "methods") == 0
     out = capsys.readouterr().out
-    for m in eigenmix.merge.all_methods():
+    for m in eigenmix.merging.all_methods():
         assert m.name in out

@@ -20,11 +20,12 @@ from dense_reference import (
     spectral,
     star,
     ties,
+    trim_global,
     tsv,
 )
-from eigenmix.merge import all_methods, get_method, register
-from eigenmix.merge.elementwise import dare_linear_merge, dare_ties_merge
-from eigenmix.merge.registry import MergeParams
+from eigenmix.merging import all_methods, get_method, iter_merge, register
+from eigenmix.merging.elementwise import dare_linear_merge, dare_ties_merge
+from eigenmix.merging.registry import MergeParams
 from eigenmix.modules import DenseDelta, LowRankDelta, Module
 
 SPECTRAL = [m.name for m in all_methods() if m.kind == "spectral"]
@@ -82,9 +83,9 @@ def test_spectral_methods_match_dense_references(seed, shared):
 
 
 def get_basis_rank(mods):
-    from eigenmix.merge import decompose
+    from eigenmix.modules import layer_spectra
 
-    return decompose([m.layers["layer"] for m in mods], [1.0] * len(mods)).basis.rank
+    return layer_spectra([m.layers["layer"] for m in mods], [1.0] * len(mods)).basis.rank
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -114,10 +115,51 @@ def test_factored_path_equals_dense_path(method, seed):
     assert close(a, b, 1e-5), method
 
 
-@pytest.mark.parametrize("method", [m.name for m in all_methods()])
-def test_merging_one_module_returns_it(method):
+@pytest.mark.parametrize(("method", "params", "factor"), [("task_arithmetic", {}, 0.3), ("linear", {"scale": 2.0}, 2.0)])
+def test_one_module_is_scaled_like_several_on_every_path(method, params, factor):
+    """One module merged with λ gives λ × the module, through merge() and iter_merge()
+    alike (merge() used to return the module unscaled)."""
     mod = family(0, k=1)[0]
-    assert eigenmix.merge([mod], method) is mod
+    expected = factor * mod.layers["layer"].dense()
+    assert close(eigenmix.merge([mod], method, **params).layers["layer"].dense(), expected, 1e-12)
+    [(_, delta, _)] = list(iter_merge([mod], method, **params))
+    assert close(delta.dense(), expected, 1e-12)
+
+
+def test_vectors_follow_each_methods_rule():
+    """Biases: the weighted sum (task_arithmetic, plain linear), the mean over modules (tsv,
+    iso_c, iso_cts, star), the weighted mean (normalized linear); times the scale."""
+    g = torch.Generator().manual_seed(0)
+    vectors = [torch.randn(7, generator=g, dtype=torch.float64) for _ in range(3)]
+    mods = [Module(f"m{i}", {**family(i, k=1)[0].layers, "bias": DenseDelta(v)}) for i, v in enumerate(vectors)]
+    total = sum(w * v for w, v in zip(WEIGHTS, vectors, strict=True))
+    rules = {
+        ("task_arithmetic", ()): 0.3 * total,
+        ("linear", ()): total,
+        ("linear", (("normalize", True),)): total / sum(WEIGHTS),
+        ("spectral", ()): total,
+        **{(m, ()): 0.5 * total / 3 for m in ("tsv", "iso_c", "iso_cts", "star")},
+    }
+    for (method, params), want in rules.items():
+        scale = {"scale": 0.5} if method in ("tsv", "iso_c", "iso_cts", "star") else {}
+        got = eigenmix.merge(mods, method, weights=WEIGHTS, **dict(params), **scale).layers["bias"].dense()
+        assert close(got, want, 1e-12), method
+
+
+def test_ties_trims_globally_over_every_layer_of_a_module():
+    """``trim: global``: one threshold per module over all its tensors (the original code's
+    rule), against the dense reference; ``trim: layer`` (the default) is per tensor."""
+    g = torch.Generator().manual_seed(3)
+    shapes = {"a": (6, 5), "b": (4, 6), "bias": (6,)}
+    per_task = [[torch.randn(s, generator=g, dtype=torch.float64) * (1 + i) for s in shapes.values()] for i in range(3)]
+    mods = [Module(f"m{i}", {n: DenseDelta(t) for n, t in zip(shapes, ts, strict=True)}) for i, ts in enumerate(per_task)]
+    trimmed = trim_global(per_task, 0.3)
+    got = eigenmix.merge(mods, "ties", weights=WEIGHTS, density=0.3, trim="global")
+    per_layer = eigenmix.merge(mods, "ties", weights=WEIGHTS, density=0.3)
+    for j, name in enumerate(shapes):
+        ref = ties([t[j] for t in trimmed], WEIGHTS, 0.3, trimmed=True)
+        assert close(got.layers[name].dense(), ref, 1e-12), name
+        assert close(per_layer.layers[name].dense(), ties([t[j] for t in per_task], WEIGHTS, 0.3), 1e-12), name
 
 
 @given(st.integers(0, 10_000), st.integers(2, 4))
@@ -167,5 +209,5 @@ def test_registry_rejects_duplicates_and_unknown_names():
 
 def test_every_method_documents_itself():
     for m in all_methods():
-        assert m.description and m.paper and m.url
+        assert m.description and m.paper and (m.url or m.name == "spectral")  # eigenmix's own has no paper link
         assert "scale" in m.params.model_fields

@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import eigenmix
 from eigenmix.io import CheckpointReader, load_task_vector
-from eigenmix.merge.elementwise import dare_ties_merge
+from eigenmix.merging.elementwise import dare_ties_merge
 
 WEIGHTS = [0.6, 1.2]
 

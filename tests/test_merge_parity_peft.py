@@ -12,7 +12,7 @@ from torch import nn
 
 import eigenmix
 from eigenmix.io import read_lora_adapter
-from eigenmix.merge.elementwise import dare_linear_merge, dare_ties_merge
+from eigenmix.merging.elementwise import dare_linear_merge, dare_ties_merge
 
 LAYERS = ("q", "v", "out")
 

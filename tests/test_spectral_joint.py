@@ -1,65 +1,65 @@
-"""Joint bases, cores and reconstruction; principal angles."""
+"""The joint-basis engine against the QR oracle (tests/joint_reference.py) and dense
+products; principal angles."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eigenmix.spectral import (
-    core_svd,
-    cores,
-    gram_range,
-    joint_basis,
-    module_spectra,
-    orthonormal_range,
-    principal_angles,
-    range_overlap,
-    reconstruct,
-    subspace_overlap,
-)
+from eigenmix.spectral import decompose, gram_range, principal_angles, range_overlap, subspace_overlap
+from joint_reference import joint_basis, module_spectra, orthonormal_range
 from strategies import module_family
 
 
+def engine(factors, rtol=1e-10):
+    """The engine on ``(B, A)`` pairs: factors ``(B, Aᵀ)``, unit weights."""
+    return decompose([(B, A.T) for B, A in factors], [1.0] * len(factors), rtol)
+
+
 @given(module_family())
-def test_joint_basis_reconstruction_is_exact(factors):
-    spectra = module_spectra(factors)
-    basis = joint_basis(spectra, rtol=1e-10)
-    for (B, A), C in zip(factors, cores(basis, spectra), strict=True):
+def test_engine_reconstruction_is_exact(factors):
+    layer = engine(factors)
+    Q_U, Q_V = layer.basis
+    for i, (B, A) in enumerate(factors):
         dense = B @ A
-        assert torch.allclose(reconstruct(basis, C), dense, atol=1e-9 * max(1.0, float(dense.abs().max())))
+        assert torch.allclose(Q_U @ layer.core(i) @ Q_V.T, dense, atol=1e-9 * max(1.0, float(dense.abs().max())))
 
 
 @given(module_family())
-def test_joint_basis_is_orthonormal_and_not_larger_than_needed(factors):
-    spectra = module_spectra(factors)
-    basis = joint_basis(spectra, rtol=1e-10)
-    R_U, R_V = basis.rank
-    eye_u, eye_v = torch.eye(R_U, dtype=torch.float64), torch.eye(R_V, dtype=torch.float64)
-    assert torch.allclose(basis.Q_U.T @ basis.Q_U, eye_u, atol=1e-10)
-    assert torch.allclose(basis.Q_V.T @ basis.Q_V, eye_v, atol=1e-10)
-    # the joint spaces are those of the deltas themselves (not of the factors B, A)
-    deltas = [B @ A for B, A in factors]
-    assert R_U == int(torch.linalg.matrix_rank(torch.cat(deltas, dim=1)))
-    assert R_V == int(torch.linalg.matrix_rank(torch.cat(deltas, dim=0)))
+def test_engine_basis_is_orthonormal_and_spans_what_the_oracle_spans(factors):
+    """The engine spans the stacked factors (``[B_1 … B_K]``, ``[A_1; …; A_K]``), which hold
+    the deltas' column and row spaces, the oracle's basis; the two are equal when the
+    factors have full rank (as trained LoRA factors do)."""
+    layer = engine(factors)
+    Q_U, Q_V = layer.basis
+    R_U, R_V = layer.rank
+    assert torch.allclose(Q_U.T @ Q_U, torch.eye(R_U, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(Q_V.T @ Q_V, torch.eye(R_V, dtype=torch.float64), atol=1e-10)
+    assert R_U == int(torch.linalg.matrix_rank(torch.cat([B for B, _ in factors], dim=1)))
+    assert R_V == int(torch.linalg.matrix_rank(torch.cat([A for _, A in factors], dim=0)))
+    oracle = joint_basis(module_spectra(factors), rtol=1e-10)
+    assert torch.allclose(Q_U @ (Q_U.T @ oracle.Q_U), oracle.Q_U, atol=1e-8)
+    assert torch.allclose(Q_V @ (Q_V.T @ oracle.Q_V), oracle.Q_V, atol=1e-8)
+    if all(int(torch.linalg.matrix_rank(B)) == int(torch.linalg.matrix_rank(A)) == B.shape[1] for B, A in factors):
+        assert layer.rank == oracle.rank
 
 
 def test_shared_directions_are_dropped_once():
     g = torch.Generator().manual_seed(0)
     B = torch.randn(20, 3, generator=g, dtype=torch.float64)
     A = torch.randn(3, 15, generator=g, dtype=torch.float64)
-    spectra = module_spectra([(B, A), (2 * B, A), (B, -A)])
-    basis = joint_basis(spectra)
-    assert basis.rank == (3, 3)
+    layer = decompose([(B, A.T), (2 * B, A.T), (B, -A.T)], [1.0, 1.0, 1.0], 10 * torch.finfo(torch.float64).eps)
+    assert layer.rank == (3, 3)
+    assert joint_basis(module_spectra([(B, A), (2 * B, A), (B, -A)])).rank == (3, 3)
 
 
 @given(module_family())
-def test_sum_of_cores_has_the_spectrum_of_the_summed_delta(factors):
-    spectra = module_spectra(factors)
-    basis = joint_basis(spectra, rtol=1e-10)
-    merged = core_svd(basis, sum(cores(basis, spectra)))
+def test_lifted_sum_has_the_spectrum_of_the_summed_delta(factors):
+    merged = engine(factors).lift(engine(factors).weighted_sum())
     dense = sum(B @ A for B, A in factors)
     ref = torch.linalg.svdvals(dense)
     k = merged.S.numel()
@@ -74,7 +74,7 @@ def test_principal_angles_known_example():
     Q2 = torch.stack([e[:, 0], math.cos(theta) * e[:, 1] + math.sin(theta) * e[:, 2]], dim=1)
     angles = principal_angles(Q1, Q2)
     assert torch.allclose(angles, torch.tensor([0.0, theta], dtype=torch.float64), atol=1e-12)
-    assert subspace_overlap(Q1, Q2) == pytest_approx((1 + math.cos(theta) ** 2) / 2)
+    assert subspace_overlap(Q1, Q2) == pytest.approx((1 + math.cos(theta) ** 2) / 2, abs=1e-12)
     assert subspace_overlap(e[:, :2], e[:, 2:]) == 0.0
 
 
@@ -103,18 +103,13 @@ def test_range_overlap_ignores_scale_and_rank_deficiency():
     assert abs(range_overlap(M, 5 * torch.cat([M, M[:, :1]], dim=1)) - 1.0) < 1e-12
 
 
-def pytest_approx(x: float):
-    import pytest
-
-    return pytest.approx(x, abs=1e-12)
-
-
 @given(module_family(), st.floats(1e-6, 1e3))
 def test_gram_range_spans_the_same_space_as_the_qr_range(factors, magnitude):
     """The fast Gram-matrix basis equals the QR-based one: same span, orthonormal, and the
     coordinates it returns reproduce the stacked factors, whatever their magnitude."""
     X = torch.cat([B * magnitude**i for i, (B, _) in enumerate(factors)], dim=1)
-    Q, C = gram_range(X, 1e-6)
+    M, C = gram_range(X, 1e-6)
+    Q = X @ M
     Q_ref = orthonormal_range(X / torch.linalg.vector_norm(X, dim=0), 1e-6)
     assert Q.shape[1] == Q_ref.shape[1]
     assert torch.allclose(Q.T @ Q, torch.eye(Q.shape[1], dtype=torch.float64), atol=1e-10)

@@ -20,7 +20,7 @@ from eigenmix.tune import (
     TuneSettings,
     apply_delta,
     build,
-    delta_factors,
+    composed_factors,
     export_module,
     fit_coefficients,
     objective_value,
@@ -156,7 +156,7 @@ def test_apply_delta_matches_the_dense_update(m, n, d, j, seed, with_mu):
     middle = torch.diag(lam * f.sigma)
     dense = f.left @ middle @ f.right.T if mu is None else f.mu_left @ torch.diag(mu) @ f.mu_proj @ middle @ f.right.T
     assert torch.allclose(apply_delta(x, f, lam, mu), x @ dense.T, atol=1e-10)
-    L, Rt = delta_factors(f, lam, mu)
+    L, Rt = composed_factors(f, lam, mu)
     assert torch.allclose(L @ Rt.T, dense, atol=1e-10)
 
 
@@ -217,7 +217,7 @@ def test_entropy_anchor_holds_the_marginal_and_needs_the_start_logits(modules):
     comp = build(base_model(), modules, scale=0.5)
     with pytest.raises(InvalidInputError, match="anchor"):
         fit_coefficients(comp, forward_of(comp), unanchored, unanchored, TuneSettings(objective="entropy", anchor=1.0))
-    with torch.no_grad():  # the start's own logits as the reference, as eigenmix.tune.text does
+    with torch.no_grad():  # the start's own logits as the reference, as eigenmix.harness.tuning does
         start = {t: TaskData(d.inputs, teacher=comp(d.inputs["x"])) for t, d in train.items()}
         start_val = {t: TaskData(d.inputs, teacher=comp(d.inputs["x"])) for t, d in val.items()}
         assert float(objective_value(comp, forward_of(comp), start, "entropy", anchor=5.0)) == pytest.approx(

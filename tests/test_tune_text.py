@@ -14,14 +14,14 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from common import run_cli
-from eigenmix.bench.evaluator import Evaluator, Head
-from eigenmix.bench.splits import carve
 from eigenmix.data import load_tasks
+from eigenmix.harness.evaluator import Evaluator, Head
+from eigenmix.harness.splits import carve
+from eigenmix.harness.tuning import TuneSpec, head_logits, task_data, tune_text
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.train import LoraRecipe, load_encoder, train_adapter
 from eigenmix.train.encoder import mean_pool
 from eigenmix.tune import TuneSettings, export_module
-from eigenmix.tune.text import TuneSpec, head_logits, task_data, tune_text
 from test_bench import small_data
 
 TASKS = ("trec", "cola")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eigenmix.bench.evaluator import Head
+from eigenmix.harness.evaluator import Head
 
 
 def fit_probe(features: Tensor, labels: Tensor, num_labels: int, *, l2: float = 1e-4, max_iter: int = 500) -> Head:

@@ -16,19 +16,19 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from eigenmix.bench import tuned
 from eigenmix.bench.cache import entry
-from eigenmix.bench.evaluator import Evaluator, Head, Split
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.settings import BenchSettings
-from eigenmix.bench.splits import BenchTask, carve
-from eigenmix.bench.tuned import TUNED, run_tuned
 from eigenmix.data import load_tasks
+from eigenmix.harness.evaluator import Evaluator, Head, Split, load_head
+from eigenmix.harness.splits import CarvedTask, carve
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_dir
-from eigenmix.merge import get_method
-from eigenmix.merge import merge as merge_modules
+from eigenmix.merging import get_method
+from eigenmix.merging import merge as merge_modules
 from eigenmix.modules import Module
 from eigenmix.train import MINILM_ID, train_adapter
 
@@ -41,13 +41,13 @@ def _bar(console: Console) -> Iterator[Progress]:
         yield progress
 
 
-def load_bench_tasks(settings: BenchSettings, data_dir: Path | None) -> list[BenchTask]:
+def load_bench_tasks(settings: BenchSettings, data_dir: Path | None) -> list[CarvedTask]:
     """Load and check every task (all errors surface here, before any work)."""
     tasks = load_tasks(data_dir, names=list(settings.tasks))
     return [carve(t, settings.val_rows, settings.test_rows, settings.seed) for t in tasks]
 
 
-def ensure_adapters(tasks: list[BenchTask], settings: BenchSettings, cache_dir: Path, console: Console) -> dict[str, Path]:
+def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir: Path, console: Console) -> dict[str, Path]:
     """Train each task's adapter unless the cache has it; the cache folder of each."""
     folders = {}
     with _bar(console) as progress:
@@ -65,12 +65,7 @@ def ensure_adapters(tasks: list[BenchTask], settings: BenchSettings, cache_dir: 
     return folders
 
 
-def _head(folder: Path) -> Head:
-    tensors = load_file(str(folder / "head.safetensors"))
-    return Head(tensors["weight"], tensors["bias"])
-
-
-def floor_heads(tasks: list[BenchTask], settings: BenchSettings, ev: Evaluator, cache_dir: Path, console: Console) -> dict[str, Head]:
+def floor_heads(tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator, cache_dir: Path, console: Console) -> dict[str, Head]:
     """A linear probe per task on the frozen base encoder (cached like the adapters)."""
     heads = {}
     ev.apply(None)
@@ -85,7 +80,7 @@ def floor_heads(tasks: list[BenchTask], settings: BenchSettings, ev: Evaluator, 
                 with atomic_dir(folder) as tmp:
                     save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp / "head.safetensors"))
             progress.update(job, advance=1)
-            heads[t.name] = _head(folder)
+            heads[t.name] = load_head(folder)
     return heads
 
 
@@ -102,7 +97,7 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
     folders = ensure_adapters(tasks, settings, cache_dir, console)
     train_meta = {name: json.loads((f / "head.json").read_text()) for name, f in folders.items()}
     modules = [read_lora_adapter(folders[t.name], name=t.name) for t in tasks]
-    heads = {t.name: _head(folders[t.name]) for t in tasks}
+    heads = {t.name: load_head(folders[t.name]) for t in tasks}
 
     eval_start = time.perf_counter()
     ev = Evaluator(settings.recipe.max_length, settings.tokens_per_batch)
@@ -149,7 +144,7 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
 def _run_tuned(
     name: str,
     modules: list[Module],
-    tasks: list[BenchTask],
+    tasks: list[CarvedTask],
     settings: BenchSettings,
     ev: Evaluator,
     heads: dict[str, Head],
@@ -157,9 +152,9 @@ def _run_tuned(
     methods: dict[str, dict],
 ) -> dict:
     """A tuned entry, started at the scale this run chose for its data-free merge."""
-    init = TUNED[name].init
+    init = tuned.start_method(name)
     scale = methods[init]["chosen_params"]["scale"] if init in methods else get_method(init).parse_params({}).scale
-    per_task, info = run_tuned(name, modules, tasks, heads, ev, scale, settings.seed)
+    per_task, info = tuned.run_tuned(name, modules, tasks, heads, ev, scale, settings.seed)
     return {
         "per_task": per_task,
         "avg_acc": sum(per_task.values()) / len(per_task),
@@ -174,7 +169,7 @@ def _run_tuned(
 def _run_method(
     method: str,
     modules: list[Module],
-    tasks: list[BenchTask],
+    tasks: list[CarvedTask],
     settings: BenchSettings,
     ev: Evaluator,
     heads: dict[str, Head],

@@ -24,8 +24,8 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tasks: tuple[str, ...] = Field(description="task folders of the data folder, in order")
-    methods: tuple[str, ...] = Field(description="registered merge methods")
+    tasks: tuple[str, ...] = Field(description="task folders of the data folder, in order (comma-separated; default: every task)")
+    methods: tuple[str, ...] = Field(description="registered merge methods (comma-separated; default: every registered method)")
     seed: int = Field(0, description="seeds the splits, the training and the random merges")
     recipe: LoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task")
     val_rows: int = Field(48, ge=1, description="validation rows per task, carved from train (never trained on)")
@@ -61,7 +61,7 @@ def make_settings(
     """
     from eigenmix.bench.tuned import TUNED
     from eigenmix.data import task_names
-    from eigenmix.merge import all_methods, get_method
+    from eigenmix.merging import all_methods, get_method
 
     if tasks is None:
         tasks = QUICK_TASKS if quick and data_dir is None else tuple(task_names(data_dir))[: 3 if quick else None]

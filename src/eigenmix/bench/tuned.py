@@ -1,7 +1,7 @@
 """Tuned entries of the merge benchmark: coefficients learned from a few rows per task.
 
 Every entry starts from a data-free merge at the scale this run chose for it on
-validation, learns on ``rows`` training rows per task (:func:`eigenmix.tune.text.tune_text`:
+validation, learns on ``rows`` training rows per task (:func:`eigenmix.harness.tuning.tune_text`:
 a seeded draw, labels only for ``sup``, early stopping on the objective's value over the
 carved validation rows), and is then tested like every merge. The entries and their
 baselines share that data budget:
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import time
 
-from eigenmix.bench.evaluator import Evaluator, Head
-from eigenmix.bench.splits import BenchTask
+from eigenmix.harness.evaluator import Evaluator, Head
+from eigenmix.harness.splits import CarvedTask
+from eigenmix.harness.tuning import TuneSpec, tune_text
 from eigenmix.modules import Module
 from eigenmix.tune import TuneSettings
-from eigenmix.tune.text import TuneSpec, tune_text
 
 
 def _spec(objective: str, rows: int, **kw: object) -> TuneSpec:
@@ -43,10 +43,15 @@ TUNED: dict[str, TuneSpec] = {
 }
 
 
+def start_method(name: str) -> str:
+    """The data-free merge entry ``name`` starts from (its scale is the one this run chose)."""
+    return TUNED[name].init
+
+
 def run_tuned(
     name: str,
     modules: list[Module],
-    tasks: list[BenchTask],
+    tasks: list[CarvedTask],
     heads: dict[str, Head],
     ev: Evaluator,
     scale: float,
@@ -66,6 +71,7 @@ def run_tuned(
         "n_coefficients": result.n_coefficients,
         "tune_seconds": round(seconds, 1),
         "steps": result.steps,
+        "max_steps": spec.settings.steps,
         "best_step": result.best_step,
     }
     return per_task, info

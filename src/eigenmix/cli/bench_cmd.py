@@ -12,9 +12,12 @@ import torch
 import typer
 from rich.table import Table
 
+from eigenmix.bench.settings import BenchSettings
 from eigenmix.cli.console import make_console
+from eigenmix.cli.options import FORCE_HELP, described
 from eigenmix.errors import InvalidInputError
-from eigenmix.io.atomic import atomic_dir, check_destination
+from eigenmix.io.atomic import atomic_dir, destination
+from eigenmix.train.lora import LoraRecipe
 
 app = typer.Typer(help="Benchmarks on real models and data.", no_args_is_help=True)
 
@@ -31,40 +34,37 @@ def _names(raw: str | None) -> tuple[str, ...] | None:
 @app.command("merge")
 def bench_merge(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="A folder of tasks in the bundled JSONL format (default: bundled)."),
-    tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task names (default: every task of the data folder)."),
-    methods: str | None = typer.Option(None, "--methods", help="Comma-separated merge methods (default: every registered method)."),
+    tasks: str | None = described(BenchSettings, "tasks", None, "--tasks", metavar="A,B"),
+    methods: str | None = described(BenchSettings, "methods", None, "--methods", metavar="M1,M2"),
     out: Path = typer.Option(Path("runs/bench-merge"), "--out", help="Folder for results.json/.md/.png, written atomically."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the validation split, the training and the random merges."),
-    quick: bool = typer.Option(False, "--quick", help="3 tasks, 50 training steps, small validation/test subsets (≈ 2.5 min)."),
+    seed: int = described(BenchSettings, "seed", 0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="The first 3 tasks, 50 training steps, small validation/test subsets."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Override the recipe's training steps."),
-    test_rows: int | None = typer.Option(None, "--test-rows", min=0, help="Test rows per task (0: all)."),
-    val_rows: int | None = typer.Option(None, "--val-rows", min=1, help="Validation rows per task, carved from train."),
-    tune: bool = typer.Option(False, "--tune", help="Also the tuned entries (coefficients learned from 16-64 rows per task; ≈ +15 min)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    steps: int | None = described(LoraRecipe, "steps", None, "--steps", min=1),
+    test_rows: int | None = described(BenchSettings, "test_rows", None, "--test-rows", min=0),
+    val_rows: int | None = described(BenchSettings, "val_rows", None, "--val-rows", min=1),
+    tune: bool = typer.Option(False, "--tune", help="Also the tuned entries (coefficients learned from 16-64 rows per task)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Merge per-task LoRA adapters of all-MiniLM-L6-v2 with every method and score each task."""
-    from eigenmix.bench import default_cache_dir, make_settings, run_benchmark, write_results
+    from eigenmix.bench.cache import default_cache_dir
+    from eigenmix.bench.report import write_results
+    from eigenmix.bench.runner import run_benchmark
+    from eigenmix.bench.settings import make_settings
 
     console = make_console()
-    check_destination(out, overwrite=force)
+    cache = cache_dir or default_cache_dir()
+    dest = destination(out, overwrite=force, inputs=[p for p in (data_dir, cache) if p is not None], marker="results.json")
     settings = make_settings(
-        data_dir,
-        tasks=_names(tasks),
-        methods=_names(methods),
-        seed=seed,
-        quick=quick,
-        steps=steps,
-        test_rows=test_rows,
-        val_rows=val_rows,
-        tune=tune,
-    )
-    results = run_benchmark(settings, data_dir, cache_dir or default_cache_dir(), console)
+        data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,
+        test_rows=test_rows, val_rows=val_rows, tune=tune,
+    )  # fmt: skip
+    results = run_benchmark(settings, data_dir, cache, console)
     results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
     results["config"]["machine"] = {
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
     }  # fmt: skip
-    with atomic_dir(out, overwrite=force) as tmp:
+    with atomic_dir(dest) as tmp:
         write_results(results, tmp)
     console.print(_table(results))
     console.print(f"results in {out}/ (results.json, results.md, results.png); {results['timing']['total_seconds']:.0f} s in all")

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from eigenmix.cli.console import make_console
+from eigenmix.errors import InvalidInputError
 from eigenmix.inspect import (
     coefficients_table,
     module_overlap,
@@ -19,15 +20,19 @@ from eigenmix.inspect import (
     spectra_table,
 )
 from eigenmix.io import read_lora_adapter
+from eigenmix.io.atomic import atomic_file, destination
+from eigenmix.merging import check_compatible
 
 
 def inspect(
     path: Path = typer.Argument(..., help="A PEFT LoRA adapter folder."),
     top: int = typer.Option(4, min=1, help="Singular values shown per layer."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file (atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace the --json file if it exists."),
 ) -> None:
     """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy;
     for an ``eigenmix tune`` output, also the learned coefficients per layer and module."""
+    dest = destination(json_out, overwrite=force, inputs=[path]) if json_out is not None else None
     module = read_lora_adapter(path)
     reports = module_report(module)
     console = make_console()
@@ -38,8 +43,9 @@ def inspect(
         summary = json.loads(coefficients.read_text())
         title = f"learned coefficients ({summary['granularity']}, {summary['level']}; {summary['n_coefficients']} numbers)"
         console.print(coefficients_table(summary, title=title))
-    if json_out is not None:
-        _write_json(json_out, {"adapter": str(path), "layers": [asdict(r) for r in reports]})
+    if dest is not None:
+        with atomic_file(dest) as tmp:
+            tmp.write_text(json.dumps({"adapter": str(path), "layers": [asdict(r) for r in reports]}, indent=2) + "\n")
 
 
 def overlap(
@@ -48,14 +54,10 @@ def overlap(
 ) -> None:
     """Per-layer subspace overlap (principal angles) of two adapters' column and row spaces."""
     a, b = read_lora_adapter(first), read_lora_adapter(second)
+    check_compatible([a, b])
     rows = module_overlap(a, b)
+    if not rows:
+        raise InvalidInputError(f"{first} and {second} share no matrix layer of the same shape: there is nothing to compare")
     console = make_console()
     console.print(overlap_table(rows, title=f"subspace overlap: {a.name} vs {b.name}"))
     console.print(overlap_summary(rows))
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    """Write one JSON file atomically: a temporary sibling, then ``replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)

@@ -9,10 +9,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eigenmix.cli.console import make_console
-from eigenmix.io.atomic import check_destination
-from eigenmix.merge import all_methods, get_method
-from eigenmix.merge.config import load_config
-from eigenmix.merge.run import MergeRun, load_modules, run_merge
+from eigenmix.cli.options import FORCE_HELP
+from eigenmix.io.atomic import destination
+from eigenmix.merging import all_methods
+from eigenmix.merging.config import load_config
+from eigenmix.merging.run import REPORT, MergeRun, load_modules, run_merge
 
 
 def methods() -> None:
@@ -22,39 +23,42 @@ def methods() -> None:
         table.add_column(column, overflow="fold")
     for m in all_methods():
         params = ", ".join(f"{name}={field.default}" for name, field in m.params.model_fields.items())
-        table.add_row(m.name, m.kind, m.description, f"{m.paper}\n{m.url}", params)
+        table.add_row(m.name, m.kind, m.description, m.paper + (f"\n{m.url}" if m.url else ""), params)
     make_console().print(table)
 
 
 def merge(
     config: Path = typer.Argument(..., help="The merge config (YAML)."),
     out: Path = typer.Option(..., "--out", help="Output folder, written atomically."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and the inputs, print the plan, write nothing."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config, the inputs and --out, print the plan, write nothing."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Merge adapters or fine-tunes as a YAML config says."""
     console = make_console()
     cfg = load_config(config)
-    if not dry_run:
-        check_destination(out, overwrite=force)  # before loading anything
+    dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)  # before loading anything
     modules = load_modules(cfg)
+    plan = cfg.plan()
     layers = list(dict.fromkeys(name for m in modules for name in m.layers))
-    method = get_method(cfg.method)
-    plan = Table(title=f"plan: {cfg.method} ({method.kind}) → {cfg.output.kind} at {out}", title_justify="left")
+    table = Table(title=f"plan: {plan.method.name} ({plan.method.kind}) → {cfg.output.kind} at {out}", title_justify="left")
     for column in ("module", "weight", "layers", "source"):
-        plan.add_column(column)
+        table.add_column(column)
     for entry, module in zip(cfg.modules, modules, strict=True):
-        plan.add_row(module.name, f"{entry.weight:g}", str(len(module.layers)), str(entry.path))
-    console.print(plan)
-    console.print(f"parameters: {method.parse_params(cfg.parameters).model_dump()}; {len(layers)} layers; seed {cfg.seed}")
+        table.add_row(module.name, f"{entry.weight:g}", str(len(module.layers)), str(entry.path))
+    console.print(table)
+    console.print(f"parameters: {plan.params.model_dump()}; {len(layers)} layers; seed {plan.seed}")
     if dry_run:
-        console.print("dry run: config and inputs are valid; nothing written")
+        console.print("dry run: config, inputs and --out are valid; nothing written")
         return
     columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[layer]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("merge", total=len(layers), layer="")
-        result = run_merge(cfg, out, overwrite=force, modules=modules, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer))
+        result = run_merge(cfg, dest, modules=modules, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer))
     console.print(result_table(result, out))
+    short = [o for o in result.outputs if cfg.output.rank is not None and o.exact_rank < cfg.output.rank]
+    if short:
+        rank = cfg.output.rank
+        console.print(f"note: output.rank {rank} exceeds the exact rank of {len(short)} layer(s); they are written at their exact rank")
     console.print(f"{len(result.layers)} layers in {result.seconds:.2f} s")
 
 

@@ -9,23 +9,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eigenmix.cli.console import make_console
-from eigenmix.io.atomic import check_destination
+from eigenmix.cli.options import FORCE_HELP
+from eigenmix.io.atomic import destination
 
 
 def tune(
     config: Path = typer.Argument(..., help="The tune config (YAML)."),
     out: Path = typer.Option(..., "--out", help="Output folder, written atomically."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and the inputs, print the plan, write nothing."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config, the inputs and --out, print the plan, write nothing."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Compose adapters from a data-free merge and learn their coefficients as a YAML config says."""
-    from eigenmix.tune.config import load_tune_config
-    from eigenmix.tune.run import run_tune
+    from eigenmix.harness.tune_config import load_tune_config
+    from eigenmix.harness.tune_run import REPORT, run_tune
 
     console = make_console()
     cfg = load_tune_config(config)
-    if not dry_run:
-        check_destination(out, overwrite=force)
+    dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)
     spec = cfg.tune
     plan = Table(
         title=f"plan: {spec.init} → tune ({spec.settings.objective}, {spec.granularity}, {spec.level}) at {out}", title_justify="left"
@@ -37,12 +37,12 @@ def tune(
     console.print(plan)
     console.print(f"{spec.rows} rows per task, {cfg.val_rows} validation rows; search {spec.search}; seed {cfg.seed}")
     if dry_run:
-        console.print("dry run: config and inputs are valid; nothing written")
+        console.print("dry run: config, inputs and --out are valid; nothing written")
         return
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("tune", total=spec.settings.steps if spec.search == "adamw" else None, note="")
-        run = run_tune(cfg, out, overwrite=force, on_step=lambda _, loss: bar.update(job, advance=1, note=f"loss {loss:.4f}"))
+        run = run_tune(cfg, dest, on_step=lambda _, loss: bar.update(job, advance=1, note=f"loss {loss:.4f}"))
     r = run.result
     console.print(
         f"{r.n_coefficients} coefficients; {r.steps} steps (best at {r.best_step}); "

@@ -20,31 +20,34 @@ from eigenmix.io.peft_lora import PREFIX, WEIGHTS_NAME, lora_config
 from eigenmix.io.safetensors_io import CheckpointReader
 from eigenmix.io.stream_writer import StreamWriter
 from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta
-from eigenmix.spectral import retained_energy
+from eigenmix.spectral import default_rtol, numerical_rank, retained_energy
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
 class LayerOutput:
-    """How one layer was written: its rank and the share of its energy kept."""
+    """How one layer was written: its rank, its exact (numerical) rank, and the share of
+    its energy kept."""
 
     layer: str
     rank: int
     retained_energy: float
+    exact_rank: int
 
 
 def spectral_form(name: str, delta: AnyDelta, rank: int | None) -> tuple[SpectralDelta, LayerOutput]:
-    """A merged layer as a spectral delta, at its exact numerical rank or cut to ``rank``."""
+    """A merged layer as a spectral delta, at its exact numerical rank or cut to ``rank``
+    (a ``rank`` above the exact rank writes the exact rank; :class:`LayerOutput` says so)."""
     if isinstance(delta, DenseDelta) and not delta.is_matrix:
         raise InvalidInputError(
             f"layer '{name}' is a {delta.W.ndim}-D delta (a bias or norm); a LoRA adapter cannot hold it: write a full model"
         )
     spec = delta.spectral() if not isinstance(delta, SpectralDelta) else delta
     S = spec.S.to(torch.float64)
-    exact = int((S > S[0] * 10 * torch.finfo(spec.S.dtype).eps).sum()) if S.numel() and S[0] > 0 else 0
-    keep = exact if rank is None else min(rank, exact)
-    return spec.truncate(max(keep, 1)), LayerOutput(name, max(keep, 1), retained_energy(S, max(keep, 1)))
+    exact = numerical_rank(S, default_rtol(spec.S.dtype))
+    keep = max(exact if rank is None else min(rank, exact), 1)
+    return spec.truncate(keep), LayerOutput(name, keep, retained_energy(S, keep), exact)
 
 
 def write_extras(extras: Mapping[str, torch.Tensor], folder: Path) -> list[str]:
@@ -75,7 +78,7 @@ def stream_merged_adapter(
     factors, and dropped, so memory holds one layer of output at a time.
 
     Args:
-        layers: ``(name, delta)`` pairs, e.g. from :func:`eigenmix.merge.iter_merge`.
+        layers: ``(name, delta)`` pairs, e.g. from :func:`eigenmix.merging.iter_merge`.
         names: every layer name that will come (sizes the file header).
     """
     keys = [f"{PREFIX}{n}.lora_{x}.weight" for n in names for x in "AB"]
@@ -129,7 +132,7 @@ def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutp
     """Write ``W_base + ΔW`` for every merged layer, every other base tensor unchanged, in
     one ``model.safetensors``; non-weight files of a base folder (config, tokenizer) are
     copied, so the result loads like the base model."""
-    fan_in_fan_out = bool(module.meta.get("fan_in_fan_out", False))
+    fan_in_fan_out = module.fan_in_fan_out
     with CheckpointReader(base) as reader:
         targets = base_tensor_names(module, reader)
         by_tensor = {t: layer for layer, t in targets.items()}
@@ -148,9 +151,18 @@ def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutp
             if item.is_file() and not item.name.endswith(WEIGHT_FILES) and item.name != "model.safetensors.index.json":
                 shutil.copy2(item, folder / item.name)
     write_extras(module.extras, folder)
-    return [LayerOutput(layer, min(module.layers[layer].shape), 1.0) for layer in targets]
+    return [LayerOutput(layer, min(module.layers[layer].shape), 1.0, min(module.layers[layer].shape)) for layer in targets]
 
 
-def write_report(folder: Path, payload: dict, layers: list[LayerOutput]) -> None:
-    """``merge_report.json``: the resolved config and, per layer, rank and retained energy."""
-    (folder / "merge_report.json").write_text(json.dumps({**payload, "layers": [asdict(r) for r in layers]}, indent=2) + "\n")
+def write_report(path: Path, payload: dict, layers: list[LayerOutput]) -> None:
+    """A merge report (``merge_report.json``): the resolved config and, per layer, the written
+    rank, the exact rank and the retained energy; a note where ``output.rank`` exceeded some
+    layer's exact rank (those layers are written at their exact rank)."""
+    rows = [asdict(r) for r in layers]
+    rank = payload.get("config", {}).get("output", {}).get("rank")
+    short = [r for r in layers if rank is not None and r.exact_rank < rank]
+    notes = []
+    if short:
+        ranks = sorted({r.exact_rank for r in short})
+        notes.append(f"output.rank {rank} exceeds the exact rank ({ranks[0]}–{ranks[-1]}) of {len(short)} layer(s): written at that rank")
+    path.write_text(json.dumps({**payload, "notes": notes, "layers": rows}, indent=2) + "\n")

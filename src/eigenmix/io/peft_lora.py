@@ -4,8 +4,8 @@
 Layer names are the module paths inside the base model (PEFT's ``base_model.model.``
 prefix removed); deltas are ``scale · B A`` in ``(out, in)`` orientation. PEFT stores
 ``lora_A`` as ``(r, in)`` and ``lora_B`` as ``(out, r)`` also for ``fan_in_fan_out``
-layers (GPT-2 ``Conv1D``), so only a full-model writer needs that flag; it is kept in
-``meta``. Tensors that are not LoRA factors (``modules_to_save`` heads, trained biases)
+layers (GPT-2 ``Conv1D``), so only a full-model writer needs that flag
+(``Module.fan_in_fan_out``). Tensors that are not LoRA factors (``modules_to_save`` heads, trained biases)
 become ``extras``.
 """
 
@@ -25,7 +25,7 @@ from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAd
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config
 from eigenmix.io.safetensors_io import check_finite, open_safetensors, read_tensor, refuse_pickle
-from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
+from eigenmix.modules import DenseDelta, LowRankDelta, Module, PeftSource, SpectralDelta
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -113,19 +113,14 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None, lazy: bool =
     delta_shapes = {layer: (shapes[b][0], shapes[a][1]) for layer, (a, b) in keys.items()}
     lazy_layers = LazyLoraLayers(handle, weights_path, keys, scales, delta_shapes)
     layers: Mapping[str, LowRankDelta] = lazy_layers if lazy else {layer: lazy_layers[layer] for layer in keys}
-    meta = {
-        "format": "peft_lora",
-        "peft_config": config,
-        "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
-        "modules_to_save": list(config.get("modules_to_save") or []),
-    }
     return Module(
         name=name or folder.resolve().name,
         layers=layers,
         base_model=config.get("base_model_name_or_path"),
         source=str(folder),
         extras=extras,
-        meta=meta,
+        fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
+        peft=PeftSource(config),
     )
 
 
@@ -171,14 +166,14 @@ def build_config(module: Module, layers: Mapping[str, LowRankDelta]) -> dict[str
     Reuses the module's own PEFT config when it already does; otherwise see
     :func:`lora_config`.
     """
-    source = dict(module.meta.get("peft_config") or {})
+    source = dict(module.peft.config) if module.peft is not None else {}
     if source and set(layers) == set(module.layers) and _config_reproduces(source, layers):
         return source
     return lora_config(
         {name: (d.rank, d.scale) for name, d in layers.items()},
         template=source,
-        fan_in_fan_out=bool(module.meta.get("fan_in_fan_out", False)),
-        modules_to_save=module.meta.get("modules_to_save") or None,
+        fan_in_fan_out=module.fan_in_fan_out,
+        modules_to_save=list(module.peft.modules_to_save) if module.peft is not None and module.peft.modules_to_save else None,
         base_model=module.base_model,
     )
 
@@ -244,10 +239,11 @@ def write_lora_adapter(module: Module, out: Path | str, *, overwrite: bool = Fal
     (``B = U√σ``, ``A = √σ Vᵀ``). The folder is written atomically.
 
     Raises:
-        InvalidInputError: a dense layer (truncate it first) or ``out`` exists.
+        InvalidInputError: a dense layer (truncate it first), or ``out`` exists (without
+            ``overwrite``, or it is not an adapter folder).
     """
     for name, d in module.layers.items():
         _as_lowrank(name, d)  # fail before anything is written
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=CONFIG_NAME) as tmp:
         write_lora_files(module, tmp)
     return Path(out)

@@ -77,8 +77,7 @@ def load_task_vector(
 
     Returns:
         A module whose layers are dense deltas named as in the base checkpoint; tensors
-        only in the fine-tune are ``extras``; base-only names are listed in
-        ``meta["base_only"]``.
+        only in the fine-tune are ``extras``.
     """
     with CheckpointReader(base) as rb, CheckpointReader(finetuned) as rf:
         mapping = align_names(rb.keys(), rf.keys())
@@ -88,7 +87,6 @@ def load_task_vector(
                 continue
             layers[base_name] = delta
         extras = {n: rf.get(n) for n in rf.keys() if n not in mapping}  # noqa: SIM118 - reader, not a dict
-        base_only = sorted(set(rb.keys()) - set(mapping.values()))
     ft_path = Path(finetuned)
     return Module(
         name=name or ft_path.stem,
@@ -96,5 +94,4 @@ def load_task_vector(
         base_model=str(base),
         source=str(finetuned),
         extras=extras,
-        meta={"format": "task_vector", "base_only": base_only},
     )

@@ -1,6 +1,19 @@
 """Module types: one layer's delta in low-rank, spectral or dense form, and a module."""
 
-from eigenmix.modules.delta import AnyDelta, Delta, DenseDelta, LowRankDelta, SpectralDelta, delta_dtype
-from eigenmix.modules.module import Module
+from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta, delta_dtype
+from eigenmix.modules.factors import factor_pair, layer_spectra, work_dtype
+from eigenmix.modules.module import MergeRecord, Module, PeftSource
 
-__all__ = ["AnyDelta", "Delta", "DenseDelta", "LowRankDelta", "Module", "SpectralDelta", "delta_dtype"]
+__all__ = [
+    "AnyDelta",
+    "DenseDelta",
+    "LowRankDelta",
+    "MergeRecord",
+    "Module",
+    "PeftSource",
+    "SpectralDelta",
+    "delta_dtype",
+    "factor_pair",
+    "layer_spectra",
+    "work_dtype",
+]

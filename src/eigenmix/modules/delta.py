@@ -12,22 +12,11 @@ All three use the maths orientation ``(out, in)`` = ``(m, n)``: the layer comput
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from eigenmix.spectral import SVD, factored_svd, rank_for_energy, svd
-
-
-@runtime_checkable
-class Delta(Protocol):
-    """What every delta form offers."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    def dense(self) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +48,11 @@ class LowRankDelta:
     def dense(self) -> Tensor:
         """``scale · B A``, shape ``(m, n)``."""
         return (self.B @ self.A) * self.scale
+
+    def singular_values(self) -> Tensor:
+        """``(min(m, n, r),)`` float64, computed in float64 (half-precision factors whose product
+        would overflow their dtype still get finite values)."""
+        return factored_svd(self.B, self.A, dtype=torch.float64).S * abs(self.scale)
 
     def spectral(self) -> SpectralDelta:
         """Exact SVD without forming ``B A`` (see :func:`eigenmix.spectral.factored_svd`)."""
@@ -102,6 +96,9 @@ class SpectralDelta:
     def dense(self) -> Tensor:
         return self.svd.dense()
 
+    def singular_values(self) -> Tensor:
+        return self.S.to(torch.float64)
+
     def spectral(self) -> SpectralDelta:
         return self
 
@@ -131,6 +128,12 @@ class DenseDelta:
 
     def dense(self) -> Tensor:
         return self.W
+
+    def singular_values(self) -> Tensor:
+        """All singular values of a matrix delta, float64."""
+        if not self.is_matrix:
+            raise ValueError(f"only a matrix has singular values; this delta has shape {self.shape}")
+        return torch.linalg.svdvals(self.W.to(torch.float64))
 
     def spectral(
         self,

@@ -1,14 +1,41 @@
-"""A module: one trained unit (adapter or fine-tune) as a mapping layer name → delta."""
+"""A module: one trained unit (adapter or fine-tune) as a mapping layer name → delta, plus
+typed records of where it came from."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
 
 from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta
+
+
+@dataclass(frozen=True)
+class PeftSource:
+    """The PEFT LoRA adapter a module was read from: what a writer needs to reproduce it.
+
+    Attributes:
+        config: its ``adapter_config.json`` as read (checked by ``eigenmix.io.peft_config``).
+    """
+
+    config: Mapping[str, Any]
+
+    @property
+    def modules_to_save(self) -> tuple[str, ...]:
+        return tuple(self.config.get("modules_to_save") or ())
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """How a merged module was made."""
+
+    method: str
+    params: Mapping[str, Any]
+    weights: tuple[float, ...]
+    seed: int
+    sources: tuple[str, ...]
 
 
 @dataclass
@@ -25,8 +52,11 @@ class Module:
         extras: tensors that are not deltas of base weights (classifier heads saved by
             PEFT's ``modules_to_save``, trained biases): kept verbatim, keyed by their
             name relative to the base model, so that a merge can carry or report them.
-        meta: format details a writer needs to reproduce the source (for a PEFT adapter:
-            its config dict, ``fan_in_fan_out``, ``modules_to_save``).
+        fan_in_fan_out: the base model stores these layers ``(in, out)`` (GPT-2's
+            ``Conv1D``); the deltas are ``(out, in)`` regardless, so only a full-model
+            writer needs it.
+        peft: the PEFT adapter it was read from (None for task vectors and merges).
+        merged: how it was merged (None for read modules).
     """
 
     name: str
@@ -34,7 +64,9 @@ class Module:
     base_model: str | None = None
     source: str | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    fan_in_fan_out: bool = False
+    peft: PeftSource | None = None
+    merged: MergeRecord | None = None
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -67,8 +99,5 @@ class Module:
         """The same module with every matrix delta in spectral form (exact for low-rank)."""
         layers: dict[str, AnyDelta] = {}
         for name, d in self.layers.items():
-            if isinstance(d, DenseDelta) and not d.is_matrix:
-                layers[name] = d
-            else:
-                layers[name] = d.spectral()
-        return Module(self.name, layers, self.base_model, self.source, dict(self.extras), dict(self.meta))
+            layers[name] = d if isinstance(d, DenseDelta) and not d.is_matrix else d.spectral()
+        return replace(self, layers=layers, extras=dict(self.extras))

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from eigenmix.spectral.joint import orthonormal_range
+from eigenmix.spectral.rank import numerical_rank
 
 
 def principal_angles(Q1: Tensor, Q2: Tensor) -> Tensor:
@@ -51,6 +51,20 @@ def subspace_overlap(Q1: Tensor, Q2: Tensor) -> float:
     if k == 0:
         return 0.0
     return float((Q1.to(torch.float64).T @ Q2.to(torch.float64)).square().sum() / k)
+
+
+def orthonormal_range(M: Tensor, rtol: float) -> Tensor:
+    """Orthonormal basis of the numerical range of ``M`` (``(m, p)`` → ``(m, R)``, R ≤ p).
+
+    Thin QR, then an SVD of the small ``R`` factor reveals the rank
+    (:func:`~eigenmix.spectral.rank.numerical_rank` at ``rtol``). float64 throughout.
+    """
+    M = M.to(torch.float64)
+    if M.shape[1] == 0:
+        return M
+    Q, R = torch.linalg.qr(M)  # (m, p'), (p', p)
+    Ur, s, _ = torch.linalg.svd(R, full_matrices=False)
+    return Q @ Ur[:, : numerical_rank(s, rtol)]
 
 
 def range_overlap(M1: Tensor, M2: Tensor, rtol: float = 1e-6) -> float:

@@ -14,27 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eigenmix.spectral.rank import numerical_rank
+
 
 def _eig_basis(G: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
-    """Eigenpairs of a Gram matrix above the rank threshold: ``(λ (R,), W (p, R))``, descending."""
+    """Eigenpairs of a Gram matrix above the rank threshold: ``(λ (R,), W (p, R))``, descending.
+
+    ``λ`` are squared singular values, so the rule is :func:`numerical_rank` on ``√λ``."""
     lam, W = torch.linalg.eigh(G)
     lam, W = lam.flip(0), W.flip(1)
-    if lam.numel() == 0 or lam[0] <= 0:
-        return lam[:0], W[:, :0]
-    keep = lam > (rtol**2) * lam[0]
-    return lam[keep], W[:, keep]
+    keep = numerical_rank(lam.clamp(min=0).sqrt(), rtol)
+    return lam[:keep], W[:, :keep]
 
 
-def gram_range(X: Tensor, rtol: float, *, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-    """Orthonormal basis ``Q`` of the numerical range of ``X`` and ``C = Qᵀ X``; see
-    :func:`gram_range_implicit`, which returns ``Q`` as ``X @ M`` without forming it."""
-    M, C = gram_range_implicit(X, rtol)
-    dtype = dtype or torch.float64
-    Q = (X if X.dtype == dtype else X.to(dtype)) @ M.to(dtype)  # (m, R)
-    return Q, C
-
-
-def gram_range_implicit(X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+def gram_range(X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
     """Orthonormal basis of the numerical range of ``X`` and the coordinates of ``X`` in it.
 
     Columns are scaled to unit norm for the rank test, so factors of very different

@@ -1,20 +1,22 @@
-"""Joint orthonormal bases for several low-rank deltas, their cores, and reconstruction.
+"""The joint-basis engine: K deltas of one layer in one orthonormal basis.
 
-For K deltas ``ΔW_k = B_k A_k`` of one layer, the joint basis is a pair of orthonormal
+For K deltas ``ΔW_k = L_k R_kᵀ`` of one ``(m, n)`` layer (LoRA factors with the scale folded
+in, or the ``(U σ, V)`` of a truncated SVD), the joint basis is a pair of orthonormal
 matrices ``Q_U`` (m × R_U) and ``Q_V`` (n × R_V) that span every module's column and row
-space. Each delta is then exactly ``Q_U C_k Q_Vᵀ`` with the small core
-``C_k = Q_Uᵀ ΔW_k Q_V`` (R_U × R_V), and every orthogonally invariant operation (sums,
-SVDs, spectrum reshaping, Procrustes) can run on the cores alone.
+space. Each delta is then exactly ``Q_U X_k Y_kᵀ Q_Vᵀ`` with small coordinates
+``X_k = Q_Uᵀ L_k`` and ``Y_k = Q_Vᵀ R_k``, and every orthogonally invariant operation (sums,
+SVDs, spectrum reshaping, Procrustes) runs on the ``R × R`` cores ``C_k = X_k Y_kᵀ`` (design
+note 4). Nothing here forms an ``m × n`` matrix.
 
-The basis is rank-revealing: each module's own singular vectors are stacked (unit-norm
-columns, so modules of very different scale are treated alike), and stacked directions
-whose singular value falls below ``rtol`` times the largest are dropped as numerically
-dependent on the others. A direction dropped at tolerance ``rtol`` moves a reconstruction
-by at most about ``rtol`` relative.
+The basis comes from the stacked factors by :func:`eigenmix.spectral.gram.gram_range`
+(BLAS-3, rank-revealing); a stacked direction whose singular value falls below ``rtol``
+times the largest (unit-norm columns, so modules of very different scale count alike) is
+dropped as numerically dependent on the others.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor
 
 from eigenmix.spectral.factored import SVD, factored_svd
+from eigenmix.spectral.gram import gram_range
+from eigenmix.spectral.rank import numerical_rank
 
 
 class JointBasis(NamedTuple):
@@ -41,98 +45,148 @@ class JointBasis(NamedTuple):
         return self.Q_U.shape[1], self.Q_V.shape[1]
 
 
-def default_rtol(dtype: torch.dtype) -> float:
-    """Relative tolerance under which a direction counts as numerically dependent.
+class ImplicitBasis:
+    """An orthonormal basis ``Q = X M`` kept as its factors: ``X`` (m × p) the stacked
+    module factors in the work dtype, ``M`` (p × R) float64. ``Q @ Y`` costs one
+    ``m``-sized product; ``Q`` itself is formed (once) only if asked for."""
 
-    About ten units of roundoff of the inputs' dtype: 1.2e-6 for float32, 2.2e-15 for
-    float64, 1e-2 for half precision.
+    def __init__(self, X: Tensor, M: Tensor) -> None:
+        self.X, self.M = X, M
+        self._Q: Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.M.shape[1])
+
+    def apply(self, Y: Tensor) -> Tensor:
+        """``Q @ Y`` for a small ``Y`` (R × k), in the work dtype."""
+        return self.X @ (self.M @ Y.to(torch.float64)).to(self.X.dtype)
+
+    def apply_rows(self, Y: Tensor) -> Tensor:
+        """``Y Qᵀ`` for ``Y`` (k × R): a contiguous ``(k, m)`` result, no transposed copy."""
+        return (Y.to(torch.float64) @ self.M.T).to(self.X.dtype) @ self.X.T
+
+    @property
+    def Q(self) -> Tensor:
+        if self._Q is None:
+            self._Q = self.X @ self.M.to(self.X.dtype)
+        return self._Q
+
+
+class LayerSpectra:
+    """K deltas of one ``(m, n)`` layer in a joint basis.
+
+    The joint basis ``Q_U`` (m × R_U), ``Q_V`` (n × R_V) is stored in the work dtype (the
+    inputs' float dtype: the only ``m``- and ``n``-sized products run in it); everything
+    else is small and float64. Each delta is ``ΔW_k = Q_U X_k Y_kᵀ Q_Vᵀ`` with factor
+    coordinates ``X_k`` (R_U × r_k), ``Y_k`` (R_V × r_k); the per-module SVDs of those
+    (``P_k``, ``σ_k``, ``R_k``) are computed on first use, since several methods need
+    only the cores.
+
+    Attributes:
+        shape: ``(m, n)``.
+        weights: ``(K,)`` float64 per-module weights.
+        rtol: the rank tolerance of the inputs' dtype; every rank cut of this layer uses it.
     """
-    return 10 * torch.finfo(dtype).eps
+
+    def __init__(
+        self, shape: tuple[int, int], U: ImplicitBasis, V: ImplicitBasis, X: list[Tensor], Y: list[Tensor], weights: Tensor, rtol: float
+    ) -> None:
+        self.shape, self.weights, self.rtol = shape, weights, rtol
+        self._U, self._V = U, V
+        self._X, self._Y = X, Y
+        self._svd: list[SVD] | None = None
+
+    @property
+    def basis(self) -> JointBasis:
+        """The joint basis ``(Q_U, Q_V)``, formed on first use (most methods never need it)."""
+        return JointBasis(self._U.Q, self._V.Q)
+
+    @property
+    def k(self) -> int:
+        return len(self._X)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """``(R_U, R_V)``: the joint dimensions."""
+        return self._U.dim, self._V.dim
+
+    def _module_svds(self) -> list[SVD]:
+        if self._svd is None:
+            out = []
+            for X, Y in zip(self._X, self._Y, strict=True):
+                f = factored_svd(X, Y.T, dtype=torch.float64)  # SVD of this module's core
+                out.append(f.truncate(numerical_rank(f.S, self.rtol)))
+            self._svd = out
+        return self._svd
+
+    @property
+    def sigma(self) -> list[Tensor]:
+        """Per module, its singular values ``σ_k`` (r_k,), zero directions dropped."""
+        return [f.S for f in self._module_svds()]
+
+    @property
+    def P(self) -> list[Tensor]:
+        """Per module, ``Q_Uᵀ U_k`` (R_U × r_k): its left singular vectors in joint coordinates."""
+        return [f.U for f in self._module_svds()]
+
+    @property
+    def R(self) -> list[Tensor]:
+        """Per module, ``Q_Vᵀ V_k`` (R_V × r_k)."""
+        return [f.V for f in self._module_svds()]
+
+    def core(self, i: int, sigma: Tensor | None = None) -> Tensor:
+        """Module i's core ``C_i = Q_Uᵀ ΔW_i Q_V`` (R_U × R_V), or ``P_i diag(σ) R_iᵀ``."""
+        if sigma is None:
+            return self._X[i] @ self._Y[i].T
+        f = self._module_svds()[i]
+        return (f.U * sigma) @ f.V.T
+
+    def weighted_sum(self) -> Tensor:
+        """``Σ_k w_k C_k``, the core of the weighted sum of the deltas."""
+        X = torch.cat([float(w) * x for w, x in zip(self.weights, self._X, strict=True)], dim=1)
+        return X @ torch.cat(self._Y, dim=1).T
+
+    def lift(self, core: Tensor) -> SVD:
+        """The SVD of ``Q_U core Q_Vᵀ`` without forming it (zero directions dropped).
+
+        ``V`` is returned as the transpose of a contiguous ``(r, n)`` matrix, so that the
+        balanced LoRA factor ``A = √σ Vᵀ`` needs no copy.
+        """
+        Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
+        keep = numerical_rank(S, self.rtol)
+        Vt = self._V.apply_rows(Vch[:keep])  # (r, n), contiguous
+        return SVD(self._U.apply(Uc[:, :keep]), S[:keep], Vt.T)
+
+    def lift_columns(self, C: Tensor) -> Tensor:
+        """``Q_U C`` (m × k) for joint column coordinates ``C`` (R_U × k)."""
+        return self._U.apply(C)
+
+    def project_rows(self, Y: Tensor) -> Tensor:
+        """``Y Q_Vᵀ`` (k × n) for joint row coordinates ``Y`` (k × R_V)."""
+        return self._V.apply_rows(Y)
 
 
-def orthonormal_range(M: Tensor, rtol: float) -> Tensor:
-    """Orthonormal basis of the numerical range of ``M`` (``(m, p)`` → ``(m, R)``, R ≤ p).
+def decompose(factors: Sequence[tuple[Tensor, Tensor]], weights: Sequence[float] | Tensor, rtol: float) -> LayerSpectra:
+    """K deltas ``ΔW_k = L_k R_kᵀ`` of one layer in their joint basis.
 
-    Thin QR, then an SVD of the small ``R`` factor reveals the rank: left singular
-    directions with singular value ``≤ rtol · s_max`` are dropped. float64 throughout.
-    """
-    M = M.to(torch.float64)
-    if M.shape[1] == 0:
-        return M
-    Q, R = torch.linalg.qr(M)  # (m, p'), (p', p)
-    Ur, s, _ = torch.linalg.svd(R, full_matrices=False)
-    if s.numel() == 0 or s[0] == 0:
-        return M[:, :0]
-    keep = s > rtol * s[0]
-    return Q @ Ur[:, keep]
-
-
-def module_spectra(factors: Sequence[tuple[Tensor, Tensor]], rtol: float | None = None) -> list[SVD]:
-    """Factored SVD of each ``B_k @ A_k``, with numerically zero directions dropped.
+    The basis spans the stacked factors, which hold every delta's column and row space
+    (the same spaces when each ``L_k``, ``R_k`` has full column rank, as trained LoRA
+    factors and truncated SVDs do).
 
     Args:
-        factors: K pairs ``(B_k (m, r_k), A_k (r_k, n))``.
-        rtol: directions with ``σ ≤ rtol · σ_max`` (of that module) are dropped.
-
-    Returns:
-        K float64 ``SVD``s ``(U_k (m, r'_k), σ_k (r'_k,), V_k (n, r'_k))``.
+        factors: K pairs ``(L_k (m, r_k), R_k (n, r_k))`` in one float dtype (the work dtype).
+        weights: ``(K,)`` per-module weights.
+        rtol: the rank tolerance (:func:`~eigenmix.spectral.rank.default_rtol` of the inputs' dtype).
     """
-    out = []
-    for B, A in factors:
-        tol = default_rtol(torch.promote_types(B.dtype, A.dtype)) if rtol is None else rtol
-        f = factored_svd(B, A, dtype=torch.float64)
-        keep = int((f.S > tol * f.S[0]).sum()) if f.S.numel() and f.S[0] > 0 else 0
-        out.append(f.truncate(keep))
-    return out
-
-
-def joint_basis(spectra: Sequence[SVD], rtol: float | None = None) -> JointBasis:
-    """Joint orthonormal bases of the column and row spaces of several deltas.
-
-    Args:
-        spectra: K thin SVDs ``(U_k (m, r_k), σ_k, V_k (n, r_k))`` of one layer's deltas,
-            for instance from :func:`module_spectra`.
-        rtol: relative tolerance for dropping dependent directions
-            (default :func:`default_rtol` of float32, the usual dtype of adapters).
-
-    Returns:
-        ``JointBasis(Q_U (m, R_U), Q_V (n, R_V))`` in float64, ``R_U, R_V ≤ Σ r_k``.
-    """
-    if not spectra:
-        raise ValueError("joint_basis needs at least one module")
-    tol = default_rtol(torch.float32) if rtol is None else rtol
-    Q_U = orthonormal_range(torch.cat([s.U for s in spectra], dim=1), tol)
-    Q_V = orthonormal_range(torch.cat([s.V for s in spectra], dim=1), tol)
-    return JointBasis(Q_U, Q_V)
-
-
-def project(basis: JointBasis, spectrum: SVD) -> tuple[Tensor, Tensor]:
-    """Coordinates of one module's singular vectors in the joint basis.
-
-    Returns:
-        ``P (R_U, r) = Q_Uᵀ U`` and ``R (R_V, r) = Q_Vᵀ V``; the core is
-        ``P diag(σ) Rᵀ`` (see design note 4).
-    """
-    return basis.Q_U.T @ spectrum.U.to(basis.Q_U.dtype), basis.Q_V.T @ spectrum.V.to(basis.Q_V.dtype)
-
-
-def core(basis: JointBasis, spectrum: SVD) -> Tensor:
-    """The exact core ``C = Q_Uᵀ ΔW Q_V`` (R_U × R_V) of a delta given as its SVD."""
-    P, R = project(basis, spectrum)
-    return (P * spectrum.S.to(P.dtype)) @ R.T
-
-
-def cores(basis: JointBasis, spectra: Sequence[SVD]) -> list[Tensor]:
-    """The cores of every module in the joint basis (list of ``(R_U, R_V)`` tensors)."""
-    return [core(basis, s) for s in spectra]
-
-
-def reconstruct(basis: JointBasis, C: Tensor) -> Tensor:
-    """The dense delta ``Q_U C Q_Vᵀ`` (m × n) of a core ``C`` (R_U × R_V)."""
-    return basis.Q_U @ C.to(basis.Q_U.dtype) @ basis.Q_V.T
-
-
-def core_svd(basis: JointBasis, C: Tensor) -> SVD:
-    """SVD of the delta ``Q_U C Q_Vᵀ`` without forming it: SVD of ``C``, lifted by the bases."""
-    Uc, S, Vch = torch.linalg.svd(C.to(torch.float64), full_matrices=False)
-    return SVD(basis.Q_U @ Uc, S, basis.Q_V @ Vch.T)
+    if not factors:
+        raise ValueError("decompose needs at least one delta")
+    XU = torch.cat([L for L, _ in factors], dim=1)  # (m, Σr)
+    XV = torch.cat([R for _, R in factors], dim=1)  # (n, Σr)
+    MU, CU = gram_range(XU, rtol)  # Q_U = XU MU; CU = Q_Uᵀ XU (R_U, Σr)
+    MV, CV = gram_range(XV, rtol)
+    bounds = list(itertools.accumulate([0] + [L.shape[1] for L, _ in factors]))
+    X = [CU[:, a:b] for a, b in itertools.pairwise(bounds)]
+    Y = [CV[:, a:b] for a, b in itertools.pairwise(bounds)]
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    return LayerSpectra((int(XU.shape[0]), int(XV.shape[0])), ImplicitBasis(XU, MU), ImplicitBasis(XV, MV), X, Y, w, rtol)

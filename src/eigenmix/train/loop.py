@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.data import Task
+from eigenmix.seeds import derived_seed
 from eigenmix.train.encoder import tokenize
 
 Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task name, tokenised batch) → logits (batch, classes)
@@ -30,11 +30,6 @@ class Schedule(Protocol):
     max_length: int
     warmup: float
     dropout: bool
-
-
-def task_seed(seed: int, name: str) -> int:
-    """A per-task seed: tasks trained with one global seed still start from different draws."""
-    return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
 def fit(
@@ -63,7 +58,7 @@ def fit(
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     schedule = _schedule(optimizer, recipe.steps, recipe.warmup)
     batches = [
-        _bucketed_batches(_token_lengths(tokenizer, t, recipe.max_length), recipe.batch_size, random.Random(task_seed(seed, t.name)))
+        _bucketed_batches(_token_lengths(tokenizer, t, recipe.max_length), recipe.batch_size, random.Random(derived_seed(seed, t.name)))
         for t in tasks
     ]
     model.train(recipe.dropout)

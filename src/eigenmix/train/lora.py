@@ -17,8 +17,10 @@ from safetensors.torch import save_file
 
 from eigenmix.data import Task
 from eigenmix.io.atomic import atomic_dir
+from eigenmix.io.heads import HEAD_META
+from eigenmix.seeds import derived_seed
 from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder, predict
-from eigenmix.train.loop import fit, task_seed
+from eigenmix.train.loop import fit
 
 # Every attention and MLP linear of a BERT encoder layer (the pooler is not used).
 BERT_LINEARS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
@@ -60,7 +62,7 @@ def train_adapter(
     # A per-task seed: with one seed for all tasks every adapter starts from the same
     # random lora_A, and since A moves little in short training their row spaces would
     # overlap by construction rather than by what the tasks learned.
-    seed = task_seed(recipe.seed, task.name)
+    seed = derived_seed(recipe.seed, task.name)
     torch.manual_seed(seed)
     encoder, tokenizer = load_encoder()
     config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=recipe.target_modules, lora_dropout=0.0)
@@ -69,7 +71,7 @@ def train_adapter(
     lora_params = [p for p in model.encoder.parameters() if p.requires_grad]
     groups = [{"params": lora_params, "lr": recipe.lr}, {"params": list(model.head.parameters()), "lr": recipe.head_lr}]
     seconds, loss_value = fit(model, lambda _, enc: model(**enc), [task], tokenizer, groups, recipe, seed=recipe.seed, on_step=on_step)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker=HEAD_META) as tmp:
         peft_encoder.save_pretrained(str(tmp))
         _pin_base_model_id(tmp / "adapter_config.json")
         save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / "head.safetensors"))

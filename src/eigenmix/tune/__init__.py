@@ -6,7 +6,7 @@ LoRAHub's gradient-free baseline; ``export_module`` / ``save_coefficients`` fix 
 """
 
 from eigenmix.tune.export import coefficient_summary, coefficient_tensors, export_module, save_coefficients
-from eigenmix.tune.factors import LayerFactors, apply_delta, delta_factors, layer_factors
+from eigenmix.tune.factors import LayerFactors, apply_delta, composed_factors, layer_factors
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, objective_value, search_module_weights
 from eigenmix.tune.live import Composition, build
 from eigenmix.tune.objectives import OBJECTIVES
@@ -22,7 +22,7 @@ __all__ = [
     "build",
     "coefficient_summary",
     "coefficient_tensors",
-    "delta_factors",
+    "composed_factors",
     "export_module",
     "fit_coefficients",
     "layer_factors",

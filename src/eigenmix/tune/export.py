@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from eigenmix.merge.layer import numerical_rank
 from eigenmix.modules import Module, SpectralDelta
-from eigenmix.spectral import factored_svd
-from eigenmix.tune.factors import delta_factors
+from eigenmix.spectral import default_rtol, factored_svd, numerical_rank
+from eigenmix.tune.factors import composed_factors
 from eigenmix.tune.live import Composition
 
 
@@ -28,10 +27,10 @@ def export_module(comp: Composition, *, name: str = "tuned", base_model: str | N
     with torch.no_grad():
         for layer, f in comp.factors.items():
             mu = comp.mus(layer)
-            L, Rt = delta_factors(f, comp.lambdas(layer).double(), None if mu is None else mu.double())
+            L, Rt = composed_factors(f, comp.lambdas(layer).double(), None if mu is None else mu.double())
             svd = factored_svd(L, Rt.T, dtype=torch.float64)
-            svd = svd.truncate(max(numerical_rank(svd.S, 1e-12), 1))
             dtype = f.left.dtype
+            svd = svd.truncate(max(numerical_rank(svd.S, default_rtol(dtype)), 1))
             layers[layer] = SpectralDelta(svd.U.to(dtype), svd.S.to(dtype), svd.V.to(dtype))
     return Module(name, layers, base_model=base_model)
 

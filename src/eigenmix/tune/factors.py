@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eigenmix.merge.layer import LayerSpectra
+from eigenmix.spectral import LayerSpectra
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def apply_delta(x: Tensor, f: LayerFactors, lam: Tensor, mu: Tensor | None = Non
     return ((z @ f.mu_proj.T.to(x.dtype)) * mu.to(x.dtype)) @ f.mu_left.T  # (…, J) → (…, m)
 
 
-def delta_factors(f: LayerFactors, lam: Tensor, mu: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def composed_factors(f: LayerFactors, lam: Tensor, mu: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(L (m, D), Rt (n, D))`` with ``ΔW(λ, μ) = L Rtᵀ`` (for export; float64 middle)."""
     scaled = f.right * (lam * f.sigma).to(f.right.dtype)  # (n, D)
     if mu is None:

@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.merge.layer import decompose
-from eigenmix.merge.methods.spectral import spectral_coefficients
-from eigenmix.modules import Module
+from eigenmix.merging.methods.spectral import spectral_coefficients
+from eigenmix.modules import Module, layer_spectra
 from eigenmix.tune.factors import LayerFactors, apply_delta, layer_factors
 
 Granularity = Literal["direction", "layer", "module"]
@@ -164,7 +163,7 @@ def build(
         deltas = [modules[k].layers[name] for k in owners]
         if len(deltas[0].shape) != 2:
             raise InvalidInputError(f"layer '{name}' is not a matrix; tuning composes linear layers only")
-        layer = decompose(deltas, [w[k] for k in owners])
+        layer = layer_spectra(deltas, [w[k] for k in owners])
         if init == "spectral":
             lambdas, mu = spectral_coefficients(layer, flatten)
         else:

@@ -1,0 +1,18 @@
+"""Command-line options whose help text is the pydantic ``Field(description=...)`` of the
+setting they fill: written once, in the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+
+
+def described(model: type[BaseModel], field: str, default: Any, *flags: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for ``model.field``, with the field's description as its help."""
+    description = model.model_fields[field].description or ""
+    return typer.Option(default, *flags, help=description[:1].upper() + description[1:] + ".", **kwargs)
+
+
+FORCE_HELP = "Replace --out if it is an earlier output of this command."

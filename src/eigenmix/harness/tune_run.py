@@ -1,0 +1,65 @@
+"""Run a validated tune config: load, learn the coefficients, write everything atomically.
+
+The output folder holds the tuned composition as a PEFT LoRA adapter
+(``adapter_config.json``, ``adapter_model.safetensors``), each task's head under
+``heads/<task>.safetensors`` (with ``heads/heads.json``), the coefficients
+(``coefficients.safetensors``, ``coefficients.json``) and ``tune_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from eigenmix.data import load_tasks
+from eigenmix.harness.evaluator import Evaluator, load_head
+from eigenmix.harness.splits import carve
+from eigenmix.harness.tune_config import TuneConfig
+from eigenmix.harness.tuning import tune_text
+from eigenmix.io import read_lora_adapter
+from eigenmix.io.atomic import Destination, atomic_dir
+from eigenmix.io.heads import head_meta, write_heads
+from eigenmix.io.peft_lora import write_lora_files
+from eigenmix.merging import check_compatible
+from eigenmix.modules import Module
+from eigenmix.train.encoder import MINILM_ID
+from eigenmix.tune import TuneResult, export_module, save_coefficients
+
+REPORT = "tune_report.json"  # every tune output holds it: what --force may replace
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    out: Path
+    result: TuneResult
+    module: Module
+
+
+def run_tune(config: TuneConfig, dest: Destination, *, on_step: Callable[[int, float], None] | None = None) -> TuneRun:
+    """Tune as ``config`` says and write the result to ``dest`` atomically."""
+    start = time.perf_counter()
+    names = [m.task_name for m in config.modules]
+    tasks = [carve(t, config.val_rows, 0, config.seed) for t in load_tasks(config.data_dir, names=names)]
+    modules = [read_lora_adapter(m.path, name=task) for m, task in zip(config.modules, names, strict=True)]
+    check_compatible(modules)
+    heads = {task: load_head(entry.path) for entry, task in zip(config.modules, names, strict=True)}
+    max_length = int(head_meta(config.modules[0].path).get("recipe", {}).get("max_length", 64))
+    base = config.base_model or modules[0].base_model or MINILM_ID
+    ev = Evaluator(max_length, encoder=base)
+    comp, result = tune_text(config.tune, modules, tasks, heads, ev, config.seed, on_step=on_step)
+    try:
+        module = export_module(comp, name="tuned", base_model=modules[0].base_model)
+        if config.output.rank is not None:
+            module = replace(module, layers={k: d.truncate(config.output.rank) for k, d in module.layers.items()})
+        with atomic_dir(dest) as tmp:
+            write_lora_files(module, tmp)
+            write_heads({task: entry.path for entry, task in zip(config.modules, names, strict=True)}, tmp)
+            save_coefficients(comp, tmp, extra={"tune": config.tune.model_dump(mode="json")})
+            report = {"config": config.model_dump(mode="json"), "result": asdict(result), "seconds": round(time.perf_counter() - start, 2)}
+            (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        comp.detach_hooks()
+    return TuneRun(dest.path, result, module)

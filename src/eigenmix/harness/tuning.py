@@ -1,0 +1,108 @@
+"""Tuning on text-classification tasks: the frozen encoder of :class:`~eigenmix.harness.evaluator.Evaluator`
+with one linear head per task on mean-pooled states (the models ``eigenmix.train`` makes).
+
+Each task contributes ``rows`` training rows (a seeded draw; labels only for ``sup``) and
+its validation rows (early stopping on the objective's value there). For ``distill`` the
+teacher of a task is its own module alone on the base encoder, with its own head.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from eigenmix.data import Example
+from eigenmix.harness.evaluator import Evaluator, Head
+from eigenmix.harness.splits import CarvedTask
+from eigenmix.modules import Module
+from eigenmix.train.encoder import mean_pool
+from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
+from eigenmix.tune.live import Composition, Granularity, Init, Level, build
+
+
+class TuneSpec(BaseModel):
+    """What is learned, from where, with which data budget (recorded with every result)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    init: Init = Field("spectral", description="the data-free merge to start from: spectral or task_arithmetic")
+    scale: float = Field(1.0, gt=0, description="the starting merge's scale α (multiplies every starting λ)")
+    flatten: float = Field(0.0, ge=0, le=1, description="the spectral rule's β (needs level lambda+mu when > 0)")
+    level: Level = Field("lambda", description="lambda, or lambda+mu (also the joint spectrum)")
+    granularity: Granularity = Field("direction", description="direction (λ each), layer (per module per layer) or module (per module)")
+    rows: int = Field(64, ge=1, description="training rows per task")
+    search: Literal["adamw", "cma"] = Field("adamw", description="adamw (gradients) or cma (gradient-free, granularity module)")
+    budget: int = Field(60, ge=2, description="objective evaluations of the cma search")
+    settings: TuneSettings = Field(default_factory=TuneSettings, description="objective, steps, learning rate, regularisation, stopping")
+
+
+def draw(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """``n`` of ``rows`` (seeded by ``seed`` and the number of rows)."""
+    return random.Random(seed * 7_919 + len(rows)).sample(list(rows), min(n, len(rows)))
+
+
+def task_data(ev: Evaluator, rows: Sequence[Example], labeled: bool, teacher: Tensor | None = None) -> TaskData:
+    pairs = [r.text_pair or "" for r in rows] if any(r.text_pair is not None for r in rows) else None
+    enc = ev.tokenizer([r.text for r in rows], pairs, padding=True, truncation=True, max_length=ev.max_length, return_tensors="pt")  # type: ignore[operator]
+    return TaskData(dict(enc), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
+
+
+def head_logits(ev: Evaluator, head: Head, inputs: dict[str, Tensor]) -> Tensor:
+    """``(rows, classes)``: the head on the encoder's mean-pooled last states."""
+    return mean_pool(ev.encoder(**inputs).last_hidden_state, inputs["attention_mask"]) @ head.weight.T + head.bias
+
+
+def teacher_logits(ev: Evaluator, module: Module, head: Head, rows: Sequence[Example]) -> Tensor:
+    """The expert's logits: its own module alone on the base encoder, its own head."""
+    ev.apply({layer: d.dense().float() for layer, d in module.layers.items()})
+    try:
+        with torch.no_grad():
+            return head_logits(ev, head, task_data(ev, rows, False).inputs)
+    finally:
+        ev.apply(None)
+
+
+def tune_text(
+    spec: TuneSpec,
+    modules: Sequence[Module],
+    tasks: Sequence[CarvedTask],
+    heads: dict[str, Head],
+    ev: Evaluator,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Composition, TuneResult]:
+    """Learn the coefficients of ``modules`` (module k belongs to ``tasks[k]``) on ``ev``'s
+    encoder; the hooks stay on ``ev.encoder`` (``Composition.detach_hooks`` removes them)."""
+    settings = spec.settings.model_copy(update={"seed": seed})
+    labeled, distill = settings.objective == "sup", settings.objective == "distill"
+    train, val = {}, {}
+    for t, module in zip(tasks, modules, strict=True):
+        rows = draw(t.task.train, spec.rows, seed)
+        train[t.name] = task_data(ev, rows, labeled, teacher_logits(ev, module, heads[t.name], rows) if distill else None)
+        val[t.name] = task_data(ev, t.val, labeled, teacher_logits(ev, module, heads[t.name], t.val) if distill else None)
+    ev.apply(None)
+    shape = {"init": spec.init, "scale": spec.scale, "flatten": spec.flatten, "granularity": spec.granularity, "level": spec.level}
+    comp = build(ev.encoder, modules, **shape)  # type: ignore[arg-type]
+
+    def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:
+        return head_logits(ev, heads[task], inputs)
+
+    if settings.objective == "entropy" and settings.anchor > 0:  # the start's own predictions anchor the marginals
+        with torch.no_grad():
+            train, val = ({t: replace(d, teacher=forward(t, d.inputs)) for t, d in part.items()} for part in (train, val))
+
+    try:
+        if spec.search == "cma":
+            result = search_module_weights(comp, forward, train, settings, budget=spec.budget)
+        else:
+            result = fit_coefficients(comp, forward, train, val, settings, on_step=on_step)
+    except BaseException:
+        comp.detach_hooks()
+        raise
+    return comp, result

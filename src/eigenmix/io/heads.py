@@ -1,0 +1,47 @@
+"""Classification heads that ``eigenmix.train`` saves beside an adapter (``head.safetensors``
+with ``head.json``: task, label names, recipe), carried through merges and tuning as
+``heads/<module>.safetensors`` plus one ``heads/heads.json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from eigenmix.errors import InvalidInputError
+
+HEAD_FILE = "head.safetensors"
+HEAD_META = "head.json"
+
+
+def has_head(folder: Path) -> bool:
+    """Whether an adapter folder has a head beside it."""
+    return (folder / HEAD_FILE).is_file()
+
+
+def head_meta(folder: Path) -> dict[str, Any]:
+    """``head.json`` of an adapter folder, checked."""
+    path = folder / HEAD_META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(f"{folder}: has {HEAD_FILE} but no {HEAD_META}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidInputError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise InvalidInputError(f"{path}: must hold a JSON object")
+    return meta
+
+
+def write_heads(heads: Mapping[str, Path], out: Path) -> None:
+    """Copy each module's head (byte for byte) into ``out/heads/<name>.safetensors`` and
+    their ``head.json`` contents into ``out/heads/heads.json``."""
+    if not heads:
+        return
+    (out / "heads").mkdir()
+    for name, folder in heads.items():
+        shutil.copyfile(folder / HEAD_FILE, out / "heads" / f"{name}.safetensors")
+    meta = {name: head_meta(folder) for name, folder in heads.items()}
+    (out / "heads" / "heads.json").write_text(json.dumps(meta, indent=2) + "\n")

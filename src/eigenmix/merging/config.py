@@ -1,0 +1,123 @@
+"""The ``eigenmix merge`` YAML config, validated by pydantic before any work starts.
+
+Example::
+
+    method: ties
+    parameters: {density: 0.2}
+    modules:
+      - {path: adapters/sst2, weight: 1.0}
+      - {path: adapters/ag_news, weight: 1.0}
+    output: {kind: adapter, rank: 64}
+    seed: 0
+
+Relative paths are resolved against the config file's folder. A module path is a PEFT
+LoRA adapter folder, or a full fine-tuned checkpoint (then ``base_model`` is required
+and its task vector ``W_ft − W_base`` is merged). The method's parameters are validated
+here, once, into the method's own parameter model; :meth:`MergeConfig.plan` hands them on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+
+from eigenmix.io.yaml_config import read_yaml_config
+from eigenmix.merging.plan import MergePlan, check_weights, make_plan
+from eigenmix.merging.registry import MergeParams, get_method
+
+
+class ModuleEntry(BaseModel):
+    """One input module."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    path: Path = Field(description="a PEFT LoRA adapter folder, or a fine-tuned checkpoint (file or folder)")
+    weight: float = Field(1.0, description="this module's weight in the merge (finite)")
+    name: str | None = Field(None, description="a short name (default: the folder's name)")
+
+    @property
+    def is_adapter(self) -> bool:
+        return (self.path / "adapter_config.json").is_file()
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.name
+
+
+class OutputEntry(BaseModel):
+    """What to write."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["adapter", "full"] = Field("adapter", description="a PEFT LoRA adapter, or a full model (base + merged delta)")
+    rank: int | None = Field(None, ge=1, description="truncate each layer to this rank (adapter only); default: exact rank")
+
+
+class MergeConfig(BaseModel):
+    """A whole merge job."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(description="a registered merge method (see `eigenmix methods`)")
+    parameters: SerializeAsAny[MergeParams] = Field(default_factory=dict, validate_default=True, description="the method's parameters")
+    modules: list[ModuleEntry] = Field(min_length=1, description="the modules to merge")
+    base_model: Path | None = Field(None, description="the base checkpoint: needed for full-model output and fine-tunes")
+    output: OutputEntry = Field(default_factory=OutputEntry)
+    seed: int = Field(0, description="seed of the random methods (per layer)")
+    dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
+    dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
+    extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        get_method(value)
+        return value
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _method_parameters(cls, value: Any, info: ValidationInfo) -> MergeParams:
+        if isinstance(value, MergeParams):
+            return value
+        if "method" not in info.data:  # the method's own error is reported
+            return MergeParams()
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be a mapping of the method's parameters")
+        return get_method(info.data["method"]).parse_params(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MergeConfig:
+        for i, entry in enumerate(self.modules):
+            if not entry.path.exists():
+                raise ValueError(f"modules.{i}.path: {entry.path} does not exist")
+            if not entry.is_adapter and self.base_model is None:
+                raise ValueError(f"modules.{i}.path: {entry.path} is not a PEFT adapter folder, so it needs 'base_model'")
+        if self.base_model is not None and not self.base_model.exists():
+            raise ValueError(f"base_model: {self.base_model} does not exist")
+        if self.output.kind == "full" and self.base_model is None:
+            raise ValueError("output.kind 'full' needs 'base_model'")
+        if self.output.kind == "full" and self.output.rank is not None:
+            raise ValueError("output.rank applies to adapters only")
+        names = [e.label for e in self.modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"module names must differ (got {names}); set 'name' for each")
+        check_weights([e.weight for e in self.modules], get_method(self.method), self.parameters)
+        return self
+
+    def plan(self) -> MergePlan:
+        """The merge this config describes (already checked)."""
+        return make_plan(
+            self.method, len(self.modules), weights=[e.weight for e in self.modules], params=self.parameters,
+            seed=self.seed, dense_rank=self.dense_rank, dense_energy=self.dense_energy,
+        )  # fmt: skip
+
+    def inputs(self) -> list[Path]:
+        """Every path the merge reads."""
+        return [e.path for e in self.modules] + ([self.base_model] if self.base_model is not None else [])
+
+
+def load_config(path: Path | str) -> MergeConfig:
+    """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
+    return read_yaml_config(Path(path), MergeConfig, ("base_model",))

@@ -1,0 +1,16 @@
+"""The built-in merge methods, one file each; importing this package registers them."""
+
+from eigenmix.merging.methods import (  # noqa: F401
+    dare,
+    dare_ties,
+    iso_c,
+    iso_cts,
+    knots,
+    linear,
+    magnitude_prune,
+    spectral,
+    star,
+    task_arithmetic,
+    ties,
+    tsv,
+)

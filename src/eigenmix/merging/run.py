@@ -1,0 +1,101 @@
+"""The merge pipeline: a validated config → read the modules → the engine, layer by layer
+→ a writer, atomically (adapter output streamed; full output collected from the same
+engine). One path for the CLI and for Python callers of :func:`run_merge`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from eigenmix.errors import InvalidInputError
+from eigenmix.io import load_task_vector, read_lora_adapter
+from eigenmix.io.atomic import Destination, atomic_dir
+from eigenmix.io.heads import has_head, write_heads
+from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_full_model, write_report
+from eigenmix.merging.config import MergeConfig
+from eigenmix.merging.engine import LayerResult, check_compatible, collect, merged_extras, run_plan
+from eigenmix.modules import AnyDelta, Module
+
+REPORT = "merge_report.json"  # every merge output holds it: what --force may replace
+
+
+@dataclass(frozen=True)
+class MergeRun:
+    """What a finished merge reports."""
+
+    out: Path
+    layers: list[LayerResult]
+    outputs: list[LayerOutput]
+    seconds: float
+
+
+def load_modules(config: MergeConfig) -> list[Module]:
+    """Read every input module (adapters lazily, fine-tunes as task vectors) and check
+    that they fit together."""
+    modules = []
+    for entry in config.modules:
+        if entry.is_adapter:
+            modules.append(read_lora_adapter(entry.path, name=entry.label, lazy=True))
+        else:
+            if config.base_model is None:
+                raise InvalidInputError(f"{entry.path}: a fine-tune needs 'base_model'")
+            modules.append(load_task_vector(config.base_model, entry.path, name=entry.label))
+    check_compatible(modules)
+    return modules
+
+
+def side_heads(config: MergeConfig) -> dict[str, Path]:
+    """The adapters with a head beside them (``eigenmix.train``'s layout): name → folder."""
+    heads = {e.label: e.path for e in config.modules if e.is_adapter and has_head(e.path)}
+    if heads and config.extras == "refuse":
+        name = next(iter(heads))
+        raise InvalidInputError(f"module {name} has a head beside it (head.safetensors); use extras 'per_task' to keep it")
+    return heads
+
+
+def run_merge(
+    config: MergeConfig,
+    dest: Destination,
+    *,
+    modules: list[Module] | None = None,
+    on_layer: Callable[[LayerResult], None] | None = None,
+) -> MergeRun:
+    """Merge as ``config`` says and write the result to ``dest`` atomically."""
+    start = time.perf_counter()
+    modules = modules if modules is not None else load_modules(config)
+    plan = config.plan()
+    extras = merged_extras(modules, config.extras)
+    heads = side_heads(config)
+    results: list[LayerResult] = []
+
+    def record(result: LayerResult) -> None:
+        results.append(result)
+        if on_layer is not None:
+            on_layer(result)
+
+    with atomic_dir(dest) as tmp:
+        if config.output.kind == "adapter":  # streamed: each layer is written as soon as it is merged
+            names = list(dict.fromkeys(name for m in modules for name in m.layers))
+            outputs = stream_merged_adapter(
+                _reporting(run_plan(modules, plan), record), names, tmp, config.output.rank,
+                base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
+            )  # fmt: skip
+            write_extras(extras, tmp)
+        else:
+            if config.base_model is None:
+                raise InvalidInputError("output.kind 'full' needs 'base_model'")
+            outputs = write_full_model(collect(modules, plan, extras=config.extras, on_layer=record), config.base_model, tmp)
+        write_heads(heads, tmp)
+        write_report(tmp / REPORT, {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start}, outputs)
+    return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
+
+
+def _reporting(
+    merged: Iterator[tuple[str, AnyDelta, LayerResult]], report: Callable[[LayerResult], None]
+) -> Iterator[tuple[str, AnyDelta]]:
+    """Pass ``(layer, delta)`` on to the writer, reporting each layer as it is done."""
+    for name, delta, result in merged:
+        report(result)
+        yield name, delta

@@ -75,3 +75,26 @@ def run_cli(monkeypatch, *args) -> int:  # type: ignore[no-untyped-def]
     except SystemExit as done:
         return int(done.code or 0)
     return 0
+
+
+def raw_adapter(folder: Path, shapes: dict[str, tuple[int, int]], *, r: int = 4, seed: int = 0, base: str = "tiny/base") -> Path:
+    """A PEFT-format LoRA adapter written directly (no model): ``shapes`` maps layer → (out, in)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer, (m, n) in shapes.items():
+        tensors[f"base_model.model.{layer}.lora_A.weight"] = torch.randn(r, n, generator=g) / n**0.5
+        tensors[f"base_model.model.{layer}.lora_B.weight"] = torch.randn(m, r, generator=g) / r**0.5
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": sorted({k.rsplit(".", 1)[-1] for k in shapes})}
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    return folder
+
+
+def eigenmix_script() -> Path:
+    """The installed console script (the venv's ``eigenmix``)."""
+    return Path(sys.executable).parent / "eigenmix"

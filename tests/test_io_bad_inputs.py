@@ -104,6 +104,18 @@ def bad_json(f):
     (f / CONFIG).write_text("{not json")
 
 
+def integer_factor(f):
+    edit_weights(f, lambda t: t.update({"base_model.model.encoder.q.lora_A.weight": torch.ones(4, 12, dtype=torch.int64)}))
+
+
+def targets_nothing(f):
+    edit_config(f, target_modules=["nope"])
+
+
+def targets_some(f):
+    edit_config(f, target_modules=["q", "v"])  # the file also holds encoder.out
+
+
 CASES = {
     "config without r": (no_r, InvalidInputError, "no 'r'"),
     "corrupt safetensors": (corrupt, InvalidInputError, "not a readable safetensors file"),
@@ -120,7 +132,27 @@ CASES = {
     "unknown field": (unknown_field, UnsupportedAdapterError, "some_future_variant"),
     "missing lora_B": (missing_B, ShapeMismatchError, "no lora_B.weight"),
     "bad JSON": (bad_json, InvalidInputError, "not valid JSON"),
+    "integer factor": (integer_factor, InvalidInputError, "must be floating point"),
+    "target_modules matches none": (targets_nothing, InvalidInputError, "does not select it"),
+    "target_modules misses a layer": (targets_some, InvalidInputError, "encoder.out"),
 }
+
+
+@pytest.mark.parametrize("breaker", [targets_nothing, targets_some])
+def test_peft_refuses_what_eigenmix_refuses(adapter, breaker):
+    """An adapter whose target_modules does not select its layers: PEFT does not load its
+    weights as written either (no target found, or weights that would be left unused)."""
+    from peft import PeftModel
+
+    from common import base_model
+
+    breaker(adapter)
+    try:
+        model = PeftModel.from_pretrained(base_model(), str(adapter))
+    except ValueError as err:
+        assert "not found" in str(err) or "Target modules" in str(err)
+        return
+    assert not hasattr(model.base_model.model.encoder["out"], "lora_A")  # loaded, but encoder.out's factors ignored
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -155,7 +155,79 @@ BAD = {
         lambda tp, ad: {"method": "linear", "modules": [*modules_cfg(ad)[:1], {"path": nan_adapter(tp).name}]},
         "NaN/Inf",
     ),
+    "a typo in a key": (
+        lambda tp, ad: {"method": "ties", "modlues": modules_cfg(ad)},
+        "modlues: unknown key (did you mean 'modules'?); modules: required key missing",
+    ),
+    "every problem at once": (
+        lambda tp, ad: {"method": "ties", "parameters": {"densty": 0.3}, "modules": modules_cfg(ad), "output": {"rank": 0}},
+        "2 problems: parameters: method 'ties' has no parameter 'densty' (did you mean 'density'?)",
+    ),
+    "a typo in a nested key": (
+        lambda tp, ad: {"method": "ties", "modules": modules_cfg(ad), "output": {"rnak": 4}},
+        "output.rnak: unknown key (did you mean 'rank'?)",
+    ),
+    "a typo in the method": (
+        lambda tp, ad: {"method": "tsvm", "modules": modules_cfg(ad)}, "unknown merge method 'tsvm' (did you mean 'tsv'?)"
+    ),
+    "every weight 0": (lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (0.0, 0.0))}, "every module weight is 0"),
+    "a NaN weight": (lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (float("nan"), 1.0))}, "modules.0.weight"),
+    "an infinite scale": (
+        lambda tp, ad: {"method": "linear", "parameters": {"scale": float("inf")}, "modules": modules_cfg(ad)}, "parameter 'scale'"
+    ),
+    "normalize with weights summing to 0": (
+        lambda tp, ad: {"method": "linear", "parameters": {"normalize": True}, "modules": modules_cfg(ad, (1.0, -1.0))},
+        "sum of the weights",
+    ),
+    "a weight too large for float32": (
+        lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (1e300, 1.0))},
+        "not finite",
+    ),
 }
+
+
+def test_yaml_syntax_errors_give_line_and_column(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("method: ties\nmodules:\n  - {path: a, weight: 1\n  - {path: b}\n")
+    assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{cfg}:4:" in err and "not valid YAML" in err, err
+
+
+def test_one_module_is_written_scaled(tmp_path, adapters, monkeypatch):
+    """One module with task_arithmetic's λ = 0.3: the written adapter is 0.3 × the module,
+    as eigenmix.merge gives (the API used to return it unscaled)."""
+    cfg = write_config(tmp_path, method="task_arithmetic", modules=modules_cfg(adapters[:1], (1.0,)))
+    assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 0
+    written, source = read_lora_adapter(tmp_path / "out"), read_lora_adapter(adapters[0])
+    api = eigenmix.merge([source], "task_arithmetic")
+    for layer, delta in source.layers.items():
+        torch.testing.assert_close(written.layers[layer].dense(), 0.3 * delta.dense(), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(api.layers[layer].dense(), 0.3 * delta.dense(), atol=1e-6, rtol=1e-5)
+
+
+def test_heads_beside_the_adapters_are_carried(tmp_path, adapters, monkeypatch):
+    """eigenmix.train saves head.safetensors and head.json beside each adapter; a merge
+    keeps them under heads/ (and refuses them with extras: refuse)."""
+    for i, folder in enumerate(adapters):
+        save_file({"weight": torch.full((2, 8), float(i)), "bias": torch.zeros(2)}, str(folder / "head.safetensors"))
+        (folder / "head.json").write_text(json.dumps({"task": f"task{i}", "label_names": ["a", "b"]}))
+    cfg = write_config(tmp_path, method="linear", modules=modules_cfg(adapters))
+    assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 0
+    for folder in adapters:
+        assert (tmp_path / "out" / "heads" / f"{folder.name}.safetensors").read_bytes() == (folder / "head.safetensors").read_bytes()
+    assert json.loads((tmp_path / "out" / "heads" / "heads.json").read_text())["ad1"]["task"] == "task1"
+    cfg = write_config(tmp_path, method="linear", modules=modules_cfg(adapters), extras="refuse")
+    assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out2") == 2
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_rank_above_the_exact_rank_is_reported(tmp_path, adapters, monkeypatch, capsys):
+    cfg = write_config(tmp_path, method="linear", modules=modules_cfg(adapters), output={"kind": "adapter", "rank": 64})
+    assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 0
+    assert "note: output.rank 64 exceeds the exact rank of 3 layer(s)" in " ".join(capsys.readouterr().out.split())
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text())
+    assert report["notes"] and all(row["rank"] == row["exact_rank"] == 5 for row in report["layers"])
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -164,7 +236,7 @@ def test_bad_configs_get_one_line_and_no_output(tmp_path, adapters, monkeypatch,
     cfg = write_config(tmp_path, **make(tmp_path, adapters))
     assert run(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error:") and words in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and words in " ".join(err.split()), err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 

@@ -32,7 +32,7 @@ def inspect(
 ) -> None:
     """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy;
     for an ``eigenmix tune`` output, also the learned coefficients per layer and module."""
-    dest = destination(json_out, overwrite=force, inputs=[path]) if json_out is not None else None
+    dest = destination(json_out, overwrite=force, inputs=[path], folder=False) if json_out is not None else None
     module = read_lora_adapter(path)
     reports = module_report(module)
     console = make_console()

@@ -11,10 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from eigenmix.modules import AnyDelta, Module, delta_dtype
-from eigenmix.spectral import SVD, default_rtol, principal_angles, subspace_overlap
+from eigenmix.spectral import SVD, default_rtol, numerical_rank, principal_angles, subspace_overlap
 
 
 @dataclass(frozen=True)
@@ -73,8 +71,6 @@ def module_overlap(a: Module, b: Module) -> list[LayerOverlap]:
 
 
 def _numerical_spectrum(delta: AnyDelta) -> SVD:
-    """Exact SVD of a matrix delta with numerically zero directions dropped."""
-    f = delta.spectral().svd.to(torch.float64)
-    if f.S.numel() == 0 or f.S[0] == 0:
-        return f.truncate(0)
-    return f.truncate(int((f.S > default_rtol(delta_dtype(delta)) * f.S[0]).sum()))
+    """Exact float64 SVD of a matrix delta with numerically zero directions dropped."""
+    f = delta.svd64()
+    return f.truncate(numerical_rank(f.S, default_rtol(delta_dtype(delta))))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
 from eigenmix.spectral import rank_for_energy
 
@@ -39,8 +37,8 @@ class LayerReport:
 
 
 def layer_report(layer: str, delta: LowRankDelta | SpectralDelta | DenseDelta) -> LayerReport:
-    """Spectrum of one matrix delta (exact; factored for low-rank deltas)."""
-    S = delta.spectral().S.to(torch.float64)
+    """Spectrum of one matrix delta (exact, in float64; factored for low-rank deltas)."""
+    S = delta.svd64().S
     if isinstance(delta, LowRankDelta):
         rank, scale = delta.rank, delta.scale
     elif isinstance(delta, SpectralDelta):

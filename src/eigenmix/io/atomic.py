@@ -68,6 +68,8 @@ def destination(
     """
     given = Path(out)
     path = given.resolve()
+    if not folder and path.is_dir():
+        raise OutputError(f"{given}: is a folder; give a file name")
     for item in inputs:
         source = Path(item).resolve()
         if _is_under(source, path):
@@ -77,8 +79,6 @@ def destination(
             raise OutputError(f"{given}: lies inside an input of this command ({item}); choose another output")
     if _is_under(Path.cwd(), path):
         raise OutputError(f"{given}: is the working folder or holds it; choose a new folder for the output")
-    if not folder and path.is_dir():
-        raise OutputError(f"{given}: is a folder; give a file name")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputError(f"{given}: already exists (pass --force, or overwrite=True, to replace an earlier output of this command)")
     dest = Destination(path, overwrite, marker, folder)

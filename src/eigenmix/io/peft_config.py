@@ -114,6 +114,19 @@ def layer_rank_alpha(config: dict[str, Any], name: str) -> tuple[int, float]:
     return int(r), float(alpha)
 
 
+def targets_layer(config: dict[str, Any], name: str) -> bool | None:
+    """Whether ``target_modules`` selects layer ``name`` as PEFT selects it
+    (``check_target_module_exists``: a string is a full-match regex; a list matches a name
+    equal to an entry or ending in ``.entry``); None where PEFT decides from the base model
+    (no ``target_modules``, or ``all-linear``)."""
+    targets = config.get("target_modules")
+    if not targets or targets == "all-linear":
+        return None
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
 def lora_scale(alpha: float, r: int, *, rslora: bool) -> float:
     """PEFT's scaling of ``B A``: ``alpha / r``, or ``alpha / √r`` for rsLoRA."""
     return alpha / math.sqrt(r) if rslora else alpha / r

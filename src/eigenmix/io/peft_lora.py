@@ -23,11 +23,12 @@ from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAdapterError
 from eigenmix.io.atomic import atomic_dir
-from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config
+from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config, targets_layer
 from eigenmix.io.safetensors_io import check_finite, open_safetensors, read_tensor, refuse_pickle
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, PeftSource, SpectralDelta
 
 WEIGHTS_NAME = "adapter_model.safetensors"
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors' names of the float dtypes
 PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<layer>.+)\.lora_(?P<which>A|B)\.weight$")
 _REFUSED_KEYS = {
@@ -107,6 +108,16 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None, lazy: bool =
             extras[rel] = read_tensor(handle, key, weights_path)
     if not factors:
         raise InvalidInputError(f"{weights_path}: holds no LoRA weights (no '*.lora_A.weight' tensors)")
+    for layer, pair in factors.items():
+        for key in pair.values():
+            dtype = handle.get_slice(key).get_dtype()
+            if dtype not in FLOAT_DTYPES:
+                raise InvalidInputError(f"{weights_path}: tensor '{key}' is {dtype}; LoRA factors must be floating point")
+        if targets_layer(config, layer) is False:
+            raise InvalidInputError(
+                f"{weights_path}: layer '{layer}' has LoRA weights but target_modules {config['target_modules']!r} does not select it "
+                "(PEFT would not load them)"
+            )
     shapes = {k: tuple(handle.get_slice(k).get_shape()) for pair in factors.values() for k in pair.values()}
     scales = {layer: _layer_scale(layer, pair, shapes, config, weights_path) for layer, pair in sorted(factors.items())}
     keys = {layer: (factors[layer]["A"], factors[layer]["B"]) for layer in scales}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eigenmix.spectral import SVD, factored_svd, rank_for_energy, svd
+from eigenmix.spectral import SVD, factored_svd, rank_for_energy, svd, truncated_svd
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,11 @@ class LowRankDelta:
         """``scale · B A``, shape ``(m, n)``."""
         return (self.B @ self.A) * self.scale
 
-    def singular_values(self) -> Tensor:
-        """``(min(m, n, r),)`` float64, computed in float64 (half-precision factors whose product
-        would overflow their dtype still get finite values)."""
-        return factored_svd(self.B, self.A, dtype=torch.float64).S * abs(self.scale)
+    def svd64(self) -> SVD:
+        """The exact SVD in float64 (half-precision factors whose product would overflow
+        their own dtype still get finite singular values)."""
+        f = factored_svd(self.B, self.A, dtype=torch.float64)
+        return SVD(f.U, f.S * abs(self.scale), f.V * (1.0 if self.scale >= 0 else -1.0))
 
     def spectral(self) -> SpectralDelta:
         """Exact SVD without forming ``B A`` (see :func:`eigenmix.spectral.factored_svd`)."""
@@ -96,8 +97,8 @@ class SpectralDelta:
     def dense(self) -> Tensor:
         return self.svd.dense()
 
-    def singular_values(self) -> Tensor:
-        return self.S.to(torch.float64)
+    def svd64(self) -> SVD:
+        return self.svd.to(torch.float64)
 
     def spectral(self) -> SpectralDelta:
         return self
@@ -129,11 +130,11 @@ class DenseDelta:
     def dense(self) -> Tensor:
         return self.W
 
-    def singular_values(self) -> Tensor:
-        """All singular values of a matrix delta, float64."""
+    def svd64(self) -> SVD:
+        """The exact thin SVD of a matrix delta, in float64."""
         if not self.is_matrix:
-            raise ValueError(f"only a matrix has singular values; this delta has shape {self.shape}")
-        return torch.linalg.svdvals(self.W.to(torch.float64))
+            raise ValueError(f"only a matrix has a spectral form; this delta has shape {self.shape}")
+        return truncated_svd(self.W.to(torch.float64))
 
     def spectral(
         self,

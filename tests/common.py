@@ -98,3 +98,15 @@ def raw_adapter(folder: Path, shapes: dict[str, tuple[int, int]], *, r: int = 4,
 def eigenmix_script() -> Path:
     """The installed console script (the venv's ``eigenmix``)."""
     return Path(sys.executable).parent / "eigenmix"
+
+
+def small_data(folder: Path, names=("trec", "cola"), train=48, test=24) -> Path:
+    """A data folder of the first rows of some bundled tasks (no tasks.json)."""
+    from eigenmix.data import load_tasks
+
+    for task in load_tasks(names=list(names)):
+        (folder / task.name).mkdir(parents=True)
+        for split, rows in (("train", task.train[:train]), ("test", task.test[:test])):
+            lines = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows)
+            (folder / task.name / f"{split}.jsonl").write_text(lines)
+    return folder

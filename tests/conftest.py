@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -13,3 +14,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 settings.register_profile("default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def minilm_adapters(tmp_path_factory):
+    """Two tiny adapters (trec, cola; 3 steps) trained on all-MiniLM-L6-v2 by eigenmix.train,
+    with their heads beside them, and the small data folder they were trained on."""
+    from common import small_data
+    from eigenmix.data import load_tasks
+    from eigenmix.train import LoraRecipe, train_adapter
+
+    root = tmp_path_factory.mktemp("minilm")
+    data = small_data(root / "data", names=("trec", "cola"))
+    for task in load_tasks(data, names=["trec", "cola"]):
+        train_adapter(task, LoraRecipe(steps=3, batch_size=8, max_length=32, lr=5e-3, head_lr=5e-3), root / "adapters" / task.name)
+    return root

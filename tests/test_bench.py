@@ -4,12 +4,11 @@ a tiny real run (MiniLM, two tasks, a few steps) that is deterministic end to en
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from common import run_cli
+from common import run_cli, small_data
 from eigenmix.bench.cache import cache_key
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.report import markdown_table
@@ -17,16 +16,6 @@ from eigenmix.data import load_tasks
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import carve
 from eigenmix.train import LoraRecipe
-
-
-def small_data(folder: Path, names=("trec", "cola"), train=48, test=24) -> Path:
-    """A data folder of the first rows of some bundled tasks (no tasks.json)."""
-    for task in load_tasks(names=list(names)):
-        (folder / task.name).mkdir(parents=True)
-        for split, rows in (("train", task.train[:train]), ("test", task.test[:test])):
-            lines = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows)
-            (folder / task.name / f"{split}.jsonl").write_text(lines)
-    return folder
 
 
 def test_validation_rows_are_carved_from_train_deterministically():
@@ -197,6 +186,8 @@ def test_tuned_entries_join_the_results(tmp_path, monkeypatch):
     for name, count in expected.items():
         entry = results["methods"][name]
         assert entry["n_coefficients"] == count and entry["tune_seconds"] > 0
+        assert entry["chosen_params"]["spec"]["settings"]["steps"] == 2  # the shortened entries ran, not the real ones
+        assert entry["chosen_params"]["steps"] <= 2 or name.startswith("lorahub")
         start = "spectral" if name.startswith("spectral") else "task_arithmetic"
         assert entry["chosen_params"]["scale"] == results["methods"][start]["chosen_params"]["scale"]
         assert entry["avg_acc"] == pytest.approx(sum(entry["per_task"].values()) / 2)

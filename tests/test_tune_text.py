@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 import torch
 import yaml
 from peft import PeftModel
@@ -19,21 +18,11 @@ from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import carve
 from eigenmix.harness.tuning import TuneSpec, head_logits, task_data, tune_text
 from eigenmix.io import read_lora_adapter, write_lora_adapter
-from eigenmix.train import LoraRecipe, load_encoder, train_adapter
+from eigenmix.train import load_encoder
 from eigenmix.train.encoder import mean_pool
 from eigenmix.tune import TuneSettings, export_module
-from test_bench import small_data
 
 TASKS = ("trec", "cola")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune_text")
-    data = small_data(root / "data", names=TASKS)
-    for task in load_tasks(data, names=list(TASKS)):
-        train_adapter(task, LoraRecipe(steps=3, batch_size=8, max_length=32, lr=5e-3, head_lr=5e-3), root / "adapters" / task.name)
-    return root
 
 
 def head(folder) -> Head:
@@ -41,10 +30,10 @@ def head(folder) -> Head:
     return Head(t["weight"], t["bias"])
 
 
-def test_exported_tuned_composition_reproduces_the_live_model_through_peft(trained, tmp_path):
-    tasks = [carve(t, 8, 0, 0) for t in load_tasks(trained / "data", names=list(TASKS))]
-    modules = [read_lora_adapter(trained / "adapters" / t.name, name=t.name) for t in tasks]
-    heads = {t.name: head(trained / "adapters" / t.name) for t in tasks}
+def test_exported_tuned_composition_reproduces_the_live_model_through_peft(minilm_adapters, tmp_path):
+    tasks = [carve(t, 8, 0, 0) for t in load_tasks(minilm_adapters / "data", names=list(TASKS))]
+    modules = [read_lora_adapter(minilm_adapters / "adapters" / t.name, name=t.name) for t in tasks]
+    heads = {t.name: head(minilm_adapters / "adapters" / t.name) for t in tasks}
     ev = Evaluator(32)
     spec = TuneSpec(rows=16, level="lambda+mu", settings=TuneSettings(steps=4, lr=0.2, eval_every=2, patience=5))
     comp, result = tune_text(spec, modules, tasks, heads, ev, seed=0)
@@ -74,8 +63,8 @@ def write_config(trained, path, **tune) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def test_tune_cli_writes_everything_and_repeats_itself(trained, tmp_path, monkeypatch, capsys):
-    write_config(trained, tmp_path / "tune.yaml")
+def test_tune_cli_writes_everything_and_repeats_itself(minilm_adapters, tmp_path, monkeypatch, capsys):
+    write_config(minilm_adapters, tmp_path / "tune.yaml")
     for out in ("a", "b"):
         assert run_cli(monkeypatch, "tune", tmp_path / "tune.yaml", "--out", tmp_path / out) == 0
     a, b = tmp_path / "a", tmp_path / "b"
@@ -95,20 +84,39 @@ def test_tune_cli_writes_everything_and_repeats_itself(trained, tmp_path, monkey
     assert "learned coefficients" in capsys.readouterr().out
 
 
-def test_tune_cli_bad_input_gets_one_line_and_writes_nothing(trained, tmp_path, monkeypatch, capsys):
+def test_tune_cli_bad_input_gets_one_line_and_writes_nothing(minilm_adapters, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken"
-    shutil.copytree(trained / "adapters" / "trec", broken)
+    shutil.copytree(minilm_adapters / "adapters" / "trec", broken)
     (broken / "head.json").unlink()
-    config = {"modules": [{"path": str(broken)}], "data_dir": str(trained / "data")}
+    config = {"modules": [{"path": str(broken)}], "data_dir": str(minilm_adapters / "data")}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     assert run_cli(monkeypatch, "tune", tmp_path / "bad.yaml", "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "has no head.json" in err and len(err.strip().splitlines()) == 1
-    write_config(trained, tmp_path / "cma.yaml", search="cma")
+    write_config(minilm_adapters, tmp_path / "cma.yaml", search="cma")
     assert run_cli(monkeypatch, "tune", tmp_path / "cma.yaml", "--out", tmp_path / "out") == 2
     assert "granularity 'module'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     (tmp_path / "taken").mkdir()
-    write_config(trained, tmp_path / "ok.yaml")
+    write_config(minilm_adapters, tmp_path / "ok.yaml")
     assert run_cli(monkeypatch, "tune", tmp_path / "ok.yaml", "--out", tmp_path / "taken") == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_tune_config_names_its_base_model(minilm_adapters, tmp_path, monkeypatch, capsys):
+    """``base_model``: a local encoder folder or all-MiniLM-L6-v2's id (default: the adapters');
+    anything else is one line before any work."""
+    from eigenmix.harness.tune_config import load_tune_config
+    from eigenmix.train import MINILM_ID, minilm_path
+
+    write_config(minilm_adapters, tmp_path / "tune.yaml")
+    assert load_tune_config(tmp_path / "tune.yaml").base_model is None
+    for base in (MINILM_ID, str(minilm_path())):
+        config = yaml.safe_load((tmp_path / "tune.yaml").read_text())
+        (tmp_path / "named.yaml").write_text(yaml.safe_dump({**config, "base_model": base}))
+        assert load_tune_config(tmp_path / "named.yaml").base_model == base
+    (tmp_path / "named.yaml").write_text(yaml.safe_dump({**config, "base_model": "someone/some-model"}))
+    assert run_cli(monkeypatch, "tune", tmp_path / "named.yaml", "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert "base model 'someone/some-model': not a local model folder" in " ".join(err.split()) and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

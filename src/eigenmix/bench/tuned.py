@@ -71,7 +71,6 @@ def run_tuned(
         "n_coefficients": result.n_coefficients,
         "tune_seconds": round(seconds, 1),
         "steps": result.steps,
-        "max_steps": spec.settings.steps,
         "best_step": result.best_step,
     }
     return per_task, info

@@ -31,6 +31,7 @@ from eigenmix.harness.tuning import TuneSpec
 from eigenmix.io.heads import HEAD_FILE, HEAD_META, head_meta
 from eigenmix.io.peft_config import CONFIG_NAME
 from eigenmix.io.yaml_config import read_yaml_config
+from eigenmix.train.encoder import encoder_path
 
 
 class TuneModule(BaseModel):
@@ -76,6 +77,8 @@ class TuneConfig(BaseModel):
         tasks = [m.task_name for m in self.modules]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"one module per task (got tasks {tasks})")
+        if self.base_model is not None:
+            encoder_path(self.base_model)
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise ValueError(f"data_dir: {self.data_dir} is not a folder")
         if self.tune.flatten > 0 and self.tune.level != "lambda+mu":

@@ -18,8 +18,10 @@ demo: $(STAMP)  # the merge benchmark's --quick run (3 tasks, ~2-3 min), prints 
 test: $(STAMP)
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP)  # style, types, and the import layering of ARCHITECTURE.md
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/factored_svd.py --json benchmarks/results/factored_svd.json

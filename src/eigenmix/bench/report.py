@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _rows(results: dict) -> list[tuple[str, dict[str, float], float, float | None]]:
+def _rows(results: dict) -> list[tuple[str, dict[str, float], float, float]]:
     """``(name, per-task accuracy, average, average normalized)`` for every line of the table."""
     tasks = results["tasks"]
     ind, floor = results["individual"], results["floor"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from safetensors.torch import save_file
 
 from eigenmix.bench import tuned
@@ -58,10 +58,11 @@ def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir:
                 progress.add_task(f"adapter {t.name}", total=1, completed=1, note="cached")
                 continue
             job = progress.add_task(f"training {t.name}", total=settings.recipe.steps, note="")
-            train_adapter(
-                t.task, settings.recipe, folder,
-                on_step=lambda _, loss, job=job: progress.update(job, advance=1, note=f"loss {loss:.3f}"),
-            )  # fmt: skip
+
+            def step(_: int, loss: float, job: TaskID = job) -> None:
+                progress.update(job, advance=1, note=f"loss {loss:.3f}")
+
+            train_adapter(t.task, settings.recipe, folder, on_step=step)
     return folders
 
 
@@ -104,7 +105,7 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
     val = ev.tokenize({t.name: t.val for t in tasks})
     test = ev.tokenize({t.name: t.task.test for t in tasks})
 
-    individual = {}
+    individual: dict[str, float] = {}
     for t, module in zip(tasks, modules, strict=True):
         ev.apply(_dense(module))
         individual |= ev.accuracies(ev.tokenize({t.name: t.task.test}), heads)
@@ -177,7 +178,7 @@ def _run_method(
     test: Split,
     individual: dict[str, float],
     progress: Progress,
-    job: int,
+    job: TaskID,
 ) -> dict:
     """Merge once at scale 1 (every method is linear in its scale), pick the scale with the
     best mean validation accuracy (coarse multiples of the default, then refinements around

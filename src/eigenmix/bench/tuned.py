@@ -29,7 +29,7 @@ from eigenmix.tune import TuneSettings
 
 def _spec(objective: str, rows: int, **kw: object) -> TuneSpec:
     settings = {k: kw.pop(k) for k in list(kw) if k in TuneSettings.model_fields}
-    return TuneSpec(rows=rows, settings=TuneSettings(objective=objective, **settings), **kw)  # type: ignore[arg-type]
+    return TuneSpec(rows=rows, settings=TuneSettings(objective=objective, **settings), **kw)
 
 
 # Settings chosen on the validation rows by benchmarks/tune_ablation.py (results/tune_ablation.json).

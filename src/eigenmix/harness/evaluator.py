@@ -86,11 +86,12 @@ class Evaluator:
         ids: dict[str, list] = {}
         for group in groups.values():  # sentence pairs are tokenised with their pair
             pairs = [r.text_pair or "" for r in group] if any(r.text_pair is not None for r in group) else None
-            enc = self.tokenizer([r.text for r in group], pairs, truncation=True, max_length=self.max_length)  # type: ignore[operator]
+            enc = self.tokenizer([r.text for r in group], pairs, truncation=True, max_length=self.max_length)
             for key, value in enc.items():
                 ids.setdefault(key, []).extend(value)
         order = sorted(range(len(rows)), key=lambda i: (len(ids["input_ids"][i]), i))
-        batches, chunk = [], []
+        batches: list[dict[str, Tensor]] = []
+        chunk: list[int] = []
         for i in order:  # lengths only grow along ``order``
             if chunk and (len(chunk) + 1) * len(ids["input_ids"][i]) > self.tokens_per_batch:
                 batches.append(self._pad(ids, chunk))
@@ -101,7 +102,7 @@ class Evaluator:
         return Split(tuple(batches), torch.tensor(order), torch.tensor([r.label for r in rows]), spans)
 
     def _pad(self, ids: dict[str, list], chunk: list[int]) -> dict[str, Tensor]:
-        return self.tokenizer.pad({k: [v[i] for i in chunk] for k, v in ids.items()}, return_tensors="pt")  # type: ignore[attr-defined]
+        return self.tokenizer.pad({k: [v[i] for i in chunk] for k, v in ids.items()}, return_tensors="pt")
 
     @torch.inference_mode()
     def features(self, split: Split) -> Tensor:

@@ -53,7 +53,7 @@ def run_tune(config: TuneConfig, dest: Destination, *, on_step: Callable[[int, f
     try:
         module = export_module(comp, name="tuned", base_model=modules[0].base_model)
         if config.output.rank is not None:
-            module = replace(module, layers={k: d.truncate(config.output.rank) for k, d in module.layers.items()})
+            module = replace(module, layers={k: d.spectral().truncate(config.output.rank) for k, d in module.layers.items()})
         with atomic_dir(dest) as tmp:
             write_lora_files(module, tmp)
             write_heads({task: entry.path for entry, task in zip(config.modules, names, strict=True)}, tmp)

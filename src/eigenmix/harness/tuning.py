@@ -49,7 +49,7 @@ def draw(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
 
 def task_data(ev: Evaluator, rows: Sequence[Example], labeled: bool, teacher: Tensor | None = None) -> TaskData:
     pairs = [r.text_pair or "" for r in rows] if any(r.text_pair is not None for r in rows) else None
-    enc = ev.tokenizer([r.text for r in rows], pairs, padding=True, truncation=True, max_length=ev.max_length, return_tensors="pt")  # type: ignore[operator]
+    enc = ev.tokenizer([r.text for r in rows], pairs, padding=True, truncation=True, max_length=ev.max_length, return_tensors="pt")
     return TaskData(dict(enc), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
 
 

@@ -52,7 +52,8 @@ class StreamWriter:
         if name in self._entries:
             raise ValueError(f"tensor '{name}' was already written")
         t = tensor.detach().to("cpu").contiguous()
-        data = memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B") if t.numel() else b""
+        # numpy arrays are buffers; its stubs do not say so (no ``__buffer__``)
+        data = memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B") if t.numel() else b""  # type: ignore[arg-type]
         self._file.write(data)
         size = t.numel() * t.element_size()
         self._entries[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [self._offset, self._offset + size]}

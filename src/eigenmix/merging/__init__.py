@@ -5,6 +5,7 @@
 registered; ``@register(...)`` adds a method; ``run_merge`` runs a config file end to end.
 """
 
+from eigenmix.merging import methods  # noqa: F401 - importing it registers the built-in methods
 from eigenmix.merging.engine import (
     LayerInput,
     LayerResult,

@@ -150,8 +150,8 @@ def register(
 
 
 def get_method(name: str) -> MergeMethod:
-    """The method registered as ``name``; :class:`InvalidInputError` lists the known ones."""
-    _load_builtin_methods()
+    """The method registered as ``name``; :class:`InvalidInputError` lists the known ones.
+    (Importing :mod:`eigenmix.merging` registers the built-in methods.)"""
     if name not in _REGISTRY:
         raise InvalidInputError(f"unknown merge method '{name}'{did_you_mean(name, _REGISTRY)} (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
@@ -159,9 +159,4 @@ def get_method(name: str) -> MergeMethod:
 
 def all_methods() -> list[MergeMethod]:
     """Every registered method, sorted by name."""
-    _load_builtin_methods()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
-
-
-def _load_builtin_methods() -> None:
-    import eigenmix.merging.methods  # noqa: F401 - importing registers the built-in methods

@@ -112,13 +112,11 @@ def naive_forward(x: Tensor, p: MoEParams, mode: Mode) -> MoEOutput:
     """The specification computed literally, one full ``y_e`` per expert (reference; O(E·mn))."""
     y_lin = _linear(x, p.weight, p.bias)
     g, rho = gate_and_router(x, y_lin, p)
-    residual = p.residual
-    if mode == "spectral" and residual is None:
-        residual = p.weight - (p.U * p.sigma) @ p.V.T  # (m, n)
+    residual = p.residual if p.residual is not None else p.weight - (p.U * p.sigma) @ p.V.T  # (m, n)
     total = torch.zeros_like(y_lin)
     for e in range(p.scales.shape[0]):
-        spectral = ((x @ p.V) * (p.sigma * p.scales[e])) @ p.U.T if mode == "spectral" else None
-        y_e = y_lin * p.scales[e] if spectral is None else spectral + _linear(x, residual, p.bias)  # (…, m)
+        spectral = mode == "spectral"
+        y_e = ((x @ p.V) * (p.sigma * p.scales[e])) @ p.U.T + _linear(x, residual, p.bias) if spectral else y_lin * p.scales[e]
         total = total + g[..., e : e + 1] * y_e
     y_bar = total / p.scales.shape[0]
     return MoEOutput(rho * y_bar + (1 - rho) * y_lin, g, rho)

@@ -56,6 +56,14 @@ class SpectralMoELinear(nn.Module):
     wrap a pretrained one.
     """
 
+    sigma: Tensor
+    residual: Tensor | None
+    bias: nn.Parameter | None
+    gate: nn.Parameter | None
+    gate_bias: nn.Parameter | None
+    router: nn.Parameter | None
+    router_bias: nn.Parameter | None
+
     def __init__(
         self,
         in_features: int,
@@ -135,7 +143,7 @@ class SpectralMoELinear(nn.Module):
         # A layer saved with trainable bases carries its remainder; make room for it.
         if prefix + "residual" in state_dict and self.residual is None:
             self.residual = torch.empty_like(self.weight)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def params(self) -> MoEParams:
         """The tensors the pure functions take."""

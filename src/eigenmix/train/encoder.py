@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +54,7 @@ def encoder_path(name_or_path: str | Path) -> Path:
     return path
 
 
-def load_encoder(path: Path | str | None = None) -> tuple[nn.Module, object]:
+def load_encoder(path: Path | str | None = None) -> tuple[Any, Any]:
     """``(encoder, tokenizer)`` loaded offline from a local folder or all-MiniLM-L6-v2's
     hub id (:func:`encoder_path`); default: all-MiniLM-L6-v2."""
     quiet_transformers()

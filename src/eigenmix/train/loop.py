@@ -23,13 +23,18 @@ Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task name, tokenised ba
 
 
 class Schedule(Protocol):
-    """What the loop reads of a recipe (``LoraRecipe`` has it)."""
+    """What the loop reads of a recipe (``LoraRecipe`` has it, read-only)."""
 
-    steps: int
-    batch_size: int
-    max_length: int
-    warmup: float
-    dropout: bool
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def warmup(self) -> float: ...
+    @property
+    def dropout(self) -> bool: ...
 
 
 def fit(

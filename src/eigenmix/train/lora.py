@@ -65,7 +65,7 @@ def train_adapter(
     seed = derived_seed(recipe.seed, task.name)
     torch.manual_seed(seed)
     encoder, tokenizer = load_encoder()
-    config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=recipe.target_modules, lora_dropout=0.0)
+    config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, target_modules=recipe.target_modules, lora_dropout=0.0)  # type: ignore[arg-type]  # PEFT annotates an int; any number works
     peft_encoder = get_peft_model(encoder, config)
     model = EncoderClassifier(peft_encoder, encoder.config.hidden_size, task.num_labels)
     lora_params = [p for p in model.encoder.parameters() if p.requires_grad]

@@ -66,6 +66,12 @@ class LayerFactors:
     def n_directions(self) -> int:
         return self.sigma.shape[0]
 
+    def mu_pieces(self) -> tuple[Tensor, Tensor]:
+        """``(mu_left, mu_proj)``; an error for factors built without μ."""
+        if self.mu_left is None or self.mu_proj is None:
+            raise ValueError("these factors were built without μ (level 'lambda')")
+        return self.mu_left, self.mu_proj
+
 
 def layer_factors(layer: LayerSpectra, lambdas: list[Tensor], mu: Tensor | None = None, owners: list[int] | None = None) -> LayerFactors:
     """The factors of ``layer`` with starting coefficients ``lambdas`` (per module ``(r_k,)``;
@@ -89,7 +95,8 @@ def apply_delta(x: Tensor, f: LayerFactors, lam: Tensor, mu: Tensor | None = Non
     z = (x @ f.right) * (lam * f.sigma).to(x.dtype)  # (…, D)
     if mu is None:
         return z @ f.left.T
-    return ((z @ f.mu_proj.T.to(x.dtype)) * mu.to(x.dtype)) @ f.mu_left.T  # (…, J) → (…, m)
+    mu_left, mu_proj = f.mu_pieces()
+    return ((z @ mu_proj.T.to(x.dtype)) * mu.to(x.dtype)) @ mu_left.T  # (…, J) → (…, m)
 
 
 def composed_factors(f: LayerFactors, lam: Tensor, mu: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -97,4 +104,5 @@ def composed_factors(f: LayerFactors, lam: Tensor, mu: Tensor | None = None) -> 
     scaled = f.right * (lam * f.sigma).to(f.right.dtype)  # (n, D)
     if mu is None:
         return f.left, scaled
-    return f.mu_left @ (mu[:, None] * f.mu_proj).to(f.mu_left.dtype), scaled
+    mu_left, mu_proj = f.mu_pieces()
+    return mu_left @ (mu[:, None] * mu_proj).to(mu_left.dtype), scaled

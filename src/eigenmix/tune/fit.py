@@ -155,7 +155,7 @@ def fit_coefficients(
     params = [p for p in comp.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
-    start, history = time.perf_counter(), []
+    start, history = time.perf_counter(), list[dict[str, float | None]]()
 
     def validate(step: int) -> tuple[float, float]:
         value, accuracy = validation_scores(forward, val, **_terms(settings))
@@ -183,7 +183,7 @@ def fit_coefficients(
     with torch.no_grad():
         for p, b in zip(params, best, strict=True):
             p.copy_(b)
-    best_val = next(h["val"] for h in history if h["step"] == best_step)
+    best_val = float(next(h["val"] for h in history if h["step"] == best_step))  # type: ignore[arg-type]
     return TuneResult(step, best_step, best_val, time.perf_counter() - start, comp.n_coefficients(), history)
 
 
@@ -203,7 +203,7 @@ def search_module_weights(
         raise InvalidInputError("the gradient-free search needs a composition of 2+ modules with granularity 'module'")
     _check(train, settings.objective, settings.anchor)
     weights = comp.lam["all"]
-    start, history = time.perf_counter(), []
+    start, history = time.perf_counter(), list[dict[str, float | None]]()
 
     def value(w: list[float]) -> float:
         with torch.no_grad():

@@ -99,7 +99,7 @@ class Composition(nn.Module):
         """μ of ``layer`` ``(J,)``, or None at level ``"lambda"``."""
         return self.mu[_key(layer)] if self.level == "lambda+mu" else None
 
-    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
     def penalty(self) -> Tensor:

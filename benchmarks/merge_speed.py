@@ -138,12 +138,13 @@ END_TO_END = """
 import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
+from eigenmix.io.atomic import destination
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.run import run_merge
 folders, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 config = MergeConfig(method="linear", modules=[{"path": f} for f in folders])
 t0 = time.perf_counter()
-run = run_merge(config, out)
+run = run_merge(config, destination(out))
 # VmHWM resets at exec (ru_maxrss would carry the parent's figure over)
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"seconds": time.perf_counter() - t0, "seconds_with_imports": time.perf_counter() - start,

@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 
 from bench_common import write_result
-from eigenmix.bench.runner import _head, ensure_adapters, load_bench_tasks
+from eigenmix.bench.runner import ensure_adapters, load_bench_tasks
 from eigenmix.bench.settings import make_settings
-from eigenmix.harness.evaluator import Evaluator
+from eigenmix.harness.evaluator import Evaluator, load_head
 from eigenmix.harness.tuning import TuneSpec, tune_text
 from eigenmix.io import read_lora_adapter
 from eigenmix.tune import TuneSettings
@@ -74,7 +74,7 @@ def main() -> None:
     tasks = load_bench_tasks(settings, None)
     folders = ensure_adapters(tasks, settings, args.cache_dir, Console(stderr=True))
     modules = [read_lora_adapter(folders[t.name], name=t.name) for t in tasks]
-    heads = {t.name: _head(folders[t.name]) for t in tasks}
+    heads = {t.name: load_head(folders[t.name]) for t in tasks}
     ev = Evaluator(settings.recipe.max_length, settings.tokens_per_batch)
     splits = {"val": ev.tokenize({t.name: t.val for t in tasks}), "test": ev.tokenize({t.name: t.task.test for t in tasks})}
     individual = {part: {} for part in splits}

@@ -13,14 +13,13 @@ from peft import LoraConfig, PeftModel
 
 import eigenmix
 from common import base_model, make_adapter
+from eigenmix.compose import apply_delta, composed_factors
 from eigenmix.errors import InvalidInputError
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.tune import (
     TaskData,
     TuneSettings,
-    apply_delta,
     build,
-    composed_factors,
     export_module,
     fit_coefficients,
     objective_value,
@@ -147,7 +146,7 @@ def test_coefficients_are_saved_and_summarised(modules, tmp_path):
     m=st.integers(2, 9), n=st.integers(2, 9), d=st.integers(1, 6), j=st.integers(1, 6), seed=st.integers(0, 2**16), with_mu=st.booleans()
 )
 def test_apply_delta_matches_the_dense_update(m, n, d, j, seed, with_mu):
-    from eigenmix.tune.factors import LayerFactors
+    from eigenmix.compose import LayerFactors
 
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731

@@ -17,13 +17,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from eigenmix.compose import Composition, Granularity, Level
 from eigenmix.data import Example
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
 from eigenmix.modules import Module
 from eigenmix.train.encoder import mean_pool
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
-from eigenmix.tune.live import Composition, Granularity, Init, Level, build
+from eigenmix.tune.live import Init, build
 
 
 class TuneSpec(BaseModel):

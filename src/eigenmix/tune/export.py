@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from eigenmix.compose import Composition, composed_factors
 from eigenmix.modules import Module, SpectralDelta
 from eigenmix.spectral import default_rtol, factored_svd, numerical_rank
-from eigenmix.tune.factors import composed_factors
-from eigenmix.tune.live import Composition
 
 
 def export_module(comp: Composition, *, name: str = "tuned", base_model: str | None = None) -> Module:

@@ -1,6 +1,6 @@
 """Learning a composition's coefficients from a little data.
 
-Two optimisers under one interface, both on a :class:`~eigenmix.tune.live.Composition`:
+Two optimisers under one interface, both on a :class:`~eigenmix.compose.Composition`:
 
 - :func:`fit_coefficients`: AdamW on the coefficients (λ, μ, or tied factors), each step
   a minibatch of every task; the objective's value on a held-out split is checked every
@@ -24,9 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from eigenmix.compose import Composition
 from eigenmix.errors import InvalidInputError
 from eigenmix.tune import objectives
-from eigenmix.tune.live import Composition
 
 Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task, tokenised batch) → logits (batch, classes)
 

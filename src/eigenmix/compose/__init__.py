@@ -1,0 +1,41 @@
+"""The live pieces: compositions of modules evaluated on a frozen model, without merging.
+
+- :mod:`~eigenmix.compose.factors`: one layer's composition as factors around a learnable
+  spectrum (``apply_delta`` never forms ``ΔW``).
+- :mod:`~eigenmix.compose.hooks`: the one hook mechanism (an update added to a linear's output).
+- :class:`Composition`: learnable spectral coefficients (what ``eigenmix.tune`` learns).
+- :class:`Library`: named modules in spectral form, added and removed one at a time
+  (:mod:`~eigenmix.compose.storage`: on disk).
+- :class:`RoutedModel`: the library on a frozen model, mixed per input by a router
+  (:mod:`~eigenmix.compose.routers`); mixed-adapter batches.
+"""
+
+from eigenmix.compose.composition import Composition, Granularity, Level
+from eigenmix.compose.factors import LayerFactors, apply_delta, composed_factors, layer_factors
+from eigenmix.compose.hooks import add_to_output, linear_at
+from eigenmix.compose.library import Entry, LayerView, Library
+from eigenmix.compose.routing import Batch, RoutedModel, Router, mix, pooled, routed_update
+from eigenmix.compose.storage import load_library, save_library
+
+__all__ = [
+    "Batch",
+    "Composition",
+    "Entry",
+    "Granularity",
+    "LayerFactors",
+    "LayerView",
+    "Level",
+    "Library",
+    "RoutedModel",
+    "Router",
+    "add_to_output",
+    "apply_delta",
+    "composed_factors",
+    "layer_factors",
+    "linear_at",
+    "load_library",
+    "mix",
+    "pooled",
+    "routed_update",
+    "save_library",
+]

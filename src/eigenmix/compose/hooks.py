@@ -1,0 +1,28 @@
+"""The one hook mechanism of live compositions: a target ``nn.Linear`` of a frozen model
+gets a forward hook that adds ``update(x)`` to its output (``y = W0 x + b + update(x)``).
+The model is not modified; removing the hook gives it back unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from eigenmix.errors import InvalidInputError
+
+
+def linear_at(model: nn.Module, name: str, shape: tuple[int, int]) -> nn.Linear:
+    """The ``nn.Linear`` called ``name`` in ``model``, checked to be ``(out, in) = shape``."""
+    try:
+        linear = model.get_submodule(name)
+    except AttributeError as err:
+        raise InvalidInputError(f"the model has no layer '{name}'") from err
+    if not isinstance(linear, nn.Linear) or tuple(linear.weight.shape) != tuple(shape):
+        raise InvalidInputError(f"layer '{name}' is not an nn.Linear of shape {tuple(shape)}")
+    return linear
+
+
+def add_to_output(model: nn.Module, name: str, shape: tuple[int, int], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
+    """Hook ``update(x)`` (``(…, n) → (…, m)``) onto the linear ``name``'s output."""
+    return linear_at(model, name, shape).register_forward_hook(lambda _, inputs, out: out + update(inputs[0]))

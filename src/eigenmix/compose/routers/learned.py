@@ -1,0 +1,102 @@
+"""A small learned gate (in the spirit of LoRA-Flow and PHATGOOSE): multinomial logistic
+regression from a row's features to its task's module, trained from a few rows per task
+with the task as the only label, deciding once per sequence at the first routed layer.
+
+Features: the pooled input of the first routed layer projected on every module's row space
+(``[V_1 … V_K]ᵀ x̄``, ``Σ_k r_k`` numbers; what the adapters read), standardised with the
+training rows' mean and spread. Training is full-batch L-BFGS on cross-entropy plus
+``l2 · ‖W‖²`` from a zero start: deterministic, and seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eigenmix.compose.hooks import linear_at
+from eigenmix.compose.library import LayerView, Library
+from eigenmix.compose.routing import Batch, mix, pooled
+from eigenmix.errors import InvalidInputError
+
+
+def projections(x: Tensor, view: LayerView, mask: Tensor | None) -> Tensor:
+    """``(rows, Σ r_k)``: the pooled ``x`` projected on each module's row space."""
+    x = pooled(x, mask)[:, 0]  # (rows, n)
+    return torch.cat([x @ V.to(x.dtype) for V in view.V], dim=-1)
+
+
+@torch.no_grad()
+def gate_features(model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Features and labels of rows of each module's task, from the base model's first routed
+    layer: ``batches[name]`` are the tokenised rows of module ``name``'s task."""
+    layer = library.layers[0]
+    view = library.view(layer)
+    if len(view.members) != len(library):
+        raise InvalidInputError(f"the gate reads the first layer ('{layer}'), which every module must have")
+    seen: list[Tensor] = []
+    hook = linear_at(model, layer, view.shape).register_forward_hook(lambda _, inputs, out: seen.append(inputs[0]))
+    features, labels = [], []
+    try:
+        for k, name in enumerate(library.names):
+            if name not in batches:
+                raise InvalidInputError(f"no rows for module '{name}'")
+            seen.clear()
+            model(**batches[name])
+            features.append(projections(seen[0], view, batches[name].get("attention_mask")))
+            labels.append(torch.full((features[-1].shape[0],), k, dtype=torch.long))
+    finally:
+        hook.remove()
+    return torch.cat(features), torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``logits = ((f − mean) / std) Wᵀ + b``: ``W`` (K, F), ``b`` (K,), ``mean``/``std`` (F,)."""
+
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    std: Tensor
+
+    def logits(self, features: Tensor) -> Tensor:
+        return ((features - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def fit_gate(features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3, max_iter: int = 300) -> Gate:
+    """Logistic regression by full-batch L-BFGS, deterministic (zero start)."""
+    x = features.to(torch.float64)
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
+    z = (x - mean) / std
+    w = torch.zeros(modules, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(modules, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z @ w.T + b, labels) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return Gate(w.detach().float(), b.detach().float(), mean.float(), std.float())
+
+
+class LearnedRouter:
+    """The gate's softmax (at ``temperature``, over its ``top_k`` highest), once per sequence."""
+
+    name = "learned"
+    scope = "first"
+
+    def __init__(self, gate: Gate, temperature: float = 1.0, top_k: int | None = 1) -> None:
+        self.gate, self.temperature, self.top_k = gate, temperature, top_k
+
+    def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
+        logits = self.gate.logits(projections(x, view, batch.mask).float()).to(x.dtype)
+        return mix(logits, self.temperature, self.top_k).unsqueeze(1)
+
+    def state(self) -> dict[str, Any]:
+        return {"weight": self.gate.weight, "bias": self.gate.bias, "mean": self.gate.mean, "std": self.gate.std}

@@ -1,0 +1,98 @@
+"""eigenmix's parameter-free router: how strongly each module reads the input.
+
+Module k's response to ``x`` lives in its row space: ``V_kᵀ x`` (design note 5). Two scores:
+
+- ``energy``: ``‖V_kᵀ x‖ / ‖x‖``, the share of ``x`` in the module's row space (in [0, 1]);
+- ``response``: ``‖diag(σ_k) V_kᵀ x‖ / ‖σ_k‖``, the norm of the module's update on ``x``
+  per unit of its own spectrum.
+
+Raw scores are not comparable across modules (a module of higher rank, or one whose row
+space holds common directions, wins every input), so they are calibrated:
+
+- ``none``: as they are;
+- ``chance``: divided by their value for an isotropic random input (``√(r_k / n)`` for the
+  energy, ``‖x‖ / √n`` for the response): what the adapters alone tell;
+- ``stats``: standardised by the module's own mean and spread on a few unlabeled rows of its
+  own task (:func:`eigenmix.compose.calibrate.calibrate`, kept in the library beside it);
+- ``stream``: standardised over the rows of the batch itself (no stored statistics).
+
+Coefficients are a softmax of the scores at ``temperature`` over the ``top_k`` highest, per
+sequence (the pooled layer input) or per token, in every layer or once at the first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from eigenmix.compose.library import LayerView
+from eigenmix.compose.routing import Batch, Scope, mix, pooled
+from eigenmix.errors import InvalidInputError
+
+Score = Literal["energy", "response"]
+Calibration = Literal["none", "chance", "stats", "stream"]
+Level = Literal["sequence", "token"]
+
+
+def module_energy(x: Tensor, view: LayerView, score: Score = "energy") -> Tensor:
+    """Raw scores ``(…, K_l)`` of ``x`` ``(…, n)``."""
+    norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    out = []
+    for S, V in zip(view.S, view.V, strict=True):
+        z = x @ V.to(x.dtype)  # (…, r_k)
+        if score == "energy":
+            out.append(z.norm(dim=-1, keepdim=True) / norm)
+        else:
+            out.append((z * S.to(x.dtype)).norm(dim=-1, keepdim=True) / S.norm().clamp(min=1e-12).to(x.dtype))
+    return torch.cat(out, dim=-1)
+
+
+class SpectralRouter:
+    """The parameter-free spectral router (see the module docstring for each setting)."""
+
+    name = "spectral"
+
+    def __init__(
+        self,
+        score: Score = "energy",
+        calibration: Calibration = "chance",
+        level: Level = "sequence",
+        scope: Scope = "layer",
+        temperature: float = 0.1,
+        top_k: int | None = None,
+        stats: dict[str, tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
+        if calibration == "stats" and not stats:
+            raise InvalidInputError("calibration 'stats' needs each module's statistics (eigenmix.compose.calibrate)")
+        if temperature <= 0:
+            raise InvalidInputError(f"temperature must be positive; got {temperature}")
+        self.score, self.calibration, self.level, self.scope = score, calibration, level, scope
+        self.temperature, self.top_k = temperature, top_k
+        self.stats = stats or {}  # layer → ((K,) mean, (K,) std) of each library module's score on its own rows
+
+    def scores(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
+        """Calibrated scores ``(rows, tokens or 1, K_l)``."""
+        x = pooled(x, batch.mask) if self.level == "sequence" else x
+        s = module_energy(x, view, self.score)
+        n = x.shape[-1]
+        if self.calibration == "chance":
+            if self.score == "energy":
+                chance = torch.tensor([math.sqrt(V.shape[1] / n) for V in view.V], dtype=s.dtype)
+            else:
+                chance = torch.full((len(view.V),), 1 / math.sqrt(n), dtype=s.dtype)
+            s = s / chance
+        elif self.calibration == "stats":
+            if layer not in self.stats:
+                raise InvalidInputError(f"no calibration statistics for layer '{layer}'")
+            mean, std = (t[list(view.members)].to(s.dtype) for t in self.stats[layer])
+            s = (s - mean) / std.clamp(min=1e-6)
+        elif self.calibration == "stream":
+            flat = s.reshape(-1, s.shape[-1])
+            s = (s - flat.mean(0)) / flat.std(0, unbiased=False).clamp(min=1e-6) if flat.shape[0] > 1 else s
+        return s
+
+    def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
+        return mix(self.scores(layer, x, view, batch), self.temperature, self.top_k)

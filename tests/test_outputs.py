@@ -209,6 +209,19 @@ def test_a_read_only_file_system_is_one_line(setup, capsys):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.parametrize("config", ["/dev/urandom", "/dev/null"])
+def test_a_device_as_the_config_is_one_line_and_read_no_further(tmp_path, monkeypatch, capsys, config):
+    """A character device is not a config: refused before reading (/dev/urandom never ends)."""
+    assert run_cli(monkeypatch, "merge", config, "--out", tmp_path / "out", "--dry-run") == 2
+    assert "not a regular file" in one_line(capsys)
+
+
+def test_a_huge_config_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "big.yaml").write_text("# " + "x" * (2 << 20) + "\n")
+    assert run_cli(monkeypatch, "merge", tmp_path / "big.yaml", "--out", tmp_path / "out") == 2
+    assert "too large for a config" in one_line(capsys)
+
+
 def test_a_binary_config_is_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00\xff\xfe\x00binary")
     assert run_cli(monkeypatch, "merge", tmp_path / "model.safetensors", "--out", tmp_path / "out") == 2

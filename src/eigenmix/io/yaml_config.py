@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from eigenmix.errors import InvalidInputError
 
 M = TypeVar("M", bound=BaseModel)
+MAX_BYTES = 1 << 20  # a config is a few lines; a larger file is a mistake (or a device that never ends)
 
 
 def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -89,6 +90,10 @@ def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...
         raise InvalidInputError(f"{path}: no such config file")
     if path.is_dir():
         raise InvalidInputError(f"{path}: is a folder; give the config file (YAML)")
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: not a regular file; give the config file (YAML)")
+    if path.stat().st_size > MAX_BYTES:
+        raise InvalidInputError(f"{path}: {path.stat().st_size:,} bytes is too large for a config (at most {MAX_BYTES:,})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

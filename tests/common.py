@@ -67,13 +67,19 @@ def inputs(kind: str = "tiny", n: int = 16) -> torch.Tensor:
 
 def run_cli(monkeypatch, *args) -> int:  # type: ignore[no-untyped-def]
     """Run the ``eigenmix`` console script in-process; its exit code (0 if it returns)."""
-    from eigenmix.cli import main
+    import signal
+
+    from eigenmix.cli import SIGNALS, main
 
     monkeypatch.setattr(sys, "argv", ["eigenmix", *map(str, args)])
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}  # the console script keeps its own handlers
     try:
         main()
     except SystemExit as done:
         return int(done.code or 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

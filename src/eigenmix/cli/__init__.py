@@ -1,10 +1,12 @@
 """The ``eigenmix`` console script.
 
 User mistakes raise :class:`eigenmix.errors.EigenmixError`; :func:`main` prints them as
-one line on stderr and exits with code 2 (as Click does for usage errors). Failures of the
-operating system (a full disk, a read-only folder) are one line naming the path and the
-cause, exit code 1. Ctrl-C, SIGTERM and SIGHUP become an exception in the running command,
-so its temporary output is removed, and one line (exit code 128 + the signal's number).
+one line on stderr and exits with code 2, as it does for mistakes on the command line
+itself (an unknown option, a missing argument). Failures of the operating system (a full
+disk, a read-only folder) are one line naming the path and the cause, exit code 1.
+Ctrl-C, SIGTERM and SIGHUP become an exception in the running command, so its temporary
+output is removed, and one line (exit code 128 + the signal's number). The handlers are
+set before anything heavy is imported, so a signal during start-up is one line too.
 """
 
 from __future__ import annotations
@@ -12,47 +14,9 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
-import typer
-
-from eigenmix import __version__
-from eigenmix.cli.bench_cmd import app as bench_app
-from eigenmix.cli.console import make_console
-from eigenmix.cli.demo import demo
-from eigenmix.cli.inspect_cmd import inspect, overlap
-from eigenmix.cli.merge_cmd import merge, methods
-from eigenmix.cli.tune_cmd import tune
-from eigenmix.errors import EigenmixError
-
-app = typer.Typer(
-    name="eigenmix",
-    help="Compose LoRA adapters and fine-tunes in their spectral bases.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"eigenmix {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """Compose LoRA adapters and fine-tunes in their spectral bases."""
-
-
-app.command()(inspect)
-app.command()(overlap)
-app.command()(demo)
-app.command()(merge)
-app.command()(methods)
-app.command()(tune)
-app.add_typer(bench_app, name="bench")
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(BaseException):
@@ -72,24 +36,26 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _say(message: str) -> None:
-    make_console(stderr=True).print(message, highlight=False, soft_wrap=True, markup=False)
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
 
 
 def main() -> None:
-    """Entry point of the console script (the signal handlers it sets are restored on return,
-    for callers that run it in-process)."""
+    """Entry point of the console script. (Its signal handlers stay set until the process
+    exits; callers that run it in-process restore their own.)"""
     _received.clear()
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        _run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    for sig in SIGNALS:
+        signal.signal(sig, _on_signal)
+    _run()
 
 
 def _run() -> None:
+    from eigenmix.errors import EigenmixError
+
     try:
-        app()
+        from eigenmix.cli.app import app
+
+        code = app(standalone_mode=False)
     except EigenmixError as err:
         _exit_if_interrupted()
         _say(f"error: {err}")
@@ -99,14 +65,37 @@ def _run() -> None:
         where = f"{err.filename}: " if err.filename else ""
         _say(f"error: {where}{err.strerror or err}")
         sys.exit(1)
-    except BaseException:  # SystemExit from the command line parser, or anything a signal turned into
+    except SystemExit:
         _exit_if_interrupted()
         raise
+    except BaseException as err:
+        _exit_if_interrupted()
+        if _usage_error(err):
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(err: BaseException) -> bool:
+    """A mistake on the command line (Click's ``UsageError`` family, which Typer vendors):
+    one line, with where to find the usage; a bare ``eigenmix`` shows the help."""
+    if not (hasattr(err, "exit_code") and hasattr(err, "format_message")):
+        return False
+    if type(err).__name__ == "NoArgsIsHelpError":
+        err.show()  # type: ignore[attr-defined]
+        return True
+    ctx: Any = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else "eigenmix"
+    _say(f"error: {err.format_message()} (see `{command} --help`)")
+    return True
 
 
 def _exit_if_interrupted() -> None:
-    """After a signal, whatever exception it became (a library may wrap it), one line."""
+    """After a signal, whatever exception it became (a library may wrap it), one line; the
+    signals are then ignored so that nothing interrupts the exit."""
     if _received:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         signum = _received[0]
         _say(f"interrupted ({signal.Signals(signum).name}); nothing was written")
         sys.exit(128 + signum)

@@ -25,9 +25,12 @@ app = typer.Typer(help="Benchmarks on real models and data.", no_args_is_help=Tr
 def _names(raw: str | None) -> tuple[str, ...] | None:
     if raw is None:
         return None
-    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
     if not names:
         raise InvalidInputError(f"empty list '{raw}'")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidInputError(f"'{twice[0]}' is listed twice in '{raw}'")
     return names
 
 
@@ -54,6 +57,8 @@ def bench_merge(
 
     console = make_console()
     cache = cache_dir or default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise InvalidInputError(f"--cache-dir {cache}: is not a folder")
     dest = destination(out, overwrite=force, inputs=[p for p in (data_dir, cache) if p is not None], marker="results.json")
     settings = make_settings(
         data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,

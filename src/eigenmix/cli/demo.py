@@ -37,8 +37,8 @@ def demo(
 
     console = make_console()
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if len(names) != 2:
-        raise typer.BadParameter("give exactly two tasks, e.g. sst2,ag_news", param_hint="--tasks")
+    if len(names) != 2 or names[0] == names[1]:
+        raise typer.BadParameter("give exactly two different tasks, e.g. sst2,ag_news", param_hint="--tasks")
     loaded = load_tasks(names=names)
     dest = destination(out, overwrite=force, marker=MARKER)
     recipe = LoraRecipe(steps=steps, seed=seed)

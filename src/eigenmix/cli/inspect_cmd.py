@@ -22,17 +22,20 @@ from eigenmix.inspect import (
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_file, destination
 from eigenmix.merging import check_compatible
+from eigenmix.tune.export import read_coefficient_summary
+
+REPORT = "eigenmix-inspect"  # what marks an earlier report, which --force may replace
 
 
 def inspect(
     path: Path = typer.Argument(..., help="A PEFT LoRA adapter folder."),
     top: int = typer.Option(4, min=1, help="Singular values shown per layer."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file (atomically)."),
-    force: bool = typer.Option(False, "--force", help="Replace the --json file if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace the --json file if it is an earlier report of eigenmix inspect."),
 ) -> None:
     """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy;
     for an ``eigenmix tune`` output, also the learned coefficients per layer and module."""
-    dest = destination(json_out, overwrite=force, inputs=[path], folder=False) if json_out is not None else None
+    dest = destination(json_out, overwrite=force, inputs=[path], marker=f"format={REPORT}", folder=False) if json_out is not None else None
     module = read_lora_adapter(path)
     reports = module_report(module)
     console = make_console()
@@ -40,12 +43,12 @@ def inspect(
     console.print(spectra_summary(reports))
     coefficients = path / "coefficients.json"
     if coefficients.is_file():
-        summary = json.loads(coefficients.read_text())
+        summary = read_coefficient_summary(coefficients)
         title = f"learned coefficients ({summary['granularity']}, {summary['level']}; {summary['n_coefficients']} numbers)"
         console.print(coefficients_table(summary, title=title))
     if dest is not None:
         with atomic_file(dest) as tmp:
-            tmp.write_text(json.dumps({"adapter": str(path), "layers": [asdict(r) for r in reports]}, indent=2) + "\n")
+            tmp.write_text(json.dumps({"format": REPORT, "adapter": str(path), "layers": [asdict(r) for r in reports]}, indent=2) + "\n")
 
 
 def overlap(

@@ -21,11 +21,12 @@ def tune(
 ) -> None:
     """Compose adapters from a data-free merge and learn their coefficients as a YAML config says."""
     from eigenmix.harness.tune_config import load_tune_config
-    from eigenmix.harness.tune_run import REPORT, run_tune
+    from eigenmix.harness.tune_run import REPORT, prepare_tune, run_tune
 
     console = make_console()
     cfg = load_tune_config(config)
     dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)
+    inputs = prepare_tune(cfg)  # tasks, modules and heads read and checked before the dry run returns
     spec = cfg.tune
     plan = Table(
         title=f"plan: {spec.init} → tune ({spec.settings.objective}, {spec.granularity}, {spec.level}) at {out}", title_justify="left"
@@ -42,7 +43,7 @@ def tune(
     columns = (TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("tune", total=spec.settings.steps if spec.search == "adamw" else None, note="")
-        run = run_tune(cfg, dest, on_step=lambda _, loss: bar.update(job, advance=1, note=f"loss {loss:.4f}"))
+        run = run_tune(cfg, dest, inputs=inputs, on_step=lambda _, loss: bar.update(job, advance=1, note=f"loss {loss:.4f}"))
     r = run.result
     console.print(
         f"{r.n_coefficients} coefficients; {r.steps} steps (best at {r.best_step}); "

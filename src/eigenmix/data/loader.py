@@ -109,7 +109,7 @@ def load_task(folder: Path | str, label_names: tuple[str, ...] | None = None) ->
         for number, e in enumerate(rows, start=1):
             if e.label >= len(names):
                 raise InvalidInputError(
-                    f"{folder / (split + '.jsonl')}: row {number}: label {e.label} is out of range "
+                    f"{folder / (split + '.jsonl')}:{number}: label {e.label} is out of range "
                     f"for {len(names)} classes (0..{len(names) - 1})"
                 )
     return Task(folder.name, tuple(splits["train"]), tuple(splits["test"]), names)

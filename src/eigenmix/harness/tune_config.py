@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eigenmix.harness.tuning import TuneSpec
 from eigenmix.io.heads import HEAD_FILE, HEAD_META, head_meta
@@ -41,6 +41,15 @@ class TuneModule(BaseModel):
 
     path: Path = Field(description="a PEFT LoRA adapter folder with head.safetensors and head.json (eigenmix.train)")
     task: str | None = Field(None, description="the task folder under data_dir (default: head.json's task)")
+
+    @field_validator("path")
+    @classmethod
+    def _adapter_with_head(cls, value: Path) -> Path:
+        value = value.expanduser()
+        missing = [name for name in (CONFIG_NAME, HEAD_FILE, HEAD_META) if not (value / name).is_file()]
+        if missing:
+            raise ValueError(f"{value} has no {' or '.join(missing)}")
+        return value
 
     @property
     def task_name(self) -> str:
@@ -70,10 +79,6 @@ class TuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TuneConfig:
-        for i, entry in enumerate(self.modules):
-            for name in (CONFIG_NAME, HEAD_FILE, HEAD_META):
-                if not (entry.path / name).is_file():
-                    raise ValueError(f"modules.{i}.path: {entry.path} has no {name}")
         tasks = [m.task_name for m in self.modules]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"one module per task (got tasks {tasks})")

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from eigenmix.data import load_tasks
-from eigenmix.harness.evaluator import Evaluator, load_head
-from eigenmix.harness.splits import carve
+from eigenmix.errors import InvalidInputError
+from eigenmix.harness.evaluator import Evaluator, Head, load_head
+from eigenmix.harness.splits import CarvedTask, carve
 from eigenmix.harness.tune_config import TuneConfig
 from eigenmix.harness.tuning import tune_text
 from eigenmix.io import read_lora_adapter
@@ -25,7 +26,7 @@ from eigenmix.io.heads import head_meta, write_heads
 from eigenmix.io.peft_lora import write_lora_files
 from eigenmix.merging import check_compatible
 from eigenmix.modules import Module
-from eigenmix.train.encoder import MINILM_ID
+from eigenmix.train.encoder import MINILM_ID, encoder_path
 from eigenmix.tune import TuneResult, export_module, save_coefficients
 
 REPORT = "tune_report.json"  # every tune output holds it: what --force may replace
@@ -38,18 +39,43 @@ class TuneRun:
     module: Module
 
 
-def run_tune(config: TuneConfig, dest: Destination, *, on_step: Callable[[int, float], None] | None = None) -> TuneRun:
-    """Tune as ``config`` says and write the result to ``dest`` atomically."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class TuneInputs:
+    """Everything a tuning run reads, loaded and checked before the encoder is loaded."""
+
+    tasks: list[CarvedTask]
+    modules: list[Module]
+    heads: dict[str, Head]
+    max_length: int
+    base: str
+
+
+def prepare_tune(config: TuneConfig) -> TuneInputs:
+    """Read the tasks, modules and heads and check that they fit: the dry run stops here."""
     names = [m.task_name for m in config.modules]
     tasks = [carve(t, config.val_rows, 0, config.seed) for t in load_tasks(config.data_dir, names=names)]
     modules = [read_lora_adapter(m.path, name=task) for m, task in zip(config.modules, names, strict=True)]
     check_compatible(modules)
     heads = {task: load_head(entry.path) for entry, task in zip(config.modules, names, strict=True)}
+    for entry, task in zip(config.modules, tasks, strict=True):
+        classes = heads[task.name].weight.shape[0]
+        if classes != task.task.num_labels:
+            raise InvalidInputError(f"{entry.path}: its head has {classes} classes but task '{task.name}' has {task.task.num_labels}")
     max_length = int(head_meta(config.modules[0].path).get("recipe", {}).get("max_length", 64))
     base = config.base_model or modules[0].base_model or MINILM_ID
-    ev = Evaluator(max_length, encoder=base)
-    comp, result = tune_text(config.tune, modules, tasks, heads, ev, config.seed, on_step=on_step)
+    encoder_path(base)
+    return TuneInputs(tasks, modules, heads, max_length, base)
+
+
+def run_tune(
+    config: TuneConfig, dest: Destination, *, inputs: TuneInputs | None = None, on_step: Callable[[int, float], None] | None = None
+) -> TuneRun:
+    """Tune as ``config`` says and write the result to ``dest`` atomically."""
+    start = time.perf_counter()
+    inputs = inputs if inputs is not None else prepare_tune(config)
+    names, modules = [t.name for t in inputs.tasks], inputs.modules
+    ev = Evaluator(inputs.max_length, encoder=inputs.base)
+    comp, result = tune_text(config.tune, modules, inputs.tasks, inputs.heads, ev, config.seed, on_step=on_step)
     try:
         module = export_module(comp, name="tuned", base_model=modules[0].base_model)
         if config.output.rank is not None:

@@ -82,11 +82,13 @@ def tune_text(
     encoder; the hooks stay on ``ev.encoder`` (``Composition.detach_hooks`` removes them)."""
     settings = spec.settings.model_copy(update={"seed": seed})
     labeled, distill = settings.objective == "sup", settings.objective == "distill"
+    # validation labels: for sup, and for entropy that stops on accuracy (distill's accuracy is agreement with the experts)
+    val_labeled = labeled or (settings.objective == "entropy" and settings.select == "accuracy")
     train, val = {}, {}
     for t, module in zip(tasks, modules, strict=True):
         rows = draw(t.task.train, spec.rows, seed)
         train[t.name] = task_data(ev, rows, labeled, teacher_logits(ev, module, heads[t.name], rows) if distill else None)
-        val[t.name] = task_data(ev, t.val, labeled, teacher_logits(ev, module, heads[t.name], t.val) if distill else None)
+        val[t.name] = task_data(ev, t.val, val_labeled, teacher_logits(ev, module, heads[t.name], t.val) if distill else None)
     ev.apply(None)
     shape = {"init": spec.init, "scale": spec.scale, "flatten": spec.flatten, "granularity": spec.granularity, "level": spec.level}
     comp = build(ev.encoder, modules, **shape)  # type: ignore[arg-type]

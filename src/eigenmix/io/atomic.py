@@ -38,8 +38,9 @@ class Destination:
     Attributes:
         path: where the output goes (absolute).
         overwrite: an earlier output of the same command may be replaced.
-        marker: the file that identifies such an earlier output (None: any folder may be
-            replaced, for library callers that ask for it).
+        marker: what identifies such an earlier output: a file it holds (folders), or a key
+            of the JSON object it is (files); None: anything may be replaced, for library
+            callers that ask for it.
         folder: the output is a folder (else a file).
     """
 
@@ -63,24 +64,30 @@ def destination(
         overwrite: replace an earlier output of this command (``--force``).
         inputs: every path the command reads; ``out`` may not be or hold one, nor (a folder
             output) lie inside one.
-        marker: a file every output of this command holds; what ``overwrite`` may replace.
+        marker: what every output of this command holds (a file of a folder, a key of a JSON
+            file); what ``overwrite`` may replace.
         folder: ``out`` is a folder (else a file).
     """
+    if str(out).strip() == "":
+        raise OutputError("the output path is empty")
     given = Path(out)
-    path = given.resolve()
+    path = given.expanduser().resolve()
     if not folder and path.is_dir():
         raise OutputError(f"{given}: is a folder; give a file name")
     for item in inputs:
-        source = Path(item).resolve()
+        source = Path(item).expanduser().resolve()
         if _is_under(source, path):
             what = "is" if source == path else "holds"
             raise OutputError(f"{given}: {what} an input of this command ({item}); choose another output, --force or not")
-        if folder and source.is_dir() and _is_under(path, source):
+        if source.is_dir() and _is_under(path, source):
             raise OutputError(f"{given}: lies inside an input of this command ({item}); choose another output")
     if _is_under(Path.cwd(), path):
         raise OutputError(f"{given}: is the working folder or holds it; choose a new folder for the output")
+    ancestor = next(p for p in path.parents if p.exists() or p == p.parent)
+    if not ancestor.is_dir():
+        raise OutputError(f"{given}: {ancestor} is not a folder")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputError(f"{given}: already exists (pass --force, or overwrite=True, to replace an earlier output of this command)")
+        raise OutputError(f"{given}: already exists (--force replaces an earlier output of this command)")
     dest = Destination(path, overwrite, marker, folder)
     if path.exists() or path.is_symlink():
         _check_replaceable(given, dest)
@@ -92,11 +99,38 @@ def _check_replaceable(given: Path, dest: Destination) -> None:
     if not dest.folder:
         if path.is_dir():
             raise OutputError(f"{given}: is a folder; give a file name")
+        if path.is_symlink() or not path.is_file():
+            raise OutputError(f"{given}: is not a regular file; eigenmix replaces only its own outputs")
+        if marker is not None and not _json_with_key(path, marker):
+            raise OutputError(f"{given}: is not an earlier output of this command; eigenmix replaces only its own outputs")
         return
     if not path.is_dir() or path.is_symlink():
         raise OutputError(f"{given}: exists and is not a folder")
     if marker is not None and any(path.iterdir()) and not (path / marker).is_file():
         raise OutputError(f"{given}: is not an earlier output of this command (it has no {marker}); eigenmix replaces only its own outputs")
+
+
+def _json_with_key(path: Path, marker: str) -> bool:
+    """Whether ``path`` is a (small) JSON object with ``marker``: ``"key=value"`` or ``"key"``."""
+    import json
+
+    key, _, value = marker.partition("=")
+    if path.stat().st_size > 64 << 20:
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and key in data and (not value or data[key] == value)
+
+
+def own_modes(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode a plain ``open`` / ``mkdir`` gives
+    under the user's umask (some writers, safetensors among them, create files 0600)."""
+    mask = _umask()
+    for item in folder.rglob("*"):
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _umask() -> int:
@@ -153,32 +187,53 @@ def atomic_dir(dest: Destination | Path | str, *, overwrite: bool = False, marke
     """Yield a temporary folder beside the destination that becomes it when the block
     succeeds (a path is checked here by :func:`destination`, without inputs)."""
     target = _as_destination(dest, overwrite, marker)
-    target.path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(target.path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.path.name}.tmp-", dir=target.path.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
+        own_modes(tmp)
         _publish(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(err, OSError) and not err.filename:  # a writer that did not say where
+            raise OSError(err.errno, err.strerror or str(err), str(target.path)) from err
         raise
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p``, returning the folders it created (deepest last)."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for item in reversed(folders):
+        try:
+            item.rmdir()
+        except OSError:
+            break
 
 
 @contextmanager
 def atomic_file(dest: Destination | Path | str, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file beside the destination that becomes it when the block succeeds."""
     target = _as_destination(dest, overwrite, None, folder=False)
-    target.path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(target.path.parent)
     handle, name = tempfile.mkstemp(prefix=f".{target.path.name}.tmp-", dir=target.path.parent)
     os.close(handle)
     tmp = Path(name)
     try:
-        tmp.chmod(0o666 & ~_umask())
         yield tmp
+        tmp.chmod(0o666 & ~_umask())
         if target.overwrite and target.path.exists():
+            _check_replaceable(target.path, target)  # still ours to replace
             os.replace(tmp, target.path)
         else:
             _publish(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
         raise

@@ -35,6 +35,15 @@ def head_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def check_head(folder: Path) -> None:
+    """A head beside an adapter that a merge can carry: readable safetensors, finite, and a
+    ``head.json`` object."""
+    from eigenmix.io.safetensors_io import read_safetensors
+
+    read_safetensors(folder / HEAD_FILE)
+    head_meta(folder)
+
+
 def write_heads(heads: Mapping[str, Path], out: Path) -> None:
     """Copy each module's head (byte for byte) into ``out/heads/<name>.safetensors`` and
     their ``head.json`` contents into ``out/heads/heads.json``."""

@@ -46,7 +46,11 @@ def spectral_form(name: str, delta: AnyDelta, rank: int | None) -> tuple[Spectra
     spec = delta.spectral() if not isinstance(delta, SpectralDelta) else delta
     S = spec.S.to(torch.float64)
     exact = numerical_rank(S, default_rtol(spec.S.dtype))
-    keep = max(exact if rank is None else min(rank, exact), 1)
+    if exact == 0:  # a layer merged to zero: PEFT needs r ≥ 1, so one zero direction
+        m, n = delta.shape
+        zero = SpectralDelta(spec.U.new_zeros(m, 1), spec.U.new_zeros(1), spec.U.new_zeros(n, 1))
+        return zero, LayerOutput(name, 1, 1.0, 0)
+    keep = exact if rank is None else min(rank, exact)
     return spec.truncate(keep), LayerOutput(name, keep, retained_energy(S, keep), exact)
 
 
@@ -146,10 +150,12 @@ def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutp
                 W = (W.to(torch.float32) + delta).to(W.dtype)
             tensors[name] = W.contiguous()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    if base.is_dir():
+    if base.is_dir():  # the config, tokenizer and config-only folders (sentence-transformers' 1_Pooling/) come along
         for item in base.iterdir():
             if item.is_file() and not item.name.endswith(WEIGHT_FILES) and item.name != "model.safetensors.index.json":
                 shutil.copy2(item, folder / item.name)
+            elif item.is_dir() and not item.name.startswith(".") and not any(p.name.endswith(WEIGHT_FILES) for p in item.rglob("*")):
+                shutil.copytree(item, folder / item.name)
     write_extras(module.extras, folder)
     return [LayerOutput(layer, min(module.layers[layer].shape), 1.0, min(module.layers[layer].shape)) for layer in targets]
 
@@ -160,8 +166,11 @@ def write_report(path: Path, payload: dict, layers: list[LayerOutput]) -> None:
     layer's exact rank (those layers are written at their exact rank)."""
     rows = [asdict(r) for r in layers]
     rank = payload.get("config", {}).get("output", {}).get("rank")
-    short = [r for r in layers if rank is not None and r.exact_rank < rank]
+    short = [r for r in layers if rank is not None and 0 < r.exact_rank < rank]
     notes = []
+    zeros = [r.layer for r in layers if r.exact_rank == 0]
+    if zeros:
+        notes.append(f"{len(zeros)} layer(s) merged to zero (the first: {zeros[0]}); written as one zero direction")
     if short:
         ranks = sorted({r.exact_rank for r in short})
         notes.append(f"output.rank {rank} exceeds the exact rank ({ranks[0]}–{ranks[-1]}) of {len(short)} layer(s): written at that rank")

@@ -29,12 +29,27 @@ def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dic
     out = dict(raw)
     if isinstance(out.get("modules"), list):
         out["modules"] = [
-            {**m, "path": str(root / m["path"])} if isinstance(m, dict) and isinstance(m.get("path"), str) else m for m in out["modules"]
+            {**m, "path": str(root / Path(m["path"]).expanduser())} if isinstance(m, dict) and isinstance(m.get("path"), str) else m
+            for m in out["modules"]
         ]
     for key in keys:
         if isinstance(out.get(key), str):
-            out[key] = str(root / out[key])
+            out[key] = str(root / Path(out[key]).expanduser())
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps
+    the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -101,7 +116,7 @@ def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...
     except OSError as err:
         raise InvalidInputError(f"{path}: cannot be read ({err.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

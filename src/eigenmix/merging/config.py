@@ -23,9 +23,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
+from eigenmix.errors import InvalidInputError
 from eigenmix.io.yaml_config import read_yaml_config
 from eigenmix.merging.plan import MergePlan, check_weights, make_plan
 from eigenmix.merging.registry import MergeParams, get_method
+
+
+def check_label(name: str) -> str:
+    """A module name names files of the output (``heads/<name>.safetensors``): no path
+    separators, no leading dot."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or len(name) > 200:
+        raise ValueError(f"module name '{name}' must be a plain file name (no '/', no leading '.')")
+    return name
 
 
 class ModuleEntry(BaseModel):
@@ -36,6 +45,21 @@ class ModuleEntry(BaseModel):
     path: Path = Field(description="a PEFT LoRA adapter folder, or a fine-tuned checkpoint (file or folder)")
     weight: float = Field(1.0, description="this module's weight in the merge (finite)")
     name: str | None = Field(None, description="a short name (default: the folder's name)")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.exists():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_label(value)
+        return value
 
     @property
     def is_adapter(self) -> bool:
@@ -87,23 +111,38 @@ class MergeConfig(BaseModel):
             raise ValueError("must be a mapping of the method's parameters")
         return get_method(info.data["method"]).parse_params(value)
 
+    @field_validator("base_model")
+    @classmethod
+    def _base_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().exists():
+            raise ValueError(f"{value} does not exist")
+        return value.expanduser() if value is not None else None
+
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
+        problems = []
         for i, entry in enumerate(self.modules):
-            if not entry.path.exists():
-                raise ValueError(f"modules.{i}.path: {entry.path} does not exist")
             if not entry.is_adapter and self.base_model is None:
-                raise ValueError(f"modules.{i}.path: {entry.path} is not a PEFT adapter folder, so it needs 'base_model'")
-        if self.base_model is not None and not self.base_model.exists():
-            raise ValueError(f"base_model: {self.base_model} does not exist")
+                what = "a folder without adapter_config.json" if entry.path.is_dir() else "not a PEFT adapter folder"
+                problems.append(f"modules.{i}.path: {entry.path} is {what}; a fine-tuned checkpoint needs 'base_model'")
         if self.output.kind == "full" and self.base_model is None:
-            raise ValueError("output.kind 'full' needs 'base_model'")
+            problems.append("output.kind 'full' needs 'base_model'")
         if self.output.kind == "full" and self.output.rank is not None:
-            raise ValueError("output.rank applies to adapters only")
+            problems.append("output.rank applies to adapters only")
         names = [e.label for e in self.modules]
         if len(set(names)) != len(names):
-            raise ValueError(f"module names must differ (got {names}); set 'name' for each")
-        check_weights([e.weight for e in self.modules], get_method(self.method), self.parameters)
+            problems.append(f"module names must differ (got {names}); set 'name' for each")
+        for i, name in enumerate(names):
+            try:
+                check_label(name)
+            except ValueError as err:
+                problems.append(f"modules.{i}: {err}")
+        try:
+            check_weights([e.weight for e in self.modules], get_method(self.method), self.parameters)
+        except InvalidInputError as err:
+            problems.append(str(err))
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def plan(self) -> MergePlan:

@@ -50,6 +50,8 @@ def check_weights(weights: Sequence[float], method: MergeMethod, params: MergePa
         raise InvalidInputError(f"modules.{bad[0]}.weight is {weights[bad[0]]}: weights must be finite numbers")
     if not any(weights):
         raise InvalidInputError("every module weight is 0: the merge would be empty")
+    if params.scale == 0:
+        raise InvalidInputError(f"method '{method.name}' with scale 0: the merge would be empty")
     if method.vector_rule(params) == "weighted_mean" and sum(weights) == 0:
         raise InvalidInputError(f"method '{method.name}' divides by the sum of the weights (normalize), which is 0")
     return weights

@@ -12,7 +12,7 @@ from pathlib import Path
 from eigenmix.errors import InvalidInputError
 from eigenmix.io import load_task_vector, read_lora_adapter
 from eigenmix.io.atomic import Destination, atomic_dir
-from eigenmix.io.heads import has_head, write_heads
+from eigenmix.io.heads import check_head, has_head, write_heads
 from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_full_model, write_report
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.engine import LayerResult, check_compatible, collect, merged_extras, run_plan
@@ -42,16 +42,24 @@ def load_modules(config: MergeConfig) -> list[Module]:
             if config.base_model is None:
                 raise InvalidInputError(f"{entry.path}: a fine-tune needs 'base_model'")
             modules.append(load_task_vector(config.base_model, entry.path, name=entry.label))
+    for module in modules:
+        if not module.layers:
+            raise InvalidInputError(f"module {module.name}: no layer to merge (a fine-tune equal to its base model?)")
     check_compatible(modules)
+    side_heads(config, check=True)
     return modules
 
 
-def side_heads(config: MergeConfig) -> dict[str, Path]:
-    """The adapters with a head beside them (``eigenmix.train``'s layout): name → folder."""
+def side_heads(config: MergeConfig, *, check: bool = False) -> dict[str, Path]:
+    """The adapters with a head beside them (``eigenmix.train``'s layout): name → folder;
+    with ``check``, each head is read and checked (before any work)."""
     heads = {e.label: e.path for e in config.modules if e.is_adapter and has_head(e.path)}
     if heads and config.extras == "refuse":
         name = next(iter(heads))
         raise InvalidInputError(f"module {name} has a head beside it (head.safetensors); use extras 'per_task' to keep it")
+    if check:
+        for folder in heads.values():
+            check_head(folder)
     return heads
 
 

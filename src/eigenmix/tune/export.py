@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ValidationError
 from safetensors.torch import save_file
 
 from eigenmix.compose import Composition, composed_factors
+from eigenmix.errors import InvalidInputError
 from eigenmix.modules import Module, SpectralDelta
 from eigenmix.spectral import default_rtol, factored_svd, numerical_rank
 
@@ -85,3 +87,46 @@ def save_coefficients(comp: Composition, folder: Path | str, extra: dict | None 
     folder = Path(folder)
     save_file(coefficient_tensors(comp), str(folder / "coefficients.safetensors"), metadata={"format": "eigenmix-coefficients"})
     (folder / "coefficients.json").write_text(json.dumps({**coefficient_summary(comp), **(extra or {})}, indent=2) + "\n")
+
+
+class _ModuleRow(BaseModel):
+    directions: int
+    lambda_mean: float
+    lambda_min: float
+    lambda_max: float
+    lambda0_mean: float
+    energy_share: float
+
+
+class _MuRow(BaseModel):
+    n: int
+    mean: float
+    min: float
+    max: float
+
+
+class _LayerRow(BaseModel):
+    modules: dict[str, _ModuleRow]
+    mu: _MuRow | None = None
+
+
+class CoefficientSummary(BaseModel):
+    """The shape of ``coefficients.json`` (what :func:`coefficient_summary` writes)."""
+
+    modules: list[str]
+    granularity: str
+    level: str
+    n_coefficients: int
+    layers: dict[str, _LayerRow]
+
+
+def read_coefficient_summary(path: Path) -> dict:
+    """``coefficients.json`` of a tune output, checked; one :class:`InvalidInputError` line if
+    it is not one."""
+    try:
+        return CoefficientSummary.model_validate_json(path.read_bytes()).model_dump(exclude_none=True)
+    except (ValidationError, OSError) as err:
+        first = err.errors()[0] if isinstance(err, ValidationError) else {"loc": (), "msg": str(err)}
+        where = ".".join(str(p) for p in first["loc"])
+        what = f"{where}: {first['msg']}" if where else first["msg"]
+        raise InvalidInputError(f"{path}: not a coefficients summary of eigenmix tune ({what})") from None

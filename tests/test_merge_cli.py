@@ -179,6 +179,12 @@ BAD = {
         lambda tp, ad: {"method": "linear", "parameters": {"normalize": True}, "modules": modules_cfg(ad, (1.0, -1.0))},
         "sum of the weights",
     ),
+    "a boolean weight": (
+        lambda tp, ad: {"method": "linear", "modules": [{"path": "ad0", "weight": True}, *modules_cfg(ad)[1:]]}, "modules.0.weight"
+    ),
+    "a string scale": (
+        lambda tp, ad: {"method": "linear", "parameters": {"scale": "0.3"}, "modules": modules_cfg(ad)}, "parameter 'scale'"
+    ),
     "a weight too large for float32": (
         lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (1e300, 1.0))},
         "not finite",

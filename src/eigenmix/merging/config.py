@@ -19,9 +19,9 @@ here, once, into the method's own parameter model; :meth:`MergeConfig.plan` hand
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, Strict, ValidationInfo, field_validator, model_validator
 
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.yaml_config import read_yaml_config
@@ -43,7 +43,7 @@ class ModuleEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     path: Path = Field(description="a PEFT LoRA adapter folder, or a fine-tuned checkpoint (file or folder)")
-    weight: float = Field(1.0, description="this module's weight in the merge (finite)")
+    weight: Annotated[float, Strict()] = Field(1.0, description="this module's weight in the merge (finite)")
     name: str | None = Field(None, description="a short name (default: the folder's name)")
 
     @field_validator("path")

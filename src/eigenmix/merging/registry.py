@@ -36,7 +36,7 @@ VectorRule = Literal["sum", "mean", "weighted_mean", "method"]
 class MergeParams(BaseModel):
     """Parameters every method has. Subclass per method; help text is written once here."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)  # strict: no "0.3" or true for a number
 
     scale: float = Field(1.0, description="global scaling of the merged delta (α / λ of the papers)")
 

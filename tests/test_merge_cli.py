@@ -168,22 +168,26 @@ BAD = {
         "output.rnak: unknown key (did you mean 'rank'?)",
     ),
     "a typo in the method": (
-        lambda tp, ad: {"method": "tsvm", "modules": modules_cfg(ad)}, "unknown merge method 'tsvm' (did you mean 'tsv'?)"
+        lambda tp, ad: {"method": "tsvm", "modules": modules_cfg(ad)},
+        "unknown merge method 'tsvm' (did you mean 'tsv'?)",
     ),
     "every weight 0": (lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (0.0, 0.0))}, "every module weight is 0"),
     "a NaN weight": (lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (float("nan"), 1.0))}, "modules.0.weight"),
     "an infinite scale": (
-        lambda tp, ad: {"method": "linear", "parameters": {"scale": float("inf")}, "modules": modules_cfg(ad)}, "parameter 'scale'"
+        lambda tp, ad: {"method": "linear", "parameters": {"scale": float("inf")}, "modules": modules_cfg(ad)},
+        "parameter 'scale'",
     ),
     "normalize with weights summing to 0": (
         lambda tp, ad: {"method": "linear", "parameters": {"normalize": True}, "modules": modules_cfg(ad, (1.0, -1.0))},
         "sum of the weights",
     ),
     "a boolean weight": (
-        lambda tp, ad: {"method": "linear", "modules": [{"path": "ad0", "weight": True}, *modules_cfg(ad)[1:]]}, "modules.0.weight"
+        lambda tp, ad: {"method": "linear", "modules": [{"path": "ad0", "weight": True}, *modules_cfg(ad)[1:]]},
+        "modules.0.weight",
     ),
     "a string scale": (
-        lambda tp, ad: {"method": "linear", "parameters": {"scale": "0.3"}, "modules": modules_cfg(ad)}, "parameter 'scale'"
+        lambda tp, ad: {"method": "linear", "parameters": {"scale": "0.3"}, "modules": modules_cfg(ad)},
+        "parameter 'scale'",
     ),
     "a weight too large for float32": (
         lambda tp, ad: {"method": "linear", "modules": modules_cfg(ad, (1e300, 1.0))},

@@ -24,9 +24,7 @@ TASKS = sorted(FIXTURE["inputs"])
 
 
 def task_modules(names: tuple[str, ...] = ("layer1.weight", "layer2.weight", "layer1.bias")) -> list[Module]:
-    return [
-        Module(t, {n: DenseDelta(torch.tensor(FIXTURE["inputs"][t][n], dtype=torch.float64)) for n in names}) for t in TASKS
-    ]
+    return [Module(t, {n: DenseDelta(torch.tensor(FIXTURE["inputs"][t][n], dtype=torch.float64)) for n in names}) for t in TASKS]
 
 
 def expected(key: str, name: str) -> torch.Tensor:

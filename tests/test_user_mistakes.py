@@ -115,7 +115,10 @@ def test_a_key_given_twice_is_refused_with_its_line(two, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "args",
     [
-        ["merge", "merge.yaml"], ["merge", "merge.yaml", "--out", "o", "--frce"], ["mrege"], ["inspect", "--top", "0", "a0"],
+        ["merge", "merge.yaml"],
+        ["merge", "merge.yaml", "--out", "o", "--frce"],
+        ["mrege"],
+        ["inspect", "--top", "0", "a0"],
         ["demo", "--tasks", "sst2"],
     ],
 )
@@ -182,6 +185,7 @@ def test_bench_refuses_a_file_as_cache_and_names_given_twice(tmp_path, monkeypat
 
 def test_ctrl_c_during_start_up_is_one_line():
     """The handlers are set before torch is imported: a signal while it loads is one line."""
+
     def default_sigint() -> None:  # a background test runner may start children with SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -8,7 +8,9 @@ from eigenmix import __version__
 from eigenmix.cli.bench_cmd import app as bench_app
 from eigenmix.cli.demo import demo
 from eigenmix.cli.inspect_cmd import inspect, overlap
+from eigenmix.cli.library_cmd import app as library_app
 from eigenmix.cli.merge_cmd import merge, methods
+from eigenmix.cli.route_cmd import route
 from eigenmix.cli.tune_cmd import tune
 
 app = typer.Typer(
@@ -39,4 +41,6 @@ app.command()(demo)
 app.command()(merge)
 app.command()(methods)
 app.command()(tune)
+app.command()(route)
+app.add_typer(library_app, name="library")
 app.add_typer(bench_app, name="bench")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -95,3 +96,55 @@ def _table(results: dict) -> Table:
     for name, cells, scale in table_rows(results, lambda v: f"[bold]{v}[/]"):
         table.add_row(name, *cells, scale)
     return table
+
+
+@app.command("compose")
+def bench_compose(
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="A folder of tasks in the bundled JSONL format (default: bundled)."),
+    tasks: str | None = described(BenchSettings, "tasks", None, "--tasks", metavar="A,B"),
+    parts: str | None = typer.Option(None, "--parts", metavar="P1,P2", help="Which parts: routing, cost, continual (default: all)."),
+    static: list[Path] = typer.Option(
+        [], "--static", help="A results.json (or its folder) of `eigenmix bench merge` with the same settings, shown beside (repeatable)."
+    ),
+    out: Path = typer.Option(Path("runs/bench-compose"), "--out", help="Folder for results.json/.md, written atomically."),
+    seed: int = described(BenchSettings, "seed", 0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="The first 3 tasks, 50 training steps, small subsets (as bench merge --quick)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
+    test_rows: int | None = described(BenchSettings, "test_rows", None, "--test-rows", min=0),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Compose the merge benchmark's adapters per input: routers, cost, continual addition."""
+    from eigenmix.bench.cache import default_cache_dir
+    from eigenmix.bench.compose.report import markdown, summary_table
+    from eigenmix.bench.compose.run import run_compose
+    from eigenmix.bench.compose.settings import PARTS, ComposeSettings
+    from eigenmix.bench.settings import make_settings
+
+    console = make_console()
+    cache = cache_dir or default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise InvalidInputError(f"--cache-dir {cache}: is not a folder")
+    chosen = _names(parts) or PARTS
+    unknown = [p for p in chosen if p not in PARTS]
+    if unknown:
+        raise InvalidInputError(f"--parts: unknown part '{unknown[0]}' (choose from {', '.join(PARTS)})")
+    for path in static:
+        if not path.exists():
+            raise InvalidInputError(f"--static {path}: does not exist")
+    inputs = [p for p in (data_dir, cache, *static) if p is not None]
+    dest = destination(out, overwrite=force, inputs=inputs, marker="results.json")
+    bench = make_settings(data_dir, tasks=_names(tasks), methods=("linear",), seed=seed, quick=quick, test_rows=test_rows)
+    settings = ComposeSettings(bench=bench, parts=chosen, **({"continual_rows": 60, "cost_ks": (2, 4), "cost_repeats": 3} if quick else {}))
+    results = run_compose(settings, data_dir, cache, static, console)
+    results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
+    results["config"]["machine"] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "torch": torch.__version__,
+    }
+    with atomic_dir(dest) as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "results.md").write_text(markdown(results))
+    console.print(summary_table(results))
+    console.print(f"results in {out}/ (results.json, results.md); {results['timing']['total_seconds']:.0f} s in all")

@@ -5,20 +5,32 @@ One forward pass of the base model per module over rows of that module's task; p
 layer, the pooled input's score (:func:`eigenmix.compose.routers.spectral.module_energy`) of
 every module is recorded, and module k keeps the mean and spread of *its own* score on
 *its own* rows. Nothing but these two numbers per layer and module is kept.
+
+:func:`stream_statistics`: the same two numbers of every module over an unlabeled stream of
+rows of any task (the ``stream`` calibration computed once over the stream, not per batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import linear_at
+from eigenmix.compose.hooks import first_routed_layer, linear_at
 from eigenmix.compose.library import Library
 from eigenmix.compose.routers.spectral import Score, module_energy
 from eigenmix.compose.routing import pooled
 from eigenmix.errors import InvalidInputError
+
+
+def _record(seen: dict[str, Tensor], layer: str) -> Callable[..., None]:
+    """A forward hook keeping a layer's input (returning None: the output is left alone)."""
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        seen.setdefault(layer, inputs[0])
+
+    return hook
 
 
 @torch.no_grad()
@@ -37,7 +49,7 @@ def calibrate(
         mask = inputs.get("attention_mask")
         seen: dict[str, Tensor] = {}
         hooks = [
-            linear_at(model, layer, view.shape).register_forward_hook(lambda _, i, o, layer=layer, seen=seen: seen.setdefault(layer, i[0]))
+            linear_at(model, layer, view.shape).register_forward_hook(_record(seen, layer))
             for layer, view in views.items()
             if k in view.members
         ]
@@ -58,3 +70,89 @@ def calibrate(
         std = (s[:, 1] / n - mean.square()).clamp(min=0).sqrt()
         out[layer] = (mean.float(), std.float())
     return out
+
+
+@torch.no_grad()
+def stream_statistics(
+    model: nn.Module, library: Library, batches: Iterable[dict[str, Tensor]], score: Score = "energy"
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``layer → (mean (K,), std (K,))`` of every module's score over an unlabeled stream of
+    rows (any task, no labels): the ``stream`` calibration, computed once over the stream
+    rather than within each batch."""
+    views = {layer: library.view(layer) for layer in library.layers}
+    sums = {layer: torch.zeros(2, len(view.members), dtype=torch.float64) for layer, view in views.items()}
+    rows = 0
+    for inputs in batches:
+        seen: dict[str, Tensor] = {}
+        hooks = [linear_at(model, layer, view.shape).register_forward_hook(_record(seen, layer)) for layer, view in views.items()]
+        try:
+            model(**inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, x in seen.items():
+            s = module_energy(pooled(x, inputs.get("attention_mask")), views[layer], score)[:, 0].double()  # (rows, K_l)
+            sums[layer] += torch.stack([s.sum(0), s.square().sum(0)])
+        rows += int(next(iter(inputs.values())).shape[0])
+    if rows == 0:
+        raise InvalidInputError("the stream has no rows")
+    out = {}
+    for layer, s in sums.items():
+        mean = s[0] / rows
+        std = (s[1] / rows - mean.square()).clamp(min=0).sqrt()
+        full_mean, full_std = torch.zeros(len(library)), torch.ones(len(library))
+        members = list(views[layer].members)
+        full_mean[members], full_std[members] = mean.float(), std.float()
+        out[layer] = (full_mean, full_std)
+    return out
+
+
+@torch.no_grad()
+def module_statistics(
+    model: nn.Module, library: Library, name: str, batch: dict[str, Tensor], score: Score = "energy"
+) -> dict[str, Tensor]:
+    """What a module keeps beside it in the library from a few unlabeled rows of its own task
+    (``batch``, tokenised): per layer its score's mean and spread (``<layer>.mean``,
+    ``<layer>.std``: the ``stats`` calibration), and the rows' pooled inputs at the first
+    routed layer (``pooled.<layer>``: what the learned gate is fitted on)."""
+    own = Library(library.base_model)
+    own.add_entry(library.entry(name))
+    stats = calibrate(model, own, {name: batch}, score)
+    out = {f"{layer}.{key}": t[0] for layer, (mean, std) in stats.items() for key, t in (("mean", mean), ("std", std))}
+    first = first_routed_layer(model, own.layers)
+    seen: dict[str, Tensor] = {}
+    hook = linear_at(model, first, own.view(first).shape).register_forward_hook(_record(seen, first))
+    try:
+        model(**batch)
+    finally:
+        hook.remove()
+    out[f"pooled.{first}"] = pooled(seen[first], batch.get("attention_mask"))[:, 0].contiguous()
+    return out
+
+
+def stored_statistics(library: Library) -> dict[str, tuple[Tensor, Tensor]]:
+    """``layer → (mean (K,), std (K,))`` from the statistics the modules keep (every module
+    must have them: ``eigenmix library add --rows``)."""
+    missing = [e.name for e in library if not any(k.endswith(".mean") for k in e.stats)]
+    if missing:
+        raise InvalidInputError(
+            f"module '{missing[0]}' keeps no statistics; add it with rows of its task (--rows) to use calibration 'stats'"
+        )
+    out = {}
+    for layer in library.layers:
+        mean, std = torch.zeros(len(library)), torch.ones(len(library))
+        for k, e in enumerate(library):
+            if layer in e.layers:
+                mean[k], std[k] = e.stats[f"{layer}.mean"], e.stats[f"{layer}.std"]
+        out[layer] = (mean, std)
+    return out
+
+
+def stored_gate_rows(library: Library, layer: str) -> dict[str, Tensor]:
+    """Each module's stored pooled inputs at ``layer`` (what the learned gate is fitted on)."""
+    missing = [e.name for e in library if f"pooled.{layer}" not in e.stats]
+    if missing:
+        raise InvalidInputError(
+            f"module '{missing[0]}' keeps no rows at '{layer}'; add it with rows of its task (--rows) to use the learned router"
+        )
+    return {e.name: e.stats[f"pooled.{layer}"] for e in library}

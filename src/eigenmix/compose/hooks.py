@@ -4,7 +4,7 @@ The model is not modified; removing the hook gives it back unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -26,3 +26,12 @@ def linear_at(model: nn.Module, name: str, shape: tuple[int, int]) -> nn.Linear:
 def add_to_output(model: nn.Module, name: str, shape: tuple[int, int], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
     """Hook ``update(x)`` (``(…, n) → (…, m)``) onto the linear ``name``'s output."""
     return linear_at(model, name, shape).register_forward_hook(lambda _, inputs, out: out + update(inputs[0]))
+
+
+def first_routed_layer(model: nn.Module, layers: Collection[str]) -> str:
+    """The first of ``layers`` in ``model``'s module order (where a transformer runs it
+    first): the layer at which a once-per-sequence router decides."""
+    for name, _ in model.named_modules():
+        if name in layers:
+            return name
+    raise InvalidInputError(f"the model has none of the layers {sorted(layers)[:3]}…")

@@ -49,12 +49,17 @@ class Entry:
         source: where it was read from.
         stats: optional per-layer statistics a router keeps beside it (e.g. the module's mean
             response on a few unlabeled rows of its own task), ``<layer>.<stat>`` → tensor.
+        head: an optional classification head of its task (``weight`` (classes, hidden),
+            ``bias`` (classes,)), as ``eigenmix.train`` saves beside an adapter.
+        labels: the head's class names.
     """
 
     name: str
     layers: Mapping[str, SVD]
     source: str | None = None
     stats: Mapping[str, Tensor] = field(default_factory=dict)
+    head: Mapping[str, Tensor] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
 
     @property
     def shapes(self) -> dict[str, tuple[int, int]]:
@@ -131,7 +136,14 @@ class Library:
             tuple(i for i, _ in members), tuple(f.U for _, f in members), tuple(f.S for _, f in members), tuple(f.V for _, f in members)
         )
 
-    def add(self, module: Module, name: str | None = None, stats: Mapping[str, Tensor] | None = None) -> Entry:
+    def add(
+        self,
+        module: Module,
+        name: str | None = None,
+        stats: Mapping[str, Tensor] | None = None,
+        head: Mapping[str, Tensor] | None = None,
+        labels: tuple[str, ...] | None = None,
+    ) -> Entry:
         """Add one module (its own SVD per layer; the others are not touched).
 
         Raises:
@@ -146,7 +158,8 @@ class Library:
         for layer, shape in module.shapes().items():
             if layer in known and tuple(shape) != known[layer]:
                 raise ShapeMismatchError(f"module '{name}': layer '{layer}' has shape {tuple(shape)}, the library's has {known[layer]}")
-        entry = Entry(name, {layer: spectral_layer(delta) for layer, delta in module.layers.items()}, module.source, dict(stats or {}))
+        layers = {layer: spectral_layer(delta) for layer, delta in module.layers.items()}
+        entry = Entry(name, layers, module.source, dict(stats or {}), dict(head or {}), labels)
         return self.add_entry(entry, module.base_model)
 
     def add_entry(self, entry: Entry, base_model: str | None = None) -> Entry:
@@ -170,6 +183,14 @@ class Library:
         entry = self.entry(name)
         self._entries.remove(entry)
         return entry
+
+    def replace(self, entry: Entry) -> None:
+        """Put ``entry`` in the place of the module of the same name (same layers and shapes:
+        its statistics or head changed)."""
+        old = self.entry(entry.name)
+        if entry.shapes != old.shapes:
+            raise ShapeMismatchError(f"module '{entry.name}': a replacement must have the same layers and shapes")
+        self._entries[self._entries.index(old)] = entry
 
     def delta(self, name: str, layer: str) -> Tensor:
         """Module ``name``'s dense ``ΔW`` of ``layer`` (for tests and small layers)."""

@@ -10,7 +10,8 @@ over the ``K_l`` library modules that have the layer) and the layer's output gai
 computed module by module from the library's spectral forms (``T·r_k·(m + n)`` multiply-adds
 per module; no ``m × n`` matrix). A module whose coefficient is 0 for every row is skipped,
 so adding a module that a row does not use leaves that row's output bit-identical. The
-hooks are those of :mod:`eigenmix.compose.hooks` (the model itself is not modified).
+hooks are forward hooks on the target linears (the model itself is not modified); without
+autograd the update is added in place into the linear's fresh output, with no extra pass.
 
 Routers decide either in every layer (``scope = "layer"``: Arrow, the spectral router) or
 once per forward pass, at the first routed layer, for all layers (``scope = "first"``: the
@@ -25,7 +26,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import add_to_output
+from eigenmix.compose.hooks import first_routed_layer, linear_at
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.errors import InvalidInputError
 
@@ -74,14 +75,31 @@ def mix(scores: Tensor, temperature: float = 1.0, top_k: int | None = None) -> T
     return torch.softmax(scores / temperature, dim=-1)
 
 
-def routed_update(x: Tensor, view: LayerView, g: Tensor) -> Tensor:
-    """``Σ_k g_k U_k diag(σ_k) V_kᵀ x`` for ``x`` ``(…, n)`` and ``g`` ``(…|1, K_l)`` → ``(…, m)``."""
-    out = x.new_zeros(*x.shape[:-1], view.shape[0])
-    for j, (U, S, V) in enumerate(zip(view.U, view.S, view.V, strict=True)):
-        gj = g[..., j : j + 1]
-        if not bool(gj.any()):
-            continue  # a module nobody uses costs nothing and changes nothing
-        out = out + gj.to(x.dtype) * (((x @ V.to(x.dtype)) * S.to(x.dtype)) @ U.T.to(x.dtype))
+def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = None) -> Tensor:
+    """``Σ_k g_k U_k diag(σ_k) V_kᵀ x`` for ``x`` ``(rows, tokens, n)`` and ``g``
+    ``(rows, tokens|1, K_l)`` → ``(rows, tokens, m)``, added in place into ``out`` when it
+    is given (the linear's own output: no extra pass over an ``m``-sized tensor).
+
+    Only the modules some row uses are computed (a module with coefficient 0 everywhere
+    costs nothing and changes nothing). When most rows use most of them (soft mixing), their
+    factors are stacked and the update is two products, ``((x V) ⊙ g σ) Uᵀ``; when each row
+    uses few (top-k, mixed batches), each module runs on its own rows only."""
+    if out is None:
+        out = x.new_zeros(*x.shape[:-1], view.shape[0])
+    used = g.reshape(g.shape[0], -1, g.shape[-1]).ne(0).any(1)  # (rows, K_l)
+    modules = [j for j in range(used.shape[1]) if bool(used[:, j].any())]
+    g = g.to(x.dtype)
+    if modules and int(used[:, modules].sum()) * 2 > used.shape[0] * len(modules):  # dense: stacked factors
+        V = torch.cat([view.V[j] for j in modules], dim=1).to(x.dtype)  # (n, Σr)
+        U = torch.cat([view.U[j] for j in modules], dim=1).to(x.dtype)  # (m, Σr)
+        gs = torch.cat([g[..., j : j + 1] * view.S[j].to(x.dtype) for j in modules], dim=-1)  # (rows, tokens|1, Σr)
+        z = ((x @ V) * gs).reshape(-1, V.shape[1])
+        out.reshape(-1, out.shape[-1]).addmm_(z, U.T)
+        return out
+    for j in modules:
+        U, S, V = (t.to(x.dtype) for t in (view.U[j], view.S[j], view.V[j]))
+        rows = used[:, j].nonzero().squeeze(1)
+        out.index_add_(0, rows, g[rows, :, j : j + 1] * (((x[rows] @ V) * S) @ U.T))
     return out
 
 
@@ -108,26 +126,35 @@ class RoutedModel(nn.Module):
         self._batch = Batch()
         self._decision: Tensor | None = None  # scope "first": (rows, 1, K) of this forward pass
         self.last: dict[str, Tensor] = {}
-        self._hooks = [add_to_output(self.model, layer, view.shape, self._update(layer)) for layer, view in self.views.items()]
+        self.decision_layer = first_routed_layer(self.model, self.views) if router.scope == "first" else None
+        self._hooks = [
+            linear_at(self.model, layer, view.shape).register_forward_hook(self._update(layer)) for layer, view in self.views.items()
+        ]
 
     def _update(self, layer: str) -> Any:
         view = self.views[layer]
 
-        def update(x: Tensor) -> Tensor:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            x = inputs[0]
             rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (rows, tokens, n); 2-D inputs are one token
             g = self._coefficients(layer, rows, view)
             self.last[layer] = g.detach()
-            return routed_update(rows, view, g).reshape(*x.shape[:-1], view.shape[0])
+            if torch.is_grad_enabled() or not output.is_contiguous():
+                return output + routed_update(rows, view, g).reshape(output.shape)
+            routed_update(rows, view, g, out=output.view(rows.shape[0], rows.shape[1], -1))  # in place: no copy
+            return output
 
-        return update
+        return hook
 
     def _coefficients(self, layer: str, x: Tensor, view: LayerView) -> Tensor:
         if self.router.scope == "layer":
             return self.router.coefficients(layer, x, view, self._batch)
-        if self._decision is None:
+        if layer == self.decision_layer:
             if len(view.members) != len(self.library):
                 raise InvalidInputError(f"routing once per sequence needs every module at the first routed layer ('{layer}')")
             self._decision = self.router.coefficients(layer, x, view, self._batch)
+        if self._decision is None:
+            raise InvalidInputError(f"layer '{layer}' ran before '{self.decision_layer}', where the router decides")
         return self._decision[..., list(view.members)]
 
     def forward(self, *args: Any, given: Tensor | None = None, **kwargs: Any) -> Any:

@@ -3,7 +3,8 @@
 ``library.json`` holds ``{"format": "eigenmix-library", "version": 1, "base_model": …,
 "modules": [{"name", "file", "source", "layers"}…]}``; each module file holds, per layer,
 ``<layer>.U`` (m, r), ``<layer>.S`` (r,), ``<layer>.V`` (n, r), and its router statistics as
-``stat.<layer>.<name>``. Reading checks everything and raises one
+``stat.<layer>.<name>``, and its task's head (if any) as ``head.weight``/``head.bias`` (class
+names in ``library.json``). Reading checks everything and raises one
 :class:`~eigenmix.errors.InvalidInputError` line for a missing, truncated or inconsistent
 library. Saving writes the whole folder atomically; :func:`add_to_folder` and
 :func:`remove_from_folder` change one module of a saved library and rewrite
@@ -36,6 +37,7 @@ def _tensors(entry: Entry) -> dict[str, Tensor]:
     for layer, f in entry.layers.items():
         out[f"{layer}.U"], out[f"{layer}.S"], out[f"{layer}.V"] = f.U.contiguous(), f.S.contiguous(), f.V.contiguous()
     out.update({f"stat.{key}": t.contiguous() for key, t in entry.stats.items()})
+    out.update({f"head.{key}": t.contiguous() for key, t in entry.head.items()})
     return out
 
 
@@ -45,7 +47,8 @@ def _index(library: Library) -> dict[str, Any]:
         "version": VERSION,
         "base_model": library.base_model,
         "modules": [
-            {"name": e.name, "file": f"modules/{e.name}.safetensors", "source": e.source, "layers": len(e.layers)} for e in library
+            {"name": e.name, "file": f"modules/{e.name}.safetensors", "source": e.source, "layers": len(e.layers), "labels": e.labels}
+            for e in library
         ],
     }
 
@@ -91,8 +94,14 @@ def _read_entry(folder: Path, item: Any) -> Entry:
     tensors = read_safetensors(path)
     layers: dict[str, SVD] = {}
     stats = {key.removeprefix("stat."): t for key, t in tensors.items() if key.startswith("stat.")}
+    head = {key.removeprefix("head."): t for key, t in tensors.items() if key.startswith("head.")}
+    if head and (set(head) != {"weight", "bias"} or head["weight"].ndim != 2 or head["bias"].shape != head["weight"].shape[:1]):
+        raise InvalidInputError(f"{path}: its head is not a linear head (weight (classes, hidden), bias (classes,))")
+    labels = item.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise InvalidInputError(f"{folder / INDEX}: module '{item['name']}': 'labels' must be a list of names")
     for key in tensors:
-        if key.startswith("stat.") or not key.endswith(".U"):
+        if key.startswith(("stat.", "head.")) or not key.endswith(".U"):
             continue
         layer = key.removesuffix(".U")
         try:
@@ -104,7 +113,7 @@ def _read_entry(folder: Path, item: Any) -> Entry:
         layers[layer] = SVD(U, S, V)
     if len(layers) != item.get("layers", len(layers)):
         raise InvalidInputError(f"{path}: holds {len(layers)} layers; {INDEX} says {item.get('layers')}")
-    return Entry(item["name"], layers, item.get("source"), stats)
+    return Entry(item["name"], layers, item.get("source"), stats, head, tuple(labels) if labels is not None else None)
 
 
 def load_library(folder: Path | str) -> Library:

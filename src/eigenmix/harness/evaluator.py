@@ -75,9 +75,11 @@ class Evaluator:
                 w = self.base[name]
                 module.weight.copy_(w + scale * deltas[name].to(w.dtype) if name in deltas else w)
 
-    def tokenize(self, groups: Mapping[str, Sequence[Example]]) -> Split:
+    def tokenize(self, groups: Mapping[str, Sequence[Example]], tokens_per_batch: int | None = None) -> Split:
         """Tokenise once: every task's rows together, sorted by length, cut into batches of
-        at most ``tokens_per_batch`` padded tokens (short rows travel in large batches)."""
+        at most ``tokens_per_batch`` (default: the evaluator's) padded tokens (short rows
+        travel in large batches)."""
+        budget = tokens_per_batch or self.tokens_per_batch
         rows = [r for group in groups.values() for r in group]
         spans, start = {}, 0
         for name, group in groups.items():
@@ -93,7 +95,7 @@ class Evaluator:
         batches: list[dict[str, Tensor]] = []
         chunk: list[int] = []
         for i in order:  # lengths only grow along ``order``
-            if chunk and (len(chunk) + 1) * len(ids["input_ids"][i]) > self.tokens_per_batch:
+            if chunk and (len(chunk) + 1) * len(ids["input_ids"][i]) > budget:
                 batches.append(self._pad(ids, chunk))
                 chunk = []
             chunk.append(i)
@@ -116,9 +118,13 @@ class Evaluator:
 
     def accuracies(self, split: Split, heads: Mapping[str, Head]) -> dict[str, float]:
         """Accuracy of each task's head on its rows, from one pass of the current encoder."""
-        features = self.features(split)
-        out = {}
-        for name, (start, end) in split.spans.items():
-            logits = features[start:end] @ heads[name].weight.T + heads[name].bias
-            out[name] = float((logits.argmax(-1) == split.labels[start:end]).float().mean())
-        return out
+        return head_accuracies(self.features(split), split, heads)
+
+
+def head_accuracies(features: Tensor, split: Split, heads: Mapping[str, Head]) -> dict[str, float]:
+    """Accuracy of each task's head on its rows' ``features`` ``(N, hidden)`` (row order)."""
+    out = {}
+    for name, (start, end) in split.spans.items():
+        logits = features[start:end] @ heads[name].weight.T + heads[name].bias
+        out[name] = float((logits.argmax(-1) == split.labels[start:end]).float().mean())
+    return out

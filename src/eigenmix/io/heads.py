@@ -44,13 +44,24 @@ def check_head(folder: Path) -> None:
     head_meta(folder)
 
 
-def write_heads(heads: Mapping[str, Path], out: Path) -> None:
+def write_heads(heads: Mapping[str, Path], out: Path, earlier: Path | None = None) -> None:
     """Copy each module's head (byte for byte) into ``out/heads/<name>.safetensors`` and
-    their ``head.json`` contents into ``out/heads/heads.json``."""
-    if not heads:
+    their ``head.json`` contents into ``out/heads/heads.json``; with ``earlier`` (a merge
+    output being continued), its heads come along first."""
+    meta: dict[str, Any] = {}
+    index = earlier / "heads" / "heads.json" if earlier is not None else None
+    if index is not None and index.is_file():
+        try:
+            meta = json.loads(index.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InvalidInputError(f"{index}: not valid JSON ({err})") from None
+    if not heads and not meta:
         return
     (out / "heads").mkdir()
+    for name in meta:
+        assert index is not None
+        shutil.copyfile(index.parent / f"{name}.safetensors", out / "heads" / f"{name}.safetensors")
     for name, folder in heads.items():
         shutil.copyfile(folder / HEAD_FILE, out / "heads" / f"{name}.safetensors")
-    meta = {name: head_meta(folder) for name, folder in heads.items()}
+    meta |= {name: head_meta(folder) for name, folder in heads.items()}
     (out / "heads" / "heads.json").write_text(json.dumps(meta, indent=2) + "\n")

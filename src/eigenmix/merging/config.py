@@ -93,6 +93,24 @@ class MergeConfig(BaseModel):
     dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
     dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
     extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
+    continue_from: Path | None = Field(
+        None,
+        description="an earlier eigenmix merge (task_arithmetic, linear or opcm) to fold these modules into, from its merge_state.json",
+    )
+
+    @field_validator("continue_from")
+    @classmethod
+    def _earlier_merge(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        if not (value / "merge_state.json").is_file():
+            raise ValueError(
+                f"{value} has no merge_state.json: only a task_arithmetic, linear or opcm merge that eigenmix wrote can be continued"
+            )
+        return value
 
     @field_validator("method")
     @classmethod
@@ -127,6 +145,8 @@ class MergeConfig(BaseModel):
                 problems.append(f"modules.{i}.path: {entry.path} is {what}; a fine-tuned checkpoint needs 'base_model'")
         if self.output.kind == "full" and self.base_model is None:
             problems.append("output.kind 'full' needs 'base_model'")
+        if self.continue_from is not None and get_method(self.method).continual is None:
+            problems.append(f"method '{self.method}' cannot fold modules into an earlier merge (task_arithmetic, linear and opcm can)")
         if self.output.kind == "full" and self.output.rank is not None:
             problems.append("output.rank applies to adapters only")
         names = [e.label for e in self.modules]
@@ -154,9 +174,10 @@ class MergeConfig(BaseModel):
 
     def inputs(self) -> list[Path]:
         """Every path the merge reads."""
-        return [e.path for e in self.modules] + ([self.base_model] if self.base_model is not None else [])
+        extra = [p for p in (self.base_model, self.continue_from) if p is not None]
+        return [e.path for e in self.modules] + extra
 
 
 def load_config(path: Path | str) -> MergeConfig:
     """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
-    return read_yaml_config(Path(path), MergeConfig, ("base_model",))
+    return read_yaml_config(Path(path), MergeConfig, ("base_model", "continue_from"))

@@ -121,6 +121,9 @@ def check_compatible(modules: Sequence[Module]) -> None:
 def run_plan(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
     """Merge ``modules`` as ``plan`` says, yielding ``(layer, delta, LayerResult)`` per layer
     (the modules must fit together: :func:`check_compatible`)."""
+    if plan.method.continual is not None and plan.method.continual.sequential:
+        yield from _run_sequential(modules, plan)
+        return
     thresholds = None
     if plan.method.trims_globally(plan.params):
         thresholds = global_thresholds(lambda: _trim_values(modules, plan), len(modules), plan)
@@ -129,6 +132,32 @@ def run_plan(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, 
         delta = merge_layer(plan, item, None if thresholds is None else thresholds[item.members])
         rank = delta.rank if isinstance(delta, SpectralDelta) else min(delta.shape) if len(delta.shape) == 2 else 0
         yield item.layer, delta, LayerResult(item.layer, tuple(delta.shape), rank, time.perf_counter() - start)
+
+
+def _run_sequential(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+    """A sequential method (OPCM): the modules folded in, in order; then the layers."""
+    from eigenmix.merging.continual import fold_all
+
+    start = time.perf_counter()
+    state = fold_all(modules, plan.method.name, plan.params, plan.weights)
+    yield from state_layers(state, work_dtype([d for m in modules for d in m.layers.values()]), time.perf_counter() - start)
+
+
+def state_layers(state: Any, dtype: torch.dtype, seconds: float = 0.0) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+    """The layers a continual merge state writes (:func:`eigenmix.merging.continual.outputs`),
+    in ``dtype`` and checked to be finite."""
+    from eigenmix.merging.continual import outputs
+
+    per_layer = seconds / max(len(state.layers), 1)
+    for layer, delta in outputs(state):
+        out: AnyDelta
+        if isinstance(delta, SpectralDelta):
+            out = SpectralDelta(delta.U.to(dtype), delta.S.to(dtype), delta.V.to(dtype))
+        else:
+            out = DenseDelta(delta.dense().to(dtype))
+        _check_finite(layer, out)
+        rank = out.rank if isinstance(out, SpectralDelta) else min(out.shape) if len(out.shape) == 2 else 0
+        yield layer, out, LayerResult(layer, tuple(out.shape), rank, per_layer)
 
 
 def _trim_values(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[int, Tensor]]:

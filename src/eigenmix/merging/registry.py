@@ -73,6 +73,9 @@ class MergeMethod:
             global top-k runs over, per module (same arguments as ``fn``, the same
             ``ctx.rng`` draws).
         keep_count: for ``trim: global``: how many of a module's ``N`` values the top-k keeps.
+        continual: for methods that can fold one more module into an earlier result
+            (:class:`eigenmix.merging.continual.Continual`); a ``sequential`` one merges
+            all at once by folding the modules in, in order (OPCM).
     """
 
     name: str
@@ -85,6 +88,7 @@ class MergeMethod:
     vectors: VectorRule | Callable[[Any], VectorRule] = "sum"
     trim_values: Callable[..., list[torch.Tensor]] | None = None
     keep_count: Callable[[int, Any], int] | None = None
+    continual: Any = None  # eigenmix.merging.continual.Continual: folds one more module into a stored state
 
     def vector_rule(self, params: MergeParams) -> VectorRule:
         return self.vectors(params) if callable(self.vectors) else self.vectors
@@ -134,6 +138,7 @@ def register(
     vectors: VectorRule | Callable[[Any], VectorRule] | None = None,
     trim_values: Callable[..., list[torch.Tensor]] | None = None,
     keep_count: Callable[[int, Any], int] | None = None,
+    continual: Any = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class-free registration of a per-layer merge function under ``name``.
 
@@ -143,7 +148,7 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"merge method '{name}' is already registered")
         rule = vectors if vectors is not None else ("method" if kind == "elementwise" else "sum")
-        _REGISTRY[name] = MergeMethod(name, fn, params, kind, description, paper, url, rule, trim_values, keep_count)
+        _REGISTRY[name] = MergeMethod(name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual)
         return fn
 
     return decorate

@@ -15,8 +15,9 @@ from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.heads import check_head, has_head, write_heads
 from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_full_model, write_report
 from eigenmix.merging.config import MergeConfig
-from eigenmix.merging.engine import LayerResult, check_compatible, collect, merged_extras, run_plan
-from eigenmix.modules import AnyDelta, Module
+from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
+from eigenmix.merging.engine import LayerResult, check_compatible, collect, merged_extras, run_plan, state_layers
+from eigenmix.modules import AnyDelta, Module, work_dtype
 
 REPORT = "merge_report.json"  # every merge output holds it: what --force may replace
 
@@ -83,27 +84,69 @@ def run_merge(
         if on_layer is not None:
             on_layer(result)
 
+    continual = plan.method.continual
+    state = continued_state(config, modules) if config.continue_from is not None else None
+    if state is None and continual is not None and continual.sequential:
+        state = fold_all(modules, plan.method.name, plan.params, plan.weights)
+    dtype = work_dtype([d for m in modules for d in m.layers.values()])
+    merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan)
+    kept: dict[str, AnyDelta] = {}
     with atomic_dir(dest) as tmp:
         if config.output.kind == "adapter":  # streamed: each layer is written as soon as it is merged
-            names = list(dict.fromkeys(name for m in modules for name in m.layers))
+            names = list(state.layers) if state is not None else list(dict.fromkeys(name for m in modules for name in m.layers))
             outputs = stream_merged_adapter(
-                _reporting(run_plan(modules, plan), record), names, tmp, config.output.rank,
-                base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
+                _reporting(merged, record, kept if continual is not None and state is None else None), names, tmp,
+                config.output.rank, base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
             )  # fmt: skip
             write_extras(extras, tmp)
+            if continual is not None:  # what a later merge folds more modules into
+                save_state(state or from_merged(plan.method.name, plan.params, [e.label for e in config.modules], plan.weights, kept,
+                                                base_model=modules[0].base_model), tmp)  # fmt: skip
         else:
             if config.base_model is None:
                 raise InvalidInputError("output.kind 'full' needs 'base_model'")
-            outputs = write_full_model(collect(modules, plan, extras=config.extras, on_layer=record), config.base_model, tmp)
-        write_heads(heads, tmp)
+            if state is not None:
+                result = Module("merged", {layer: d for layer, d, _ in _recorded(merged, record)}, base_model=modules[0].base_model)
+            else:
+                result = collect(modules, plan, extras=config.extras, on_layer=record)
+            outputs = write_full_model(result, config.base_model, tmp)
+        write_heads(heads, tmp, config.continue_from)
         write_report(tmp / REPORT, {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start}, outputs)
     return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
 
 
 def _reporting(
-    merged: Iterator[tuple[str, AnyDelta, LayerResult]], report: Callable[[LayerResult], None]
+    merged: Iterator[tuple[str, AnyDelta, LayerResult]], report: Callable[[LayerResult], None], keep: dict[str, AnyDelta] | None = None
 ) -> Iterator[tuple[str, AnyDelta]]:
-    """Pass ``(layer, delta)`` on to the writer, reporting each layer as it is done."""
+    """Pass ``(layer, delta)`` on to the writer, reporting each layer as it is done (and
+    keeping the exact deltas in ``keep``, for the state of a continual method)."""
     for name, delta, result in merged:
         report(result)
+        if keep is not None:
+            keep[name] = delta
         yield name, delta
+
+
+def _recorded(
+    merged: Iterator[tuple[str, AnyDelta, LayerResult]], report: Callable[[LayerResult], None]
+) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+    for item in merged:
+        report(item[2])
+        yield item
+
+
+def continued_state(config: MergeConfig, modules: list[Module]) -> MergeState:
+    """The earlier merge's state with ``modules`` folded in, in order (checked first: the
+    same method and parameters, new names, the same base model and shapes)."""
+    assert config.continue_from is not None
+    state = load_state(config.continue_from)
+    if state.method != config.method:
+        raise InvalidInputError(f"{config.continue_from} is a '{state.method}' merge; this config's method is '{config.method}'")
+    if state.parsed.model_dump() != config.parameters.model_dump():
+        raise InvalidInputError(
+            f"{config.continue_from} was merged with parameters {state.parsed.model_dump()}; "
+            f"this config has {config.parameters.model_dump()}"
+        )
+    for entry, module in zip(config.modules, modules, strict=True):
+        state = fold(state, module, entry.weight, entry.label)
+    return state

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose.library import LayerView
-from eigenmix.compose.routing import Batch, mix
+from eigenmix.compose.routing import Batch, Scope, mix
 
 
 class ArrowRouter:
     """Arrow's rule; ``top_k`` and ``temperature`` as in PEFT's ``ArrowConfig``."""
 
     name = "arrow"
-    scope = "layer"
+    scope: Scope = "layer"
 
     def __init__(self, top_k: int = 3, temperature: float = 1.0) -> None:
         self.top_k, self.temperature = top_k, temperature

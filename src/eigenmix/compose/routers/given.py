@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose.library import LayerView, Library
-from eigenmix.compose.routing import Batch
+from eigenmix.compose.routing import Batch, Scope
 from eigenmix.errors import InvalidInputError
 
 
@@ -30,7 +30,7 @@ class GivenRouter:
     """The ``given`` coefficients of the forward call, per row, for every layer."""
 
     name = "given"
-    scope = "layer"
+    scope: Scope = "layer"
 
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         if batch.given is None:

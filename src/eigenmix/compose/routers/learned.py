@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import linear_at
+from eigenmix.compose.hooks import first_routed_layer, linear_at
 from eigenmix.compose.library import LayerView, Library
-from eigenmix.compose.routing import Batch, mix, pooled
+from eigenmix.compose.routing import Batch, Scope, mix, pooled
 from eigenmix.errors import InvalidInputError
 
 
@@ -33,7 +33,7 @@ def projections(x: Tensor, view: LayerView, mask: Tensor | None) -> Tensor:
 def gate_features(model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
     """Features and labels of rows of each module's task, from the base model's first routed
     layer: ``batches[name]`` are the tokenised rows of module ``name``'s task."""
-    layer = library.layers[0]
+    layer = first_routed_layer(model, library.layers)
     view = library.view(layer)
     if len(view.members) != len(library):
         raise InvalidInputError(f"the gate reads the first layer ('{layer}'), which every module must have")
@@ -89,7 +89,7 @@ class LearnedRouter:
     """The gate's softmax (at ``temperature``, over its ``top_k`` highest), once per sequence."""
 
     name = "learned"
-    scope = "first"
+    scope: Scope = "first"
 
     def __init__(self, gate: Gate, temperature: float = 1.0, top_k: int | None = 1) -> None:
         self.gate, self.temperature, self.top_k = gate, temperature, top_k
@@ -100,3 +100,15 @@ class LearnedRouter:
 
     def state(self) -> dict[str, Any]:
         return {"weight": self.gate.weight, "bias": self.gate.bias, "mean": self.gate.mean, "std": self.gate.std}
+
+
+def gate_from_rows(library: Library, layer: str, rows: Mapping[str, Tensor], **fit: Any) -> Gate:
+    """A gate fitted on each module's stored pooled inputs at ``layer`` (``rows[name]``:
+    ``(rows, n)``), the module as the label (what ``eigenmix route --router learned`` does)."""
+    view = library.view(layer)
+    features, labels = [], []
+    for k, name in enumerate(library.names):
+        x = rows[name].float()
+        features.append(torch.cat([x @ V.float() for V in view.V], dim=-1))
+        labels.append(torch.full((x.shape[0],), k, dtype=torch.long))
+    return fit_gate(torch.cat(features), torch.cat(labels), len(library), **fit)

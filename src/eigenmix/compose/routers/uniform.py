@@ -6,14 +6,14 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose.library import LayerView
-from eigenmix.compose.routing import Batch
+from eigenmix.compose.routing import Batch, Scope
 
 
 class UniformRouter:
     """``g_k = 1 / K_l`` for every row and token (``K_l``: the modules that have the layer)."""
 
     name = "uniform"
-    scope = "layer"
+    scope: Scope = "layer"
 
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         K = len(view.members)

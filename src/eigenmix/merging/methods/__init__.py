@@ -8,6 +8,7 @@ from eigenmix.merging.methods import (  # noqa: F401
     knots,
     linear,
     magnitude_prune,
+    opcm,
     spectral,
     star,
     task_arithmetic,

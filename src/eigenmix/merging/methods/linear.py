@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from eigenmix.merging.continual import SUM
 from eigenmix.merging.registry import LayerContext, MergeParams, register
 from eigenmix.spectral import SVD, LayerSpectra
 
@@ -20,6 +21,7 @@ class LinearParams(MergeParams):
     paper="Wortsman et al., Model soups, ICML 2022 (weight averaging)",
     url="https://arxiv.org/abs/2203.05482",
     vectors=lambda p: "weighted_mean" if p.normalize else "sum",  # as its matrices
+    continual=SUM,
 )
 def linear(layer: LayerSpectra, p: LinearParams, ctx: LayerContext) -> SVD:
     core = layer.weighted_sum()

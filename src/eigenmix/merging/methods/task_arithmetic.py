@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from eigenmix.merging.continual import SUM
 from eigenmix.merging.registry import LayerContext, MergeParams, register
 from eigenmix.spectral import SVD, LayerSpectra
 
@@ -20,6 +21,7 @@ class TaskArithmeticParams(MergeParams):
     paper="Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
     url="https://arxiv.org/abs/2212.04089",
     vectors="sum",
+    continual=SUM,
 )
 def task_arithmetic(layer: LayerSpectra, p: TaskArithmeticParams, ctx: LayerContext) -> SVD:
     return layer.lift(p.scale * layer.weighted_sum())

@@ -1,0 +1,53 @@
+"""Unlabeled input rows in JSONL (what ``eigenmix route`` reads): one JSON object a line
+with a text field (default ``"text"``) and, for sentence pairs, ``"text_pair"``; other
+fields are kept and ignored."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from eigenmix.errors import InvalidInputError
+
+MAX_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One row to run: its line number, its text and optional pair."""
+
+    line: int
+    text: str
+    text_pair: str | None = None
+
+
+def read_inputs(path: Path, text_field: str = "text", pair_field: str = "text_pair") -> list[InputRow]:
+    """Every non-blank line of ``path``; one :class:`InvalidInputError` line for the first bad one."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    rows = []
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        try:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    raise InvalidInputError(f"{path}:{number}: not valid JSON") from None
+                if not isinstance(obj, dict):
+                    raise InvalidInputError(f"{path}:{number}: a row must be a JSON object")
+                text, pair = obj.get(text_field), obj.get(pair_field)
+                if not isinstance(text, str):
+                    raise InvalidInputError(f"{path}:{number}: field '{text_field}' must be a string")
+                if pair is not None and not isinstance(pair, str):
+                    raise InvalidInputError(f"{path}:{number}: field '{pair_field}' must be a string")
+                rows.append(InputRow(number, text, pair))
+                if len(rows) > MAX_ROWS:
+                    raise InvalidInputError(f"{path}: more than {MAX_ROWS:,} rows; split the file")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"{path}: not UTF-8 text") from None
+    if not rows:
+        raise InvalidInputError(f"{path}: has no rows")
+    return rows

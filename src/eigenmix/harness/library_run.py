@@ -1,0 +1,180 @@
+"""What ``eigenmix library`` and ``eigenmix route`` do with text: modules read from adapter
+folders (with the head and class names ``eigenmix.train`` saves beside them), their
+statistics from a few unlabeled rows of their task, routers by name, and a routed pass over
+rows of text with per-row coefficients and predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from eigenmix.compose import Entry, Library, RoutedModel, Router
+from eigenmix.compose.calibrate import module_statistics, stored_gate_rows, stored_statistics, stream_statistics
+from eigenmix.compose.hooks import first_routed_layer
+from eigenmix.compose.routers import ArrowRouter, LearnedRouter, SpectralRouter, UniformRouter
+from eigenmix.compose.routers.learned import gate_from_rows
+from eigenmix.data.inputs import InputRow, read_inputs
+from eigenmix.errors import InvalidInputError
+from eigenmix.io import read_lora_adapter
+from eigenmix.io.heads import HEAD_FILE, has_head, head_meta
+from eigenmix.io.safetensors_io import read_safetensors
+from eigenmix.train.encoder import load_encoder, mean_pool
+
+ROUTERS = ("spectral", "arrow", "learned", "uniform")
+Calibration = Literal["chance", "stats", "stream"]
+
+
+def module_spec(raw: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH``."""
+    name, sep, path = raw.partition("=")
+    return (name, Path(path).expanduser()) if sep and name and "/" not in name else (None, Path(raw).expanduser())
+
+
+def rows_spec(raw: list[str]) -> dict[str, Path]:
+    """``NAME=FILE.jsonl`` each (the rows of module NAME's task)."""
+    out: dict[str, Path] = {}
+    for item in raw:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InvalidInputError(f"--rows '{item}': give NAME=FILE.jsonl (the unlabeled rows of module NAME's task)")
+        if name in out:
+            raise InvalidInputError(f"--rows: module '{name}' is given twice")
+        out[name] = Path(path).expanduser()
+    return out
+
+
+def add_adapter(library: Library, folder: Path, name: str | None = None) -> Entry:
+    """Read one adapter folder (and the head beside it) into ``library``."""
+    module = read_lora_adapter(folder, name=name)
+    head, labels = {}, None
+    if has_head(folder):
+        tensors = read_safetensors(folder / HEAD_FILE)
+        if set(tensors) != {"weight", "bias"} or tensors["weight"].ndim != 2 or tensors["bias"].shape != tensors["weight"].shape[:1]:
+            raise InvalidInputError(f"{folder / HEAD_FILE}: not a linear head (weight (classes, hidden), bias (classes,))")
+        names = head_meta(folder).get("label_names")
+        labels = tuple(str(n) for n in names) if isinstance(names, list) and len(names) == tensors["weight"].shape[0] else None
+        head = tensors
+    return library.add(module, name or module.name, head=head, labels=labels)
+
+
+@dataclass
+class Encoder:
+    """A frozen base encoder with its tokenizer, and how it cuts text into batches."""
+
+    model: Any
+    tokenizer: Any
+    max_length: int = 128
+
+    def batches(self, rows: Sequence[InputRow], batch_size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
+        """Length-sorted padded batches: (row indices, tokenised batch)."""
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].text) + len(rows[i].text_pair or ""), i))
+        out = []
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            texts = [rows[i].text for i in chunk]
+            pairs = [rows[i].text_pair or "" for i in chunk] if any(rows[i].text_pair is not None for i in chunk) else None
+            out.append(
+                (chunk, self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"))
+            )
+        return out
+
+
+def load_base(library: Library, base_model: Path | None, max_length: int = 128) -> Encoder:
+    """The library's base model (or ``base_model``), loaded offline."""
+    where = base_model if base_model is not None else library.base_model
+    if where is None:
+        raise InvalidInputError("the library does not name its base model; give --base-model")
+    model, tokenizer = load_encoder(where)
+    return Encoder(model.eval().requires_grad_(False), tokenizer, max_length)
+
+
+def with_statistics(library: Library, name: str, encoder: Encoder, rows_file: Path) -> Entry:
+    """Module ``name`` again, now keeping its statistics from the rows of ``rows_file``."""
+    rows = read_inputs(rows_file)
+    batch = encoder.batches(rows, len(rows))[0][1]
+    stats = module_statistics(encoder.model, library, name, batch)
+    entry = dataclasses.replace(library.entry(name), stats=stats)
+    library.replace(entry)
+    return entry
+
+
+def make_router(
+    name: str,
+    library: Library,
+    encoder: Encoder,
+    *,
+    calibration: Calibration = "chance",
+    temperature: float | None = None,
+    top_k: int | None = None,
+    level: Literal["sequence", "token"] = "sequence",
+    scope: Literal["layer", "first"] = "layer",
+    stream: Callable[[], Any] | None = None,
+) -> Router:
+    """A router by name (``spectral`` with its calibration, ``arrow``, ``learned`` from the
+    rows the modules keep, ``uniform``)."""
+    if name == "uniform":
+        return UniformRouter()
+    if name == "arrow":
+        return ArrowRouter(top_k=top_k or 3, temperature=temperature or 1.0)
+    if name == "learned":
+        layer = first_routed_layer(encoder.model, library.layers)
+        gate = gate_from_rows(library, layer, stored_gate_rows(library, layer))
+        return LearnedRouter(gate, temperature=temperature or 1.0, top_k=top_k or 1)
+    if name == "spectral":
+        if calibration == "stats":
+            return SpectralRouter("energy", "stats", level, scope, temperature or 0.1, top_k, stored_statistics(library))
+        if calibration == "stream":
+            assert stream is not None
+            stats = stream_statistics(encoder.model, library, stream())
+            return SpectralRouter("energy", "stats", level, scope, temperature or 0.1, top_k, stats)
+        return SpectralRouter("energy", "chance", level, scope, temperature or 0.1, top_k)
+    raise InvalidInputError(f"unknown router '{name}' (choose from {', '.join(ROUTERS)})")
+
+
+@torch.no_grad()
+def route_rows(
+    library: Library,
+    encoder: Encoder,
+    router: Router,
+    rows: Sequence[InputRow],
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Per row (in file order): its coefficients over the library's modules, the module with
+    the largest, and, where that module keeps a head, its prediction."""
+    model = RoutedModel(encoder.model, library, router)
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    try:
+        for chunk, batch in encoder.batches(rows, batch_size):
+            hidden = model(**batch).last_hidden_state
+            features = mean_pool(hidden, batch["attention_mask"])
+            weights = model.routing()
+            for j, i in enumerate(chunk):
+                out[i] = _row(library, rows[i], weights[j], features[j])
+            if on_batch is not None:
+                on_batch(len(chunk))
+    finally:
+        model.detach_hooks()
+    return out
+
+
+def _row(library: Library, row: InputRow, weights: Tensor, feature: Tensor) -> dict[str, Any]:
+    top = int(weights.argmax())
+    entry = list(library)[top]
+    result: dict[str, Any] = {
+        "line": row.line,
+        "module": entry.name,
+        "weights": {n: round(float(w), 6) for n, w in zip(library.names, weights, strict=True)},
+    }
+    if entry.head:
+        probs = torch.softmax(feature @ entry.head["weight"].T.to(feature.dtype) + entry.head["bias"].to(feature.dtype), dim=-1)
+        label = int(probs.argmax())
+        result["prediction"] = entry.labels[label] if entry.labels else label
+        result["probability"] = round(float(probs[label]), 6)
+    return result

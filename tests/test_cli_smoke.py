@@ -27,7 +27,10 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
-COMMANDS = [[], ["inspect"], ["overlap"], ["methods"], ["merge"], ["tune"], ["bench"], ["bench", "merge"], ["demo"]]
+COMMANDS = [
+    [], ["inspect"], ["overlap"], ["methods"], ["merge"], ["tune"], ["bench"], ["bench", "merge"], ["bench", "compose"], ["demo"],
+    ["library"], ["library", "build"], ["library", "add"], ["library", "remove"], ["library", "list"], ["route"],
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -107,6 +110,32 @@ def test_bench_merge(tmp_path):
     ok(eigenmix("bench", "merge", *args, "--out", tmp_path / "bench"))
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert list(results["methods"]) == ["task_arithmetic"] and results["tasks"] == ["cola", "trec"]
+
+
+def test_bench_compose(tmp_path):
+    """Every part on two tiny tasks: the routers beside a merge run of the same settings, the
+    cost at K = 2 and 4, the continual orders."""
+    data = small_data(tmp_path / "data", train=24, test=8)
+    common = ["--data-dir", data, "--steps", "1", "--val-rows", "4", "--cache-dir", tmp_path / "cache"]
+    ok(eigenmix("bench", "merge", *common, "--quick", "--methods", "task_arithmetic", "--out", tmp_path / "merge"))
+    out = ok(eigenmix("bench", "compose", *common, "--quick", "--static", tmp_path / "merge", "--out", tmp_path / "compose"))
+    results = json.loads((tmp_path / "compose" / "results.json").read_text())
+    assert set(results["routers"]) == {
+        "oracle",
+        "uniform",
+        "arrow",
+        "peft_arrow",
+        "spectral",
+        "spectral+stats(n=16)",
+        "spectral+stream",
+        "learned(n=64)",
+    }
+    assert results["routers"]["oracle"]["per_task"] == pytest.approx(results["individual"], abs=1e-9)  # the harness's own check
+    assert results["routers"]["arrow"]["per_task"] == pytest.approx(results["routers"]["peft_arrow"]["per_task"], abs=0.05)
+    assert list(results["cost"]["per_k"]) == ["2", "4"] and len(results["continual"]["runs"]["opcm"]) == 3
+    assert "static: task_arithmetic" in out and (tmp_path / "compose" / "results.md").is_file()
+    done = eigenmix("bench", "compose", *common, "--parts", "routing,nope", "--out", tmp_path / "x")
+    assert done.returncode == 2 and "unknown part 'nope'" in done.stderr
 
 
 def test_demo(tmp_path):

@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file, save_file
 
@@ -209,3 +211,127 @@ def test_learned_router_decides_once_at_the_first_layer(adapters):
         alone = PeftModel.from_pretrained(base_model(), str(adapters[1])).eval()(x)
     torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.routing(), torch.tensor([[0.0, 1.0, 0.0]]).expand(len(x), 3))
+
+
+def reference_update(x, library, layer, g):
+    """Σ_k g_k ΔW_k x with the dense deltas (the independent computation)."""
+    view = library.view(layer)
+    return sum(g[..., j : j + 1] * (x @ library.delta(library.names[i], layer).T) for j, i in enumerate(view.members))
+
+
+@given(
+    rows=st.integers(1, 6), tokens=st.integers(1, 4), per_token=st.booleans(),
+    sparsity=st.sampled_from(["dense", "top1", "none"]), seed=st.integers(0, 10_000),
+)  # fmt: skip
+@settings(max_examples=40, deadline=None)
+def test_routed_update_equals_the_dense_sum_on_both_paths(rows, tokens, per_token, sparsity, seed):
+    """Stacked factors (soft mixing) and per-module rows (top-k, mixed batches) both equal the
+    dense ``Σ g_k ΔW_k x``; unused modules contribute nothing."""
+    from eigenmix.compose import routed_update
+
+    gen = torch.Generator().manual_seed(seed)
+    library = Library()
+    for k in range(3):
+        delta = eigenmix.modules.LowRankDelta(torch.randn(7, 2 + k, generator=gen), torch.randn(2 + k, 5, generator=gen))
+        library.add(eigenmix.modules.Module(f"m{k}", {"lin": delta}))
+    x = torch.randn(rows, tokens, 5, generator=gen)
+    g = torch.rand(rows, tokens if per_token else 1, 3, generator=gen)
+    if sparsity == "top1":
+        g = torch.zeros_like(g).scatter(-1, g.argmax(-1, keepdim=True), 1.0)
+    elif sparsity == "none":
+        g = torch.zeros_like(g)
+    expected = reference_update(x, library, "lin", g) if sparsity != "none" else torch.zeros(rows, tokens, 7)
+    torch.testing.assert_close(routed_update(x, library.view("lin"), g), expected, atol=1e-5, rtol=1e-5)
+    out = torch.ones(rows, tokens, 7)
+    torch.testing.assert_close(routed_update(x, library.view("lin"), g, out=out), expected + 1.0, atol=1e-5, rtol=1e-5)
+
+
+def test_scope_all_decides_from_every_layers_scores(adapters):
+    """Two passes: the spectral scores of every layer on the base model, averaged per module,
+    then one mix for all layers — the same output as those coefficients given per row."""
+    from eigenmix.compose.hooks import linear_at
+
+    library, x = library_of(adapters), inputs()
+    router = SpectralRouter(scope="all", temperature=0.5)
+    base = base_model().eval()
+    seen = {}
+    hooks = [
+        linear_at(base, layer, library.view(layer).shape).register_forward_hook(lambda m, i, o, layer=layer: seen.__setitem__(layer, i[0]))
+        for layer in library.layers
+    ]
+    with torch.no_grad():
+        base(x)
+    for h in hooks:
+        h.remove()
+    scores = torch.stack(
+        [
+            router.scores(layer, seen[layer].reshape(len(x), 1, -1), library.view(layer), eigenmix.compose.Batch())
+            for layer in library.layers
+        ]
+    ).mean(0)
+    expected_g = torch.softmax(scores / 0.5, -1)[:, 0]  # (rows, K)
+    with torch.no_grad():
+        got = routed(library, router)(x)
+        expected = routed(library, GivenRouter())(x, given=expected_g)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_calibration_statistics_by_hand_and_without_side_effects(adapters):
+    """calibrate: each module's own mean/std of its score on its own rows; stream_statistics:
+    every module's over all rows; neither changes the model's outputs."""
+    from eigenmix.compose.calibrate import calibrate, stream_statistics
+    from eigenmix.compose.hooks import linear_at
+    from eigenmix.compose.routers import module_energy
+
+    library = library_of(adapters)
+    model = base_model().eval()
+    rows = {name: {"x": inputs(n=6 + k)} for k, name in enumerate(library.names)}
+    with torch.no_grad():
+        before = model(rows[library.names[0]]["x"])
+        own = calibrate(model, library, rows)
+        stream = stream_statistics(model, library, list(rows.values()))
+        after = model(rows[library.names[0]]["x"])
+    assert torch.equal(before, after)
+    layer = library.layers[0]
+    seen = {}
+    hook = linear_at(model, layer, library.view(layer).shape).register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
+    all_scores = []
+    for k, name in enumerate(library.names):
+        with torch.no_grad():
+            model(**rows[name])
+        s = module_energy(seen["x"].reshape(seen["x"].shape[0], 1, -1), library.view(layer))[:, 0].double()
+        torch.testing.assert_close(own[layer][0][k].double(), s[:, k].mean(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(own[layer][1][k].double(), s[:, k].std(unbiased=False), atol=1e-6, rtol=1e-6)
+        all_scores.append(s)
+    hook.remove()
+    s = torch.cat(all_scores)
+    torch.testing.assert_close(stream[layer][0].double(), s.mean(0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(stream[layer][1].double(), s.std(0, unbiased=False), atol=1e-6, rtol=1e-6)
+
+
+def test_the_gate_is_fitted_where_the_model_decides(adapters):
+    """Layers stored alphabetically still route once at the layer the model runs first."""
+    from eigenmix.compose.hooks import first_routed_layer
+    from eigenmix.compose.routers.learned import gate_from_rows
+
+    library = library_of(adapters)
+    model = base_model().eval()
+    first = first_routed_layer(model, library.layers)
+    assert first == next(name for name, _ in model.named_modules() if name in library.layers)
+    g = torch.Generator().manual_seed(0)
+    n = library.view(first).shape[1]
+    rows = {name: torch.randn(10, n, generator=g) + 4 * k for k, name in enumerate(library.names)}
+    gate = gate_from_rows(library, first, rows)
+    view = library.view(first)
+    for k, name in enumerate(library.names):
+        features = torch.cat([rows[name] @ V for V in view.V], -1)
+        assert bool((gate.logits(features).argmax(-1) == k).all())
+
+
+def test_replacing_an_entry_keeps_its_place(adapters):
+    import dataclasses
+
+    library = library_of(adapters)
+    entry = library.entry(library.names[0])
+    library.replace(dataclasses.replace(entry, stats={"lin.mean": torch.tensor(1.0)}))
+    assert library.names[0] == entry.name and "lin.mean" in library.entry(entry.name).stats

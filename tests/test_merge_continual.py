@@ -4,6 +4,7 @@ module at a time into task_arithmetic / linear equals merging all at once (1e-6)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,91 @@ def test_folding_refuses_a_name_twice_another_base_and_other_shapes():
         fold(state, lora_module("c", 2, shapes=((12, 9),)))
     with pytest.raises(InvalidInputError, match="cannot fold"):
         fold(start("ties"), lora_module("d", 3))
+
+
+def write_config(path, method, modules, params=None, continue_from=None, **extra):
+    import yaml
+
+    cfg = {"method": method, "modules": [{"path": str(m), "weight": w} for m, w in modules], **extra}
+    if params:
+        cfg["parameters"] = params
+    if continue_from is not None:
+        cfg["continue_from"] = str(continue_from)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    from common import raw_adapter
+
+    root = tmp_path_factory.mktemp("continual")
+    return [raw_adapter(root / f"a{i}", {"enc.q": (10, 12), "enc.v": (8, 12)}, seed=i) for i in range(3)], root
+
+
+def dense(folder):
+    from eigenmix.io import read_lora_adapter
+
+    return {k: d.dense().double() for k, d in read_lora_adapter(folder).layers.items()}
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "weights"),
+    [
+        ("task_arithmetic", {"scale": 0.4}, [1.0, 0.5, 2.0]),
+        ("linear", {"normalize": True}, [1.0, 3.0, 0.5]),
+        ("opcm", {"alpha": 0.5}, [1.0] * 3),
+    ],
+)
+def test_eigenmix_merge_continue_from_equals_merging_all_at_once(raw, tmp_path, method, params, weights):
+    """Through the installed script: merge two, fold the third in from the written state (the
+    first two adapters' files are not read), and compare with the three merged at once."""
+    from test_cli_smoke import eigenmix, ok
+
+    (a, b, c), _ = raw
+    ok(eigenmix("merge", write_config(tmp_path / "ab.yaml", method, [(a, weights[0]), (b, weights[1])], params), "--out", tmp_path / "ab"))
+    assert (tmp_path / "ab" / "merge_state.json").is_file()
+    moved = tmp_path / "c_only"
+    shutil.copytree(c, moved)
+    ok(
+        eigenmix(
+            "merge",
+            write_config(tmp_path / "c.yaml", method, [(moved, weights[2])], params, continue_from=tmp_path / "ab"),
+            "--out",
+            tmp_path / "abc",
+        )
+    )
+    all_cfg = write_config(tmp_path / "abc.yaml", method, [(a, weights[0]), (b, weights[1]), (moved, weights[2])], params)
+    ok(eigenmix("merge", all_cfg, "--out", tmp_path / "once"))
+    folded, once = dense(tmp_path / "abc"), dense(tmp_path / "once")
+    for layer in once:
+        assert float((folded[layer] - once[layer]).norm() / once[layer].norm()) < 1e-6
+    state = json.loads((tmp_path / "abc" / "merge_state.json").read_text())
+    assert state["modules"] == ["a0", "a1", "c_only"]
+
+
+def test_continue_from_mistakes_are_one_line(raw, tmp_path):
+    from test_cli_smoke import eigenmix, ok
+
+    (a, b, c), _ = raw
+    ok(eigenmix("merge", write_config(tmp_path / "ab.yaml", "task_arithmetic", [(a, 1.0), (b, 1.0)]), "--out", tmp_path / "ab"))
+    ok(eigenmix("merge", write_config(tmp_path / "ties.yaml", "ties", [(a, 1.0), (b, 1.0)]), "--out", tmp_path / "ties"))
+    cases = [
+        (write_config(tmp_path / "1.yaml", "linear", [(c, 1.0)], continue_from=tmp_path / "ab"), "is a 'task_arithmetic' merge"),
+        (write_config(tmp_path / "2.yaml", "task_arithmetic", [(c, 1.0)], {"scale": 0.5}, continue_from=tmp_path / "ab"), "parameters"),
+        (write_config(tmp_path / "3.yaml", "task_arithmetic", [(a, 1.0)], continue_from=tmp_path / "ab"), "already in this merge"),
+        (write_config(tmp_path / "4.yaml", "task_arithmetic", [(c, 1.0)], continue_from=tmp_path / "ties"), "no merge_state.json"),
+        (write_config(tmp_path / "5.yaml", "ties", [(c, 1.0)], continue_from=tmp_path / "ab"), "cannot fold"),
+    ]
+    for cfg, message in cases:
+        done = eigenmix("merge", cfg, "--out", tmp_path / "out")
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (tmp_path / "out").exists()
+    done = eigenmix(
+        "merge",
+        write_config(tmp_path / "6.yaml", "task_arithmetic", [(c, 1.0)], continue_from=tmp_path / "ab"),
+        "--out",
+        tmp_path / "ab",
+        "--force",
+    )
+    assert done.returncode == 2 and "input" in done.stderr

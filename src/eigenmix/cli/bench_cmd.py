@@ -110,7 +110,9 @@ def bench_compose(
     seed: int = described(BenchSettings, "seed", 0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="The first 3 tasks, 50 training steps, small subsets (as bench merge --quick)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
+    steps: int | None = described(LoraRecipe, "steps", None, "--steps", min=1),
     test_rows: int | None = described(BenchSettings, "test_rows", None, "--test-rows", min=0),
+    val_rows: int | None = described(BenchSettings, "val_rows", None, "--val-rows", min=1),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Compose the merge benchmark's adapters per input: routers, cost, continual addition."""
@@ -133,7 +135,9 @@ def bench_compose(
             raise InvalidInputError(f"--static {path}: does not exist")
     inputs = [p for p in (data_dir, cache, *static) if p is not None]
     dest = destination(out, overwrite=force, inputs=inputs, marker="results.json")
-    bench = make_settings(data_dir, tasks=_names(tasks), methods=("linear",), seed=seed, quick=quick, test_rows=test_rows)
+    bench = make_settings(
+        data_dir, tasks=_names(tasks), methods=("linear",), seed=seed, quick=quick, steps=steps, test_rows=test_rows, val_rows=val_rows
+    )
     settings = ComposeSettings(bench=bench, parts=chosen, **({"continual_rows": 60, "cost_ks": (2, 4), "cost_repeats": 3} if quick else {}))
     results = run_compose(settings, data_dir, cache, static, console)
     results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])

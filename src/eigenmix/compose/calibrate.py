@@ -25,10 +25,12 @@ from eigenmix.errors import InvalidInputError
 
 
 def _record(seen: dict[str, Tensor], layer: str) -> Callable[..., None]:
-    """A forward hook keeping a layer's input (returning None: the output is left alone)."""
+    """A forward hook keeping a layer's input as ``(rows, tokens, n)`` (2-D inputs are one
+    token), returning None: the output is left alone."""
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen.setdefault(layer, inputs[0])
+        x = inputs[0]
+        seen.setdefault(layer, x.reshape(x.shape[0], -1, x.shape[-1]))
 
     return hook
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -83,6 +84,12 @@ class LayerView:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.U[0].shape[0]), int(self.V[0].shape[0])
+
+    @cached_property
+    def stacked(self) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
+        """``(U_cat (m, Σr), S_cat (Σr,), V_cat (n, Σr), ranks)``: every module's factors side
+        by side (formed once per view), for the products that serve all modules at once."""
+        return torch.cat(self.U, 1), torch.cat(self.S), torch.cat(self.V, 1), tuple(int(s.shape[0]) for s in self.S)
 
 
 class Library:

@@ -13,8 +13,9 @@ so adding a module that a row does not use leaves that row's output bit-identica
 hooks are forward hooks on the target linears (the model itself is not modified); without
 autograd the update is added in place into the linear's fresh output, with no extra pass.
 
-Routers decide either in every layer (``scope = "layer"``: Arrow, the spectral router) or
-once per forward pass, at the first routed layer, for all layers (``scope = "first"``: the
+Routers decide in every layer (``scope = "layer"``: Arrow, the spectral router), once per
+forward pass from every layer's scores (``scope = "all"``: two passes, the first on the base
+model to score, as MASS does), or once at the first routed layer (``scope = "first"``: the
 learned gate; uniform and given coefficients do not depend on the layer at all).
 """
 
@@ -30,7 +31,7 @@ from eigenmix.compose.hooks import first_routed_layer, linear_at
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.errors import InvalidInputError
 
-Scope = Literal["layer", "first"]
+Scope = Literal["layer", "first", "all"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,18 @@ class Router(Protocol):
 
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         """``(rows, tokens or 1, len(view.members))`` for the layer input ``x`` ``(rows, tokens, n)``."""
+        ...
+
+
+class ScoringRouter(Router, Protocol):
+    """A router that can decide from every layer's scores (``scope = "all"``)."""
+
+    def scores(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
+        """``(rows, tokens or 1, len(view.members))`` scores (before mixing)."""
+        ...
+
+    def decide(self, scores: Tensor) -> Tensor:
+        """Coefficients from scores ``(rows, tokens or 1, K)`` averaged over the layers."""
         ...
 
 
@@ -90,11 +103,14 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
     modules = [j for j in range(used.shape[1]) if bool(used[:, j].any())]
     g = g.to(x.dtype)
     if modules and int(used[:, modules].sum()) * 2 > used.shape[0] * len(modules):  # dense: stacked factors
-        V = torch.cat([view.V[j] for j in modules], dim=1).to(x.dtype)  # (n, Σr)
-        U = torch.cat([view.U[j] for j in modules], dim=1).to(x.dtype)  # (m, Σr)
-        gs = torch.cat([g[..., j : j + 1] * view.S[j].to(x.dtype) for j in modules], dim=-1)  # (rows, tokens|1, Σr)
-        z = ((x @ V) * gs).reshape(-1, V.shape[1])
-        out.reshape(-1, out.shape[-1]).addmm_(z, U.T)
+        U, S, V, ranks = view.stacked
+        if len(modules) < len(ranks):  # only the used modules' columns
+            starts = [sum(ranks[:j]) for j in range(len(ranks))]
+            cols = torch.cat([torch.arange(starts[j], starts[j] + ranks[j]) for j in modules])
+            U, S, V, ranks = U[:, cols], S[cols], V[:, cols], tuple(ranks[j] for j in modules)
+        gs = torch.repeat_interleave(g[..., modules], torch.tensor(ranks), dim=-1) * S.to(x.dtype)  # (rows, tokens|1, Σr)
+        z = ((x @ V.to(x.dtype)) * gs).reshape(-1, V.shape[1])
+        out.reshape(-1, out.shape[-1]).addmm_(z, U.T.to(x.dtype))
         return out
     for j in modules:
         U, S, V = (t.to(x.dtype) for t in (view.U[j], view.S[j], view.V[j]))
@@ -124,7 +140,10 @@ class RoutedModel(nn.Module):
         self.library, self.router = library, router
         self.views = {layer: library.view(layer) for layer in library.layers}
         self._batch = Batch()
-        self._decision: Tensor | None = None  # scope "first": (rows, 1, K) of this forward pass
+        self._decision: Tensor | None = None  # scope "first"/"all": (rows, 1, K) of this forward pass
+        self._scores: dict[str, Tensor] | None = None  # scope "all": the first pass's scores per layer
+        if router.scope == "all" and not (hasattr(router, "scores") and hasattr(router, "decide")):
+            raise InvalidInputError(f"router '{router.name}' cannot decide from every layer's scores (scope 'all')")
         self.last: dict[str, Tensor] = {}
         self.decision_layer = first_routed_layer(self.model, self.views) if router.scope == "first" else None
         self._hooks = [
@@ -137,6 +156,9 @@ class RoutedModel(nn.Module):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
             x = inputs[0]
             rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (rows, tokens, n); 2-D inputs are one token
+            if self._scores is not None:  # scope "all", first pass: score only, change nothing
+                self._scores[layer] = self.router.scores(layer, rows, view, self._batch)  # type: ignore[attr-defined]
+                return output
             g = self._coefficients(layer, rows, view)
             self.last[layer] = g.detach()
             if torch.is_grad_enabled() or not output.is_contiguous():
@@ -162,9 +184,27 @@ class RoutedModel(nn.Module):
             raise InvalidInputError(f"given coefficients must be (rows, {len(self.library)}); got {tuple(given.shape)}")
         self._batch, self._decision, self.last = Batch(kwargs.get("attention_mask"), given), None, {}
         try:
+            if self.router.scope == "all":
+                self._scores = {}
+                self.model(*args, **kwargs)
+                scores, self._scores = self._scores, None
+                self._decision = self.router.decide(self._averaged(scores))  # type: ignore[attr-defined]
             return self.model(*args, **kwargs)
         finally:
-            self._batch, self._decision = Batch(), None
+            self._batch, self._decision, self._scores = Batch(), None, None
+
+    def _averaged(self, scores: dict[str, Tensor]) -> Tensor:
+        """Each module's score averaged over the layers it is in: ``(rows, tokens or 1, K)``."""
+        total: Tensor | None = None
+        count = torch.zeros(len(self.library))
+        for layer, s in scores.items():
+            members = list(self.views[layer].members)
+            if total is None:
+                total = s.new_zeros(*s.shape[:-1], len(self.library))
+            total[..., members] += s
+            count[members] += 1
+        assert total is not None
+        return total / count.clamp(min=1).to(total.dtype)
 
     def routing(self) -> Tensor:
         """The last forward pass's coefficients over the library, per row ``(rows, K)``:

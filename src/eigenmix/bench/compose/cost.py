@@ -79,7 +79,8 @@ def run_cost(settings: ComposeSettings, tasks: list[CarvedTask], folders: list[P
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="eigenmix-cost-") as tmp:
         for k in settings.cost_ks:
-            paths = perturbed_copies(folders, k, Path(tmp), settings.bench.seed)
+            (Path(tmp) / str(k)).mkdir()
+            paths = perturbed_copies(folders, k, Path(tmp) / str(k), settings.bench.seed)
             library = Library()
             for p in paths:
                 library.add(read_lora_adapter(p, name=p.name))
@@ -89,6 +90,7 @@ def run_cost(settings: ComposeSettings, tasks: list[CarvedTask], folders: list[P
             routers: dict[str, Router] = {
                 "sequence, every layer": SpectralRouter(level="sequence", scope="layer"),
                 "sequence, first layer, top-1": SpectralRouter(level="sequence", scope="first", top_k=1),
+                "sequence, all layers (two passes)": SpectralRouter(level="sequence", scope="all"),
                 "token, every layer": SpectralRouter(level="token", scope="layer"),
                 "mixed batch (eigenmix)": GivenRouter(),
             }

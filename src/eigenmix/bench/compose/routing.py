@@ -13,7 +13,8 @@ Tiers of information, from none to labeled rows:
 - ``spectral+stream``: the same numbers over the unlabeled stream being routed (transductive);
 - ``learned(n=64)``: a logistic gate from ``gate_rows`` rows per task, the task as the label.
 
-Each spectral entry picks its scope (every layer, or once at the first), temperature and
+Each spectral entry picks its scope (every layer, once from every layer's scores in a
+first pass, or once at the first layer), temperature and
 top-k by the mean validation accuracy over the tasks; the learned gate its temperature and
 top-k. Validation rows come from the carved validation split (never trained on).
 """
@@ -80,7 +81,7 @@ def run_routing(
     val = ev.tokenize({t.name: t.val for t in tasks})
     test = ev.tokenize({t.name: t.task.test for t in tasks})
     ev.apply(None)
-    spectral_grid = {"scope": ("layer", "first"), "temperature": settings.temperatures, "top_k": settings.top_ks}
+    spectral_grid = {"scope": ("layer", "first", "all"), "temperature": settings.temperatures, "top_k": settings.top_ks}
     calib = {t.name: one_batch(ev, task_rows(t, settings.calib_rows, seed)) for t in tasks}
     gate_batches = {t.name: one_batch(ev, task_rows(t, settings.gate_rows, seed)) for t in tasks}
 

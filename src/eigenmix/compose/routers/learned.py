@@ -38,7 +38,9 @@ def gate_features(model: nn.Module, library: Library, batches: Mapping[str, dict
     if len(view.members) != len(library):
         raise InvalidInputError(f"the gate reads the first layer ('{layer}'), which every module must have")
     seen: list[Tensor] = []
-    hook = linear_at(model, layer, view.shape).register_forward_hook(lambda _, inputs, out: seen.append(inputs[0]))
+    hook = linear_at(model, layer, view.shape).register_forward_hook(
+        lambda _, inputs, out: seen.append(inputs[0].reshape(inputs[0].shape[0], -1, inputs[0].shape[-1]))
+    )
     features, labels = [], []
     try:
         for k, name in enumerate(library.names):

@@ -17,7 +17,9 @@ space holds common directions, wins every input), so they are calibrated:
 - ``stream``: standardised over the rows of the batch itself (no stored statistics).
 
 Coefficients are a softmax of the scores at ``temperature`` over the ``top_k`` highest, per
-sequence (the pooled layer input) or per token, in every layer or once at the first.
+sequence (the pooled layer input) or per token: in every layer (``scope: layer``), once from
+the scores averaged over every layer (``all``: a first, scoring pass on the base model), or
+once at the first routed layer (``first``).
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ Level = Literal["sequence", "token"]
 
 
 def module_energy(x: Tensor, view: LayerView, score: Score = "energy") -> Tensor:
-    """Raw scores ``(…, K_l)`` of ``x`` ``(…, n)``."""
+    """Raw scores ``(…, K_l)`` of ``x`` ``(…, n)`` (one product with the stacked ``V``)."""
     norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    out = []
-    for S, V in zip(view.S, view.V, strict=True):
-        z = x @ V.to(x.dtype)  # (…, r_k)
-        if score == "energy":
-            out.append(z.norm(dim=-1, keepdim=True) / norm)
-        else:
-            out.append((z * S.to(x.dtype)).norm(dim=-1, keepdim=True) / S.norm().clamp(min=1e-12).to(x.dtype))
-    return torch.cat(out, dim=-1)
+    _, S, V, ranks = view.stacked
+    z = x @ V.to(x.dtype)  # (…, Σr)
+    if score == "response":
+        z = z * S.to(x.dtype)
+    parts = torch.split(z.square(), ranks, dim=-1)
+    energy = torch.stack([p.sum(-1) for p in parts], dim=-1).sqrt()  # (…, K_l)
+    if score == "energy":
+        return energy / norm
+    spectra = torch.stack([s.norm() for s in view.S]).clamp(min=1e-12).to(x.dtype)
+    return energy / spectra
 
 
 class SpectralRouter:
@@ -96,3 +100,7 @@ class SpectralRouter:
 
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         return mix(self.scores(layer, x, view, batch), self.temperature, self.top_k)
+
+    def decide(self, scores: Tensor) -> Tensor:
+        """Coefficients from the scores averaged over every layer (``scope = "all"``)."""
+        return mix(scores, self.temperature, self.top_k)

@@ -335,3 +335,22 @@ def test_replacing_an_entry_keeps_its_place(adapters):
     entry = library.entry(library.names[0])
     library.replace(dataclasses.replace(entry, stats={"lin.mean": torch.tensor(1.0)}))
     assert library.names[0] == entry.name and "lin.mean" in library.entry(entry.name).stats
+
+
+def test_a_sequence_score_is_the_mean_of_its_real_tokens_scores():
+    from eigenmix.compose.routers import module_energy
+    from eigenmix.compose.routers.spectral import sequence_scores
+
+    gen = torch.Generator().manual_seed(1)
+    library = Library()
+    for k in range(2):
+        library.add(
+            eigenmix.modules.Module(
+                f"m{k}", {"lin": eigenmix.modules.LowRankDelta(torch.randn(4, 2, generator=gen), torch.randn(2, 6, generator=gen))}
+            )
+        )
+    x, mask = torch.randn(2, 3, 6, generator=gen), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    view = library.view("lin")
+    tokens = module_energy(x, view)
+    expected = torch.stack([tokens[0, :2].mean(0), tokens[1].mean(0)]).unsqueeze(1)
+    torch.testing.assert_close(sequence_scores(x, view, mask), expected)

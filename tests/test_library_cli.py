@@ -54,6 +54,9 @@ def test_list_shows_modules_heads_and_statistics(built):
     out = " ".join(ok(eigenmix("library", "list", built / "lib")).split())
     assert "2 modules of sentence-transformers/all-MiniLM-L6-v2" in out
     assert "│ trec │ 36 │ 8 │ 0, 1, 2, 3, 4, 5 │ yes │" in out and "│ cola │ 36 │ 8 │ 0, 1 │ yes │" in out  # small data: no label names
+    inspected = ok(eigenmix("inspect", built / "lib", "--json", built / "inspect.json"))
+    assert "module trec" in inspected and "module cola" in inspected
+    assert set(json.loads((built / "inspect.json").read_text())["modules"]) == {"trec", "cola"}
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from eigenmix.inspect import (
     spectra_table,
 )
 from eigenmix.io import read_lora_adapter
-from eigenmix.io.atomic import atomic_file, destination
+from eigenmix.io.atomic import Destination, atomic_file, destination
 from eigenmix.merging import check_compatible
 from eigenmix.tune.export import read_coefficient_summary
 
@@ -28,17 +28,21 @@ REPORT = "eigenmix-inspect"  # what marks an earlier report, which --force may r
 
 
 def inspect(
-    path: Path = typer.Argument(..., help="A PEFT LoRA adapter folder."),
+    path: Path = typer.Argument(..., help="A PEFT LoRA adapter folder, or a library folder (eigenmix library build)."),
     top: int = typer.Option(4, min=1, help="Singular values shown per layer."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the per-layer report to this JSON file (atomically)."),
     force: bool = typer.Option(False, "--force", help="Replace the --json file if it is an earlier report of eigenmix inspect."),
 ) -> None:
     """Per-layer spectrum of an adapter: shape, rank, top singular values, rank for 90/99% energy;
-    for an ``eigenmix tune`` output, also the learned coefficients per layer and module."""
+    for an ``eigenmix tune`` output, also the learned coefficients per layer and module; for a
+    library, its modules and each one's spectra."""
     dest = destination(json_out, overwrite=force, inputs=[path], marker=f"format={REPORT}", folder=False) if json_out is not None else None
+    console = make_console()
+    if (path / "library.json").is_file():
+        _inspect_library(path, top, dest)
+        return
     module = read_lora_adapter(path)
     reports = module_report(module)
-    console = make_console()
     console.print(spectra_table(reports, title=f"{module.name}  ({module.base_model or 'unknown base'})", top=top))
     console.print(spectra_summary(reports))
     coefficients = path / "coefficients.json"
@@ -64,3 +68,22 @@ def overlap(
     console = make_console()
     console.print(overlap_table(rows, title=f"subspace overlap: {a.name} vs {b.name}"))
     console.print(overlap_summary(rows))
+
+
+def _inspect_library(path: Path, top: int, dest: Destination | None) -> None:
+    from eigenmix.cli.library_cmd import library_table
+    from eigenmix.compose import load_library
+    from eigenmix.modules import Module, SpectralDelta
+
+    library = load_library(path)
+    console = make_console()
+    console.print(library_table(library, f"library {path}: {len(library)} modules of {library.base_model or 'an unnamed base model'}"))
+    out = {}
+    for entry in library:
+        reports = module_report(Module(entry.name, {layer: SpectralDelta(*f) for layer, f in entry.layers.items()}))
+        console.print(spectra_table(reports, title=f"module {entry.name}", top=top))
+        console.print(spectra_summary(reports))
+        out[entry.name] = [asdict(r) for r in reports]
+    if dest is not None:
+        with atomic_file(dest) as tmp:
+            tmp.write_text(json.dumps({"format": REPORT, "library": str(path), "modules": out}, indent=2) + "\n")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eigenmix.cli.console import make_console
 from eigenmix.cli.options import FORCE_HELP
+from eigenmix.compose import Library
 from eigenmix.errors import InvalidInputError
 
 app = typer.Typer(help="A library of modules (LoRA adapters) for runtime composition.", no_args_is_help=True)
@@ -23,7 +24,7 @@ ROWS_HELP = (
 BASE_HELP = "The base model folder (default: the one the adapters name; all-MiniLM-L6-v2 is bundled). Needed with --rows only."
 
 
-def _load_rows(library, rows: dict[str, Path], base_model: Path | None) -> None:
+def _load_rows(library: Library, rows: dict[str, Path], base_model: Path | None) -> None:
     from eigenmix.harness.library_run import load_base, with_statistics
 
     unknown = [n for n in rows if n not in library]
@@ -56,7 +57,7 @@ def build(
         add_adapter(library, path, name)
     _load_rows(library, files, base_model)
     save_library(library, dest)
-    make_console().print(_table(library, f"library {out}: {len(library)} modules"))
+    make_console().print(library_table(library, f"library {out}: {len(library)} modules"))
 
 
 @app.command("add")
@@ -104,11 +105,11 @@ def list_(library_dir: Path = typer.Argument(..., help="A library folder.")) -> 
 
     library = load_library(library_dir)
     make_console().print(
-        _table(library, f"library {library_dir}: {len(library)} modules of {library.base_model or 'an unnamed base model'}")
+        library_table(library, f"library {library_dir}: {len(library)} modules of {library.base_model or 'an unnamed base model'}")
     )
 
 
-def _table(library, title: str) -> Table:
+def library_table(library: Library, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("module", "layers", "ranks", "head", "statistics", "source"):
         table.add_column(column)

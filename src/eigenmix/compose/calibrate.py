@@ -2,7 +2,7 @@
 statistics the spectral router's ``calibration: stats`` standardises by.
 
 One forward pass of the base model per module over rows of that module's task; per routed
-layer, the pooled input's score (:func:`eigenmix.compose.routers.spectral.module_energy`) of
+layer, the sequence score (:func:`eigenmix.compose.routers.spectral.sequence_scores`) of
 every module is recorded, and module k keeps the mean and spread of *its own* score on
 *its own* rows. Nothing but these two numbers per layer and module is kept.
 
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from eigenmix.compose.hooks import first_routed_layer, linear_at
 from eigenmix.compose.library import Library
-from eigenmix.compose.routers.spectral import Score, module_energy
+from eigenmix.compose.routers.spectral import Score, sequence_scores
 from eigenmix.compose.routing import pooled
 from eigenmix.errors import InvalidInputError
 
@@ -62,7 +62,7 @@ def calibrate(
                 hook.remove()
         for layer, x in seen.items():
             view = views[layer]
-            own = module_energy(pooled(x, mask), view, score)[:, 0, view.members.index(k)].double()  # (rows,)
+            own = sequence_scores(x, view, mask, score)[:, 0, view.members.index(k)].double()  # (rows,)
             sums[layer][k] += torch.stack([own.sum(), own.square().sum()])
         counts[k] = next(iter(inputs.values())).shape[0]
     out = {}
@@ -93,7 +93,7 @@ def stream_statistics(
             for hook in hooks:
                 hook.remove()
         for layer, x in seen.items():
-            s = module_energy(pooled(x, inputs.get("attention_mask")), views[layer], score)[:, 0].double()  # (rows, K_l)
+            s = sequence_scores(x, views[layer], inputs.get("attention_mask"), score)[:, 0].double()  # (rows, K_l)
             sums[layer] += torch.stack([s.sum(0), s.square().sum(0)])
         rows += int(next(iter(inputs.values())).shape[0])
     if rows == 0:

@@ -70,12 +70,13 @@ def run_cost(settings: ComposeSettings, tasks: list[CarvedTask], folders: list[P
     from peft import PeftModel
 
     rng = random.Random(settings.bench.seed)
-    rows = rng.sample([r for t in tasks for r in t.task.test], settings.cost_rows)
+    stream = [r for t in tasks for r in t.task.test]
+    rows = rng.sample(stream, min(settings.cost_rows, len(stream)))
     batch = one_batch(ev, rows)
     repeats = settings.cost_repeats
     ev.apply(None)
     out: dict[str, Any] = {
-        "rows": settings.cost_rows, "tokens": int(batch["input_ids"].shape[1]), "threads": torch.get_num_threads(), "per_k": {},
+        "rows": len(rows), "tokens": int(batch["input_ids"].shape[1]), "threads": torch.get_num_threads(), "per_k": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="eigenmix-cost-") as tmp:
         for k in settings.cost_ks:
@@ -84,7 +85,7 @@ def run_cost(settings: ComposeSettings, tasks: list[CarvedTask], folders: list[P
             library = Library()
             for p in paths:
                 library.add(read_lora_adapter(p, name=p.name))
-            names = [library.names[i % k] for i in range(settings.cost_rows)]
+            names = [library.names[i % k] for i in range(len(rows))]
             given = one_hot(library, names)
             entry: dict[str, float] = {"base": _median_seconds(partial(ev.encoder, **batch), repeats)}
             routers: dict[str, Router] = {

@@ -152,7 +152,7 @@ def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str,
     """Real PEFT Arrow (``create_arrow_model``, its defaults) on the same adapters and rows."""
     from eigenmix.train.encoder import mean_pool
 
-    model = peft_arrow_model(folders)
+    model = peft_arrow_model(folders, top_k=min(3, len(folders)))  # PEFT fails for top_k > K
     start = time.perf_counter()
     features = []
     for batch in split.batches:
@@ -164,5 +164,5 @@ def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str,
         "per_task": per_task,
         "avg_acc": sum(per_task.values()) / len(per_task),
         "seconds": round(time.perf_counter() - start, 1),
-        "chosen": {"top_k": 3, "temperature": 1.0, "peft": __import__("peft").__version__},
+        "chosen": {"top_k": min(3, len(folders)), "temperature": 1.0, "peft": __import__("peft").__version__},
     }

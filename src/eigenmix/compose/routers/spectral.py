@@ -3,21 +3,23 @@
 Module k's response to ``x`` lives in its row space: ``V_kᵀ x`` (design note 5). Two scores:
 
 - ``energy``: ``‖V_kᵀ x‖ / ‖x‖``, the share of ``x`` in the module's row space (in [0, 1]);
-- ``response``: ``‖diag(σ_k) V_kᵀ x‖ / ‖σ_k‖``, the norm of the module's update on ``x``
+- ``response``: ``‖diag(σ_k) V_kᵀ x‖ / (‖σ_k‖ ‖x‖)``, the norm of the module's update on ``x``
   per unit of its own spectrum.
+
+Per sequence, a module's score is its per-token score averaged over the real tokens.
 
 Raw scores are not comparable across modules (a module of higher rank, or one whose row
 space holds common directions, wins every input), so they are calibrated:
 
 - ``none``: as they are;
 - ``chance``: divided by their value for an isotropic random input (``√(r_k / n)`` for the
-  energy, ``‖x‖ / √n`` for the response): what the adapters alone tell;
+  energy, ``1 / √n`` for the response): what the adapters alone tell;
 - ``stats``: standardised by the module's own mean and spread on a few unlabeled rows of its
   own task (:func:`eigenmix.compose.calibrate.calibrate`, kept in the library beside it);
 - ``stream``: standardised over the rows of the batch itself (no stored statistics).
 
 Coefficients are a softmax of the scores at ``temperature`` over the ``top_k`` highest, per
-sequence (the pooled layer input) or per token: in every layer (``scope: layer``), once from
+sequence (its tokens' scores averaged) or per token: in every layer (``scope: layer``), once from
 the scores averaged over every layer (``all``: a first, scoring pass on the base model), or
 once at the first routed layer (``first``).
 """
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose.library import LayerView
-from eigenmix.compose.routing import Batch, Scope, mix, pooled
+from eigenmix.compose.routing import Batch, Scope, mix
 from eigenmix.errors import InvalidInputError
 
 Score = Literal["energy", "response"]
@@ -46,12 +48,23 @@ def module_energy(x: Tensor, view: LayerView, score: Score = "energy") -> Tensor
     z = x @ V.to(x.dtype)  # (…, Σr)
     if score == "response":
         z = z * S.to(x.dtype)
-    parts = torch.split(z.square(), ranks, dim=-1)
+    parts = torch.split(z.square(), list(ranks), dim=-1)
     energy = torch.stack([p.sum(-1) for p in parts], dim=-1).sqrt()  # (…, K_l)
     if score == "energy":
         return energy / norm
     spectra = torch.stack([s.norm() for s in view.S]).clamp(min=1e-12).to(x.dtype)
-    return energy / spectra
+    return energy / spectra / norm
+
+
+def sequence_scores(x: Tensor, view: LayerView, mask: Tensor | None, score: Score = "energy") -> Tensor:
+    """Per sequence ``(rows, 1, K_l)``: each module's score averaged over the real tokens of
+    ``x`` ``(rows, tokens, n)`` (not the score of the averaged token, which mixes the tokens
+    before the module reads them and tells the tasks apart less well)."""
+    s = module_energy(x, view, score)  # (rows, tokens, K_l)
+    if mask is None:
+        return s.mean(1, keepdim=True)
+    m = mask.to(s.dtype).unsqueeze(-1)
+    return (s * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
 
 
 class SpectralRouter:
@@ -79,8 +92,7 @@ class SpectralRouter:
 
     def scores(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         """Calibrated scores ``(rows, tokens or 1, K_l)``."""
-        x = pooled(x, batch.mask) if self.level == "sequence" else x
-        s = module_energy(x, view, self.score)
+        s = sequence_scores(x, view, batch.mask, self.score) if self.level == "sequence" else module_energy(x, view, self.score)
         n = x.shape[-1]
         if self.calibration == "chance":
             if self.score == "energy":

@@ -221,18 +221,19 @@ def reference_update(x, library, layer, g):
 
 @given(
     rows=st.integers(1, 6), tokens=st.integers(1, 4), per_token=st.booleans(),
-    sparsity=st.sampled_from(["dense", "top1", "none"]), seed=st.integers(0, 10_000),
+    sparsity=st.sampled_from(["dense", "top1", "none"]), seed=st.integers(0, 10_000), equal=st.booleans(),
 )  # fmt: skip
 @settings(max_examples=40, deadline=None)
-def test_routed_update_equals_the_dense_sum_on_both_paths(rows, tokens, per_token, sparsity, seed):
-    """Stacked factors (soft mixing) and per-module rows (top-k, mixed batches) both equal the
-    dense ``Σ g_k ΔW_k x``; unused modules contribute nothing."""
+def test_routed_update_equals_the_dense_sum_on_every_path(rows, tokens, per_token, sparsity, seed, equal):
+    """Stacked factors (soft mixing), batched per-row modules (top-1 of equal ranks) and
+    per-module rows (the rest) all equal the dense ``Σ g_k ΔW_k x``; unused modules add nothing."""
     from eigenmix.compose import routed_update
 
     gen = torch.Generator().manual_seed(seed)
     library = Library()
     for k in range(3):
-        delta = eigenmix.modules.LowRankDelta(torch.randn(7, 2 + k, generator=gen), torch.randn(2 + k, 5, generator=gen))
+        r = 3 if equal else 2 + k
+        delta = eigenmix.modules.LowRankDelta(torch.randn(7, r, generator=gen), torch.randn(r, 5, generator=gen))
         library.add(eigenmix.modules.Module(f"m{k}", {"lin": delta}))
     x = torch.randn(rows, tokens, 5, generator=gen)
     g = torch.rand(rows, tokens if per_token else 1, 3, generator=gen)

@@ -91,6 +91,14 @@ class LayerView:
         by side (formed once per view), for the products that serve all modules at once."""
         return torch.cat(self.U, 1), torch.cat(self.S), torch.cat(self.V, 1), tuple(int(s.shape[0]) for s in self.S)
 
+    @cached_property
+    def batched(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(U (K, m, r), S (K, r), V (K, n, r))`` when every module has the same rank (else
+        None), for one batched product in which each row uses its own module."""
+        if len({int(s.shape[0]) for s in self.S}) != 1:
+            return None
+        return torch.stack(self.U), torch.stack(self.S), torch.stack(self.V)
+
 
 class Library:
     """Named modules of one base model, each kept per layer in its spectral form.

@@ -96,7 +96,8 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
     Only the modules some row uses are computed (a module with coefficient 0 everywhere
     costs nothing and changes nothing). When most rows use most of them (soft mixing), their
     factors are stacked and the update is two products, ``((x V) ⊙ g σ) Uᵀ``; when each row
-    uses few (top-k, mixed batches), each module runs on its own rows only."""
+    uses one (top-1, mixed batches) and the ranks agree, two batched products with each row's
+    own module; otherwise each module runs on its own rows only."""
     if out is None:
         out = x.new_zeros(*x.shape[:-1], view.shape[0])
     used = g.reshape(g.shape[0], -1, g.shape[-1]).ne(0).any(1)  # (rows, K_l)
@@ -111,6 +112,13 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
         gs = torch.repeat_interleave(g[..., modules], torch.tensor(ranks), dim=-1) * S.to(x.dtype)  # (rows, tokens|1, Σr)
         z = ((x @ V.to(x.dtype)) * gs).reshape(-1, V.shape[1])
         out.reshape(-1, out.shape[-1]).addmm_(z, U.T.to(x.dtype))
+        return out
+    if view.batched is not None and g.shape[1] == 1 and bool((used.sum(1) <= 1).all()):  # one module per row: batched
+        U, S, V = view.batched
+        idx = used.to(torch.int64).argmax(1)  # (rows,): each row's module (any, with weight 0, for rows with none)
+        w = g[torch.arange(g.shape[0]), 0, idx] * used.any(1).to(x.dtype)  # (rows,)
+        z = torch.bmm(x, V[idx].to(x.dtype)) * (S[idx].to(x.dtype) * w[:, None]).unsqueeze(1)  # (rows, tokens, r)
+        out.baddbmm_(z, U[idx].to(x.dtype).transpose(1, 2))
         return out
     for j in modules:
         U, S, V = (t.to(x.dtype) for t in (view.U[j], view.S[j], view.V[j]))

@@ -355,3 +355,21 @@ def test_a_sequence_score_is_the_mean_of_its_real_tokens_scores():
     tokens = module_energy(x, view)
     expected = torch.stack([tokens[0, :2].mean(0), tokens[1].mean(0)]).unsqueeze(1)
     torch.testing.assert_close(sequence_scores(x, view, mask), expected)
+
+
+def test_a_gate_of_every_layer_decides_in_a_first_pass(adapters):
+    """A gate that reads every routed layer decides once, from the base model's first pass:
+    with a bias for module 1 and top-1, the output is that adapter's alone."""
+    from eigenmix.compose.routers import gate_features
+
+    library, x = library_of(adapters), inputs()
+    features, labels = gate_features(base_model().eval(), library, {name: {"x": inputs(n=4)} for name in library.names}, library.layers)
+    F = sum(sum(V.shape[1] for V in library.view(layer).V) for layer in library.layers)
+    assert features.shape == (12, F) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    gate = Gate(torch.zeros(3, F), torch.tensor([0.0, 5.0, 0.0]), torch.zeros(F), torch.ones(F), tuple(library.layers))
+    model = routed(library, LearnedRouter(gate, top_k=1))
+    assert model.router.scope == "all"
+    with torch.no_grad():
+        got = model(x)
+        alone = PeftModel.from_pretrained(base_model(), str(adapters[1])).eval()(x)
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)

@@ -66,8 +66,8 @@ class ScoringRouter(Router, Protocol):
         """``(rows, tokens or 1, len(view.members))`` scores (before mixing)."""
         ...
 
-    def decide(self, scores: Tensor) -> Tensor:
-        """Coefficients from scores ``(rows, tokens or 1, K)`` averaged over the layers."""
+    def decide(self, scores: dict[str, Tensor], views: dict[str, LayerView], k: int) -> Tensor:
+        """Coefficients ``(rows, tokens or 1, k)`` from every layer's scores."""
         ...
 
 
@@ -86,6 +86,21 @@ def mix(scores: Tensor, temperature: float = 1.0, top_k: int | None = None) -> T
         kept, index = torch.topk(scores, top_k, dim=-1)
         scores = torch.full_like(scores, float("-inf")).scatter(-1, index, kept)
     return torch.softmax(scores / temperature, dim=-1)
+
+
+def layer_average(scores: dict[str, Tensor], views: dict[str, LayerView], k: int) -> Tensor:
+    """Each module's score averaged over the layers it is in: ``(rows, tokens or 1, k)``."""
+    total: Tensor | None = None
+    count = torch.zeros(k)
+    for layer, s in scores.items():
+        members = list(views[layer].members)
+        if total is None:
+            total = s.new_zeros(*s.shape[:-1], k)
+        total[..., members] += s
+        count[members] += 1
+    if total is None:
+        raise InvalidInputError("no routed layer ran")
+    return total / count.clamp(min=1).to(total.dtype)
 
 
 def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = None) -> Tensor:
@@ -196,23 +211,10 @@ class RoutedModel(nn.Module):
                 self._scores = {}
                 self.model(*args, **kwargs)
                 scores, self._scores = self._scores, None
-                self._decision = self.router.decide(self._averaged(scores))  # type: ignore[attr-defined]
+                self._decision = self.router.decide(scores, self.views, len(self.library))  # type: ignore[attr-defined]
             return self.model(*args, **kwargs)
         finally:
             self._batch, self._decision, self._scores = Batch(), None, None
-
-    def _averaged(self, scores: dict[str, Tensor]) -> Tensor:
-        """Each module's score averaged over the layers it is in: ``(rows, tokens or 1, K)``."""
-        total: Tensor | None = None
-        count = torch.zeros(len(self.library))
-        for layer, s in scores.items():
-            members = list(self.views[layer].members)
-            if total is None:
-                total = s.new_zeros(*s.shape[:-1], len(self.library))
-            total[..., members] += s
-            count[members] += 1
-        assert total is not None
-        return total / count.clamp(min=1).to(total.dtype)
 
     def routing(self) -> Tensor:
         """The last forward pass's coefficients over the library, per row ``(rows, K)``:

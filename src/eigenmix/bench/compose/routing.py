@@ -89,7 +89,10 @@ def run_routing(
     own = calibrate(ev.encoder, library, calib)
     stats_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    gate = fit_gate(*gate_features(ev.encoder, library, gate_batches), len(library))
+    gates = {
+        "first": fit_gate(*gate_features(ev.encoder, library, gate_batches), len(library)),
+        "all": fit_gate(*gate_features(ev.encoder, library, gate_batches, library.layers), len(library), layers=library.layers),
+    }
     gate_seconds = time.perf_counter() - start
 
     entries: dict[str, tuple[Make, dict[str, tuple], dict]] = {
@@ -101,7 +104,8 @@ def run_routing(
             {"rows_per_module": settings.calib_rows, "unlabeled": True, "calibrate_seconds": round(stats_seconds, 1)},
         ),
         "learned(n=64)": (
-            lambda **p: LearnedRouter(gate, **p), {"temperature": (0.3, 1.0, 3.0), "top_k": settings.top_ks},
+            lambda gate, **p: LearnedRouter(gates[gate], **p),
+            {"gate": ("first", "all"), "temperature": (0.3, 1.0, 3.0), "top_k": settings.top_ks},
             {"rows_per_task": settings.gate_rows, "fit_seconds": round(gate_seconds, 1)},
         ),
     }  # fmt: skip

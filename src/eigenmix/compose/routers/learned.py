@@ -3,14 +3,15 @@ regression from a row's features to its task's module, trained from a few rows p
 with the task as the only label, deciding once per sequence at the first routed layer.
 
 Features: the pooled input of the first routed layer projected on every module's row space
-(``[V_1 … V_K]ᵀ x̄``, ``Σ_k r_k`` numbers; what the adapters read), standardised with the
-training rows' mean and spread. Training is full-batch L-BFGS on cross-entropy plus
+(``[V_1 … V_K]ᵀ x̄``, ``Σ_k r_k`` numbers; what the adapters read), or the same of every
+routed layer side by side (read in a first pass on the base model: two forward passes),
+standardised with the training rows' mean and spread. Training is full-batch L-BFGS on cross-entropy plus
 ``l2 · ‖W‖²`` from a zero start: deterministic, and seconds on 2 cores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +31,23 @@ def projections(x: Tensor, view: LayerView, mask: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def gate_features(model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Features and labels of rows of each module's task, from the base model's first routed
-    layer: ``batches[name]`` are the tokenised rows of module ``name``'s task."""
-    layer = first_routed_layer(model, library.layers)
-    view = library.view(layer)
-    if len(view.members) != len(library):
-        raise InvalidInputError(f"the gate reads the first layer ('{layer}'), which every module must have")
-    seen: list[Tensor] = []
-    hook = linear_at(model, layer, view.shape).register_forward_hook(
-        lambda _, inputs, out: seen.append(inputs[0].reshape(inputs[0].shape[0], -1, inputs[0].shape[-1]))
-    )
+def gate_features(
+    model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]], layers: Sequence[str] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Features and labels of rows of each module's task: ``batches[name]`` are the
+    tokenised rows of module ``name``'s task. Features: the pooled input of each of
+    ``layers`` (default: the first routed layer only) projected on every module's row space,
+    side by side in the order of ``layers``."""
+    layers = list(layers) if layers is not None else [first_routed_layer(model, library.layers)]
+    for layer in layers:
+        if len(library.view(layer).members) != len(library):
+            raise InvalidInputError(f"the gate reads layer '{layer}', which every module must have")
+    seen: dict[str, Tensor] = {}
+
+    def keep(layer: str) -> Any:
+        return lambda _, inputs, out: seen.__setitem__(layer, inputs[0].reshape(inputs[0].shape[0], -1, inputs[0].shape[-1]))
+
+    hooks = [linear_at(model, layer, library.view(layer).shape).register_forward_hook(keep(layer)) for layer in layers]
     features, labels = [], []
     try:
         for k, name in enumerate(library.names):
@@ -48,27 +55,33 @@ def gate_features(model: nn.Module, library: Library, batches: Mapping[str, dict
                 raise InvalidInputError(f"no rows for module '{name}'")
             seen.clear()
             model(**batches[name])
-            features.append(projections(seen[0], view, batches[name].get("attention_mask")))
+            mask = batches[name].get("attention_mask")
+            features.append(torch.cat([projections(seen[layer], library.view(layer), mask) for layer in layers], dim=-1))
             labels.append(torch.full((features[-1].shape[0],), k, dtype=torch.long))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     return torch.cat(features), torch.cat(labels)
 
 
 @dataclass(frozen=True)
 class Gate:
-    """``logits = ((f − mean) / std) Wᵀ + b``: ``W`` (K, F), ``b`` (K,), ``mean``/``std`` (F,)."""
+    """``logits = ((f − mean) / std) Wᵀ + b``: ``W`` (K, F), ``b`` (K,), ``mean``/``std`` (F,);
+    ``layers``: the layers whose projections make ``f`` (None: the first routed layer)."""
 
     weight: Tensor
     bias: Tensor
     mean: Tensor
     std: Tensor
+    layers: tuple[str, ...] | None = None
 
     def logits(self, features: Tensor) -> Tensor:
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias
 
 
-def fit_gate(features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3, max_iter: int = 300) -> Gate:
+def fit_gate(
+    features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3, max_iter: int = 300, layers: Sequence[str] | None = None
+) -> Gate:
     """Logistic regression by full-batch L-BFGS, deterministic (zero start)."""
     x = features.to(torch.float64)
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
@@ -84,21 +97,31 @@ def fit_gate(features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3
         return loss
 
     opt.step(closure)
-    return Gate(w.detach().float(), b.detach().float(), mean.float(), std.float())
+    return Gate(w.detach().float(), b.detach().float(), mean.float(), std.float(), tuple(layers) if layers is not None else None)
 
 
 class LearnedRouter:
-    """The gate's softmax (at ``temperature``, over its ``top_k`` highest), once per sequence."""
+    """The gate's softmax (at ``temperature``, over its ``top_k`` highest), once per sequence:
+    at the first routed layer (a gate of one layer), or from every layer it reads in a first,
+    scoring pass on the base model (``scope = "all"``, a gate with ``layers``)."""
 
     name = "learned"
-    scope: Scope = "first"
 
     def __init__(self, gate: Gate, temperature: float = 1.0, top_k: int | None = 1) -> None:
         self.gate, self.temperature, self.top_k = gate, temperature, top_k
+        self.scope: Scope = "all" if gate.layers is not None else "first"
 
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         logits = self.gate.logits(projections(x, view, batch.mask).float()).to(x.dtype)
         return mix(logits, self.temperature, self.top_k).unsqueeze(1)
+
+    def scores(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
+        return projections(x, view, batch.mask).unsqueeze(1)  # (rows, 1, Σr): this layer's features
+
+    def decide(self, scores: dict[str, Tensor], views: dict[str, LayerView], k: int) -> Tensor:
+        assert self.gate.layers is not None
+        features = torch.cat([scores[layer][:, 0] for layer in self.gate.layers], dim=-1).float()
+        return mix(self.gate.logits(features), self.temperature, self.top_k).unsqueeze(1)
 
     def state(self) -> dict[str, Any]:
         return {"weight": self.gate.weight, "bias": self.gate.bias, "mean": self.gate.mean, "std": self.gate.std}

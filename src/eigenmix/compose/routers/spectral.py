@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose.library import LayerView
-from eigenmix.compose.routing import Batch, Scope, mix
+from eigenmix.compose.routing import Batch, Scope, layer_average, mix
 from eigenmix.errors import InvalidInputError
 
 Score = Literal["energy", "response"]
@@ -113,6 +113,6 @@ class SpectralRouter:
     def coefficients(self, layer: str, x: Tensor, view: LayerView, batch: Batch) -> Tensor:
         return mix(self.scores(layer, x, view, batch), self.temperature, self.top_k)
 
-    def decide(self, scores: Tensor) -> Tensor:
+    def decide(self, scores: dict[str, Tensor], views: dict[str, LayerView], k: int) -> Tensor:
         """Coefficients from the scores averaged over every layer (``scope = "all"``)."""
-        return mix(scores, self.temperature, self.top_k)
+        return mix(layer_average(scores, views, k), self.temperature, self.top_k)

@@ -322,7 +322,7 @@ def test_the_gate_is_fitted_where_the_model_decides(adapters):
     g = torch.Generator().manual_seed(0)
     n = library.view(first).shape[1]
     rows = {name: torch.randn(10, n, generator=g) + 4 * k for k, name in enumerate(library.names)}
-    gate = gate_from_rows(library, first, rows)
+    gate = gate_from_rows(library, [first], {name: {first: r} for name, r in rows.items()})
     view = library.view(first)
     for k, name in enumerate(library.names):
         features = torch.cat([rows[name] @ V for V in view.V], -1)

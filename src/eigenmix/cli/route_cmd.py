@@ -25,13 +25,15 @@ def route(
         "chance", "--calibration", help="spectral only: chance (the adapters alone), stats (the modules' rows), stream (these inputs)."
     ),
     temperature: float | None = typer.Option(
-        None, "--temperature", min=1e-6, help="Softmax temperature (default: spectral 0.1, arrow and learned 1)."
+        None, "--temperature", min=1e-6, help="Softmax temperature (default: spectral 0.2, learned and arrow 1)."
     ),
     top_k: int | None = typer.Option(
-        None, "--top-k", min=1, help="Keep the k largest coefficients (default: spectral all, arrow 3, learned 1)."
+        None, "--top-k", min=1, help="Keep the k largest coefficients (default: spectral and learned all, arrow 3)."
     ),
-    level: str = typer.Option("sequence", "--level", help="spectral: route each sequence (mean-pooled) or each token."),
-    scope: str = typer.Option("layer", "--scope", help="spectral: decide in every layer, or once at the first routed layer ('first')."),
+    level: str = typer.Option("sequence", "--level", help="spectral: route each sequence (its tokens' scores averaged) or each token."),
+    scope: str | None = typer.Option(
+        None, "--scope", help="spectral, learned: all (default: one decision from every layer's scores, two passes), layer, first."
+    ),
     base_model: Path | None = typer.Option(
         None, "--base-model", help="The base model folder (default: the library's; all-MiniLM-L6-v2 is bundled)."
     ),
@@ -47,7 +49,7 @@ def route(
     from eigenmix.io.atomic import atomic_dir, destination
 
     choices = {"--router": (router, ROUTERS), "--calibration": (calibration, ("chance", "stats", "stream")),
-               "--level": (level, ("sequence", "token")), "--scope": (scope, ("layer", "first"))}  # fmt: skip
+               "--level": (level, ("sequence", "token")), "--scope": (scope or "all", ("layer", "first", "all"))}  # fmt: skip
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise InvalidInputError(f"{flag} '{value}': choose from {', '.join(allowed)}")

@@ -12,12 +12,12 @@ rows of any task (the ``stream`` calibration computed once over the stream, not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import first_routed_layer, linear_at
+from eigenmix.compose.hooks import linear_at
 from eigenmix.compose.library import Library
 from eigenmix.compose.routers.spectral import Score, sequence_scores
 from eigenmix.compose.routing import pooled
@@ -115,20 +115,21 @@ def module_statistics(
 ) -> dict[str, Tensor]:
     """What a module keeps beside it in the library from a few unlabeled rows of its own task
     (``batch``, tokenised): per layer its score's mean and spread (``<layer>.mean``,
-    ``<layer>.std``: the ``stats`` calibration), and the rows' pooled inputs at the first
-    routed layer (``pooled.<layer>``: what the learned gate is fitted on)."""
+    ``<layer>.std``: the ``stats`` calibration), and the rows' pooled inputs at every layer
+    (``pooled.<layer>``: what the learned gate is fitted on)."""
     own = Library(library.base_model)
     own.add_entry(library.entry(name))
     stats = calibrate(model, own, {name: batch}, score)
     out = {f"{layer}.{key}": t[0] for layer, (mean, std) in stats.items() for key, t in (("mean", mean), ("std", std))}
-    first = first_routed_layer(model, own.layers)
     seen: dict[str, Tensor] = {}
-    hook = linear_at(model, first, own.view(first).shape).register_forward_hook(_record(seen, first))
+    hooks = [linear_at(model, layer, own.view(layer).shape).register_forward_hook(_record(seen, layer)) for layer in own.layers]
     try:
         model(**batch)
     finally:
-        hook.remove()
-    out[f"pooled.{first}"] = pooled(seen[first], batch.get("attention_mask"))[:, 0].contiguous()
+        for hook in hooks:
+            hook.remove()
+    for layer, x in seen.items():
+        out[f"pooled.{layer}"] = pooled(x, batch.get("attention_mask"))[:, 0].contiguous()
     return out
 
 
@@ -150,11 +151,12 @@ def stored_statistics(library: Library) -> dict[str, tuple[Tensor, Tensor]]:
     return out
 
 
-def stored_gate_rows(library: Library, layer: str) -> dict[str, Tensor]:
-    """Each module's stored pooled inputs at ``layer`` (what the learned gate is fitted on)."""
-    missing = [e.name for e in library if f"pooled.{layer}" not in e.stats]
-    if missing:
-        raise InvalidInputError(
-            f"module '{missing[0]}' keeps no rows at '{layer}'; add it with rows of its task (--rows) to use the learned router"
-        )
-    return {e.name: e.stats[f"pooled.{layer}"] for e in library}
+def stored_gate_rows(library: Library, layers: Sequence[str]) -> dict[str, dict[str, Tensor]]:
+    """Each module's stored pooled inputs at ``layers`` (what the learned gate is fitted on)."""
+    for layer in layers:
+        missing = [e.name for e in library if f"pooled.{layer}" not in e.stats]
+        if missing:
+            raise InvalidInputError(
+                f"module '{missing[0]}' keeps no rows at '{layer}'; add it with rows of its task (--rows) to use the learned router"
+            )
+    return {e.name: {layer: e.stats[f"pooled.{layer}"] for layer in layers} for e in library}

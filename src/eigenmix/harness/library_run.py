@@ -27,6 +27,11 @@ from eigenmix.io.safetensors_io import read_safetensors
 from eigenmix.train.encoder import load_encoder, mean_pool
 
 ROUTERS = ("spectral", "arrow", "learned", "uniform")
+# The defaults are the settings the composition benchmark chose on validation rows for every
+# tier (benchmarks/results/compose/results.json, "chosen"): one decision per sequence from
+# every layer's scores (two passes), a dense softmax.
+SPECTRAL_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 0.2, "top_k": None}
+LEARNED_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 1.0, "top_k": None}
 Calibration = Literal["chance", "stats", "stream"]
 
 
@@ -113,27 +118,33 @@ def make_router(
     temperature: float | None = None,
     top_k: int | None = None,
     level: Literal["sequence", "token"] = "sequence",
-    scope: Literal["layer", "first"] = "layer",
+    scope: Literal["layer", "first", "all"] | None = None,
     stream: Callable[[], Any] | None = None,
 ) -> Router:
     """A router by name (``spectral`` with its calibration, ``arrow``, ``learned`` from the
-    rows the modules keep, ``uniform``)."""
+    rows the modules keep, ``uniform``); unset settings take the defaults above."""
     if name == "uniform":
         return UniformRouter()
     if name == "arrow":
         return ArrowRouter(top_k=top_k or 3, temperature=temperature or 1.0)
     if name == "learned":
-        layer = first_routed_layer(encoder.model, library.layers)
-        gate = gate_from_rows(library, layer, stored_gate_rows(library, layer))
-        return LearnedRouter(gate, temperature=temperature or 1.0, top_k=top_k or 1)
+        d = LEARNED_DEFAULTS
+        first = (scope or d["scope"]) == "first"
+        layers = [first_routed_layer(encoder.model, library.layers)] if first else library.layers
+        gate = gate_from_rows(library, layers, stored_gate_rows(library, layers))
+        return LearnedRouter(gate, temperature=temperature or d["temperature"], top_k=top_k if top_k is not None else d["top_k"])
     if name == "spectral":
+        d = SPECTRAL_DEFAULTS
+        settings: dict[str, Any] = {
+            "level": level, "scope": scope or d["scope"], "temperature": temperature or d["temperature"],
+            "top_k": top_k if top_k is not None else d["top_k"],
+        }  # fmt: skip
         if calibration == "stats":
-            return SpectralRouter("energy", "stats", level, scope, temperature or 0.1, top_k, stored_statistics(library))
+            return SpectralRouter("energy", "stats", stats=stored_statistics(library), **settings)
         if calibration == "stream":
             assert stream is not None
-            stats = stream_statistics(encoder.model, library, stream())
-            return SpectralRouter("energy", "stats", level, scope, temperature or 0.1, top_k, stats)
-        return SpectralRouter("energy", "chance", level, scope, temperature or 0.1, top_k)
+            return SpectralRouter("energy", "stats", stats=stream_statistics(encoder.model, library, stream()), **settings)
+        return SpectralRouter("energy", "chance", **settings)
     raise InvalidInputError(f"unknown router '{name}' (choose from {', '.join(ROUTERS)})")
 
 

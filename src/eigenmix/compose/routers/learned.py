@@ -127,13 +127,13 @@ class LearnedRouter:
         return {"weight": self.gate.weight, "bias": self.gate.bias, "mean": self.gate.mean, "std": self.gate.std}
 
 
-def gate_from_rows(library: Library, layer: str, rows: Mapping[str, Tensor], **fit: Any) -> Gate:
-    """A gate fitted on each module's stored pooled inputs at ``layer`` (``rows[name]``:
-    ``(rows, n)``), the module as the label (what ``eigenmix route --router learned`` does)."""
-    view = library.view(layer)
+def gate_from_rows(library: Library, layers: Sequence[str], rows: Mapping[str, Mapping[str, Tensor]], **fit: Any) -> Gate:
+    """A gate fitted on each module's stored pooled inputs (``rows[name][layer]``: ``(rows,
+    n)``) at ``layers``, the module as the label (what ``eigenmix route --router learned``
+    does); one layer: it decides at that layer; several: from a first, scoring pass."""
     features, labels = [], []
     for k, name in enumerate(library.names):
-        x = rows[name].float()
-        features.append(torch.cat([x @ V.float() for V in view.V], dim=-1))
-        labels.append(torch.full((x.shape[0],), k, dtype=torch.long))
-    return fit_gate(torch.cat(features), torch.cat(labels), len(library), **fit)
+        parts = [rows[name][layer].float() @ library.view(layer).stacked[2].float() for layer in layers]
+        features.append(torch.cat(parts, dim=-1))
+        labels.append(torch.full((parts[0].shape[0],), k, dtype=torch.long))
+    return fit_gate(torch.cat(features), torch.cat(labels), len(library), layers=list(layers) if len(layers) > 1 else None, **fit)

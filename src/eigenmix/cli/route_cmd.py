@@ -25,7 +25,7 @@ def route(
         "chance", "--calibration", help="spectral only: chance (the adapters alone), stats (the modules' rows), stream (these inputs)."
     ),
     temperature: float | None = typer.Option(
-        None, "--temperature", min=1e-6, help="Softmax temperature (default: spectral 0.2, learned and arrow 1)."
+        None, "--temperature", min=1e-6, help="Softmax temperature (default: spectral 0.2, learned 3, arrow 1)."
     ),
     top_k: int | None = typer.Option(
         None, "--top-k", min=1, help="Keep the k largest coefficients (default: spectral and learned all, arrow 3)."

@@ -29,9 +29,9 @@ from eigenmix.train.encoder import load_encoder, mean_pool
 ROUTERS = ("spectral", "arrow", "learned", "uniform")
 # The defaults are the settings the composition benchmark chose on validation rows for every
 # tier (benchmarks/results/compose/results.json, "chosen"): one decision per sequence from
-# every layer's scores (two passes), a dense softmax.
+# every layer's scores (two passes), a dense softmax (spectral at T 0.2, the gate at T 3).
 SPECTRAL_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 0.2, "top_k": None}
-LEARNED_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 1.0, "top_k": None}
+LEARNED_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 3.0, "top_k": None}
 Calibration = Literal["chance", "stats", "stream"]
 
 

@@ -7,7 +7,9 @@ arrival every task seen so far is tested. Average accuracy and backward transfer
 - OPCM (``opcm``, its defaults) and the continual ``task_arithmetic`` (λ = 0.3), both folded
   one module at a time from their stored state (:mod:`eigenmix.merging.continual`).
 
-The seconds of one addition are set against redoing everything with all the modules.
+The seconds of one addition are set against redoing that entry with all the modules, and
+against re-merging all of them with ``tsv`` (the best static merge of the merge benchmark);
+all timings are taken with no other job on the machine.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def run_continual(
             "bwt": statistics.mean(r["bwt"] for r in rs),
             "add_seconds": statistics.mean(s for r in rs for s in r["add_seconds"][1:]),
             "redo_all_seconds": redo[entry],
+            "remerge_best_static_seconds": redo["tsv (the best static merge)"],
         }
         for entry, rs in runs.items()
     }
@@ -122,4 +125,5 @@ def _redo_seconds(modules: list[Module]) -> dict[str, float]:
         "routed library (spectral)": timed(rebuild),
         "opcm": timed(lambda: merge(modules, "opcm")),
         "task_arithmetic (continual)": timed(lambda: merge(modules, "task_arithmetic", scale=0.3)),
+        "tsv (the best static merge)": timed(lambda: merge(modules, "tsv")),
     }

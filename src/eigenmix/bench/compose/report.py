@@ -57,11 +57,15 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "continual" in results:
         c = results["continual"]["summary"]
-        title = "| continual entry | final avg acc | BWT (points) | seconds per addition | seconds to redo all | ratio |"
-        lines += [title, "|---|---:|---:|---:|---:|---:|"]
+        title = (
+            "| continual entry | final avg acc | BWT (points) | seconds per addition | redo it with all | ratio "
+            "| re-merge all with tsv | ratio |"
+        )
+        lines += [title, "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [
             f"| {n} | {100 * e['final_avg_acc']:.1f} | {100 * e['bwt']:+.2f} | {e['add_seconds']:.3f} | {e['redo_all_seconds']:.3f} | "
-            f"{e['redo_all_seconds'] / e['add_seconds']:.1f}× |"
+            f"{e['redo_all_seconds'] / e['add_seconds']:.1f}× | {e.get('remerge_best_static_seconds', float('nan')):.3f} | "
+            f"{e.get('remerge_best_static_seconds', float('nan')) / e['add_seconds']:.1f}× |"
             for n, e in c.items()
         ]
         lines.append("")

@@ -61,9 +61,13 @@ def test_list_shows_modules_heads_and_statistics(built):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--router", "arrow"], ["--router", "uniform"], ["--router", "learned"], ["--calibration", "stats", "--top-k", "1"],
-     ["--calibration", "stream", "--level", "token"], ["--scope", "first"]],
-)  # fmt: skip
+    [
+        [],
+        ["--router", "learned"],
+        ["--calibration", "stats", "--scope", "layer", "--top-k", "1"],
+        ["--calibration", "stream", "--level", "token"],
+    ],
+)  # the other routers and scopes: in process, tests/test_compose.py
 def test_route_writes_one_row_per_input_with_weights_and_predictions(built, args, tmp_path):
     ok(eigenmix("route", built / "lib", "--inputs", built / "mixed.jsonl", "--out", tmp_path / "r", *args))
     rows = [json.loads(x) for x in (tmp_path / "r" / "routes.jsonl").read_text().splitlines()]

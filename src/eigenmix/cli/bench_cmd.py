@@ -22,6 +22,36 @@ from eigenmix.train.lora import LoraRecipe
 
 app = typer.Typer(help="Benchmarks on real models and data.", no_args_is_help=True)
 
+# Options both benchmarks take (one definition each).
+DATA_DIR = typer.Option(None, "--data-dir", help="A folder of tasks in the bundled JSONL format (default: bundled).")
+TASKS = described(BenchSettings, "tasks", None, "--tasks", metavar="A,B")
+SEED = described(BenchSettings, "seed", 0, "--seed")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix).")
+STEPS = described(LoraRecipe, "steps", None, "--steps", min=1)
+TEST_ROWS = described(BenchSettings, "test_rows", None, "--test-rows", min=0)
+VAL_ROWS = described(BenchSettings, "val_rows", None, "--val-rows", min=1)
+FORCE = typer.Option(False, "--force", help=FORCE_HELP)
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    from eigenmix.bench.cache import default_cache_dir
+
+    cache = cache_dir or default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise InvalidInputError(f"--cache-dir {cache}: is not a folder")
+    return cache
+
+
+def _record_run(results: dict) -> None:
+    """The command line and the machine, into ``results["config"]``."""
+    results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
+    results["config"]["machine"] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "torch": torch.__version__,
+    }
+
 
 def _names(raw: str | None) -> tuple[str, ...] | None:
     if raw is None:
@@ -37,39 +67,33 @@ def _names(raw: str | None) -> tuple[str, ...] | None:
 
 @app.command("merge")
 def bench_merge(
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="A folder of tasks in the bundled JSONL format (default: bundled)."),
-    tasks: str | None = described(BenchSettings, "tasks", None, "--tasks", metavar="A,B"),
+    data_dir: Path | None = DATA_DIR,
+    tasks: str | None = TASKS,
     methods: str | None = described(BenchSettings, "methods", None, "--methods", metavar="M1,M2"),
     out: Path = typer.Option(Path("runs/bench-merge"), "--out", help="Folder for results.json/.md/.png, written atomically."),
-    seed: int = described(BenchSettings, "seed", 0, "--seed"),
+    seed: int = SEED,
     quick: bool = typer.Option(False, "--quick", help="The first 3 tasks, 50 training steps, small validation/test subsets."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
-    steps: int | None = described(LoraRecipe, "steps", None, "--steps", min=1),
-    test_rows: int | None = described(BenchSettings, "test_rows", None, "--test-rows", min=0),
-    val_rows: int | None = described(BenchSettings, "val_rows", None, "--val-rows", min=1),
+    cache_dir: Path | None = CACHE_DIR,
+    steps: int | None = STEPS,
+    test_rows: int | None = TEST_ROWS,
+    val_rows: int | None = VAL_ROWS,
     tune: bool = typer.Option(False, "--tune", help="Also the tuned entries (coefficients learned from 16-64 rows per task)."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = FORCE,
 ) -> None:
     """Merge per-task LoRA adapters of all-MiniLM-L6-v2 with every method and score each task."""
-    from eigenmix.bench.cache import default_cache_dir
     from eigenmix.bench.report import write_results
     from eigenmix.bench.runner import run_benchmark
     from eigenmix.bench.settings import make_settings
 
     console = make_console()
-    cache = cache_dir or default_cache_dir()
-    if cache.exists() and not cache.is_dir():
-        raise InvalidInputError(f"--cache-dir {cache}: is not a folder")
+    cache = _cache(cache_dir)
     dest = destination(out, overwrite=force, inputs=[p for p in (data_dir, cache) if p is not None], marker="results.json")
     settings = make_settings(
         data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,
         test_rows=test_rows, val_rows=val_rows, tune=tune,
     )  # fmt: skip
     results = run_benchmark(settings, data_dir, cache, console)
-    results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
-    results["config"]["machine"] = {
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
-    }  # fmt: skip
+    _record_run(results)
     with atomic_dir(dest) as tmp:
         write_results(results, tmp)
     console.print(_table(results))
@@ -100,32 +124,29 @@ def _table(results: dict) -> Table:
 
 @app.command("compose")
 def bench_compose(
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="A folder of tasks in the bundled JSONL format (default: bundled)."),
-    tasks: str | None = described(BenchSettings, "tasks", None, "--tasks", metavar="A,B"),
+    data_dir: Path | None = DATA_DIR,
+    tasks: str | None = TASKS,
     parts: str | None = typer.Option(None, "--parts", metavar="P1,P2", help="Which parts: routing, cost, continual (default: all)."),
     static: list[Path] = typer.Option(
         [], "--static", help="A results.json (or its folder) of `eigenmix bench merge` with the same settings, shown beside (repeatable)."
     ),
     out: Path = typer.Option(Path("runs/bench-compose"), "--out", help="Folder for results.json/.md, written atomically."),
-    seed: int = described(BenchSettings, "seed", 0, "--seed"),
+    seed: int = SEED,
     quick: bool = typer.Option(False, "--quick", help="The first 3 tasks, 50 training steps, small subsets (as bench merge --quick)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Trained adapters and probes (default: ~/.cache/eigenmix)."),
-    steps: int | None = described(LoraRecipe, "steps", None, "--steps", min=1),
-    test_rows: int | None = described(BenchSettings, "test_rows", None, "--test-rows", min=0),
-    val_rows: int | None = described(BenchSettings, "val_rows", None, "--val-rows", min=1),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    cache_dir: Path | None = CACHE_DIR,
+    steps: int | None = STEPS,
+    test_rows: int | None = TEST_ROWS,
+    val_rows: int | None = VAL_ROWS,
+    force: bool = FORCE,
 ) -> None:
     """Compose the merge benchmark's adapters per input: routers, cost, continual addition."""
-    from eigenmix.bench.cache import default_cache_dir
     from eigenmix.bench.compose.report import markdown, summary_table
     from eigenmix.bench.compose.run import run_compose
     from eigenmix.bench.compose.settings import PARTS, ComposeSettings
     from eigenmix.bench.settings import make_settings
 
     console = make_console()
-    cache = cache_dir or default_cache_dir()
-    if cache.exists() and not cache.is_dir():
-        raise InvalidInputError(f"--cache-dir {cache}: is not a folder")
+    cache = _cache(cache_dir)
     chosen = _names(parts) or PARTS
     unknown = [p for p in chosen if p not in PARTS]
     if unknown:
@@ -140,13 +161,7 @@ def bench_compose(
     )
     settings = ComposeSettings(bench=bench, parts=chosen, **({"continual_rows": 60, "cost_ks": (2, 4), "cost_repeats": 3} if quick else {}))
     results = run_compose(settings, data_dir, cache, static, console)
-    results["config"]["command"] = shlex.join(["eigenmix", *sys.argv[1:]])
-    results["config"]["machine"] = {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": _cpu_model(),
-        "torch": torch.__version__,
-    }
+    _record_run(results)
     with atomic_dir(dest) as tmp:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown(results))

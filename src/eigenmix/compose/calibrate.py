@@ -35,6 +35,18 @@ def _record(seen: dict[str, Tensor], layer: str) -> Callable[..., None]:
     return hook
 
 
+def layer_inputs(model: nn.Module, library: Library, layers: Iterable[str], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """One forward pass of ``model`` on ``inputs``; the input of each of ``layers``."""
+    seen: dict[str, Tensor] = {}
+    hooks = [linear_at(model, layer, library.view(layer).shape).register_forward_hook(_record(seen, layer)) for layer in layers]
+    try:
+        model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]], score: Score = "energy"
@@ -49,17 +61,7 @@ def calibrate(
             raise InvalidInputError(f"no calibration rows for module '{name}'")
         inputs = batches[name]
         mask = inputs.get("attention_mask")
-        seen: dict[str, Tensor] = {}
-        hooks = [
-            linear_at(model, layer, view.shape).register_forward_hook(_record(seen, layer))
-            for layer, view in views.items()
-            if k in view.members
-        ]
-        try:
-            model(**inputs)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        seen = layer_inputs(model, library, [layer for layer, view in views.items() if k in view.members], inputs)
         for layer, x in seen.items():
             view = views[layer]
             own = sequence_scores(x, view, mask, score)[:, 0, view.members.index(k)].double()  # (rows,)
@@ -85,14 +87,7 @@ def stream_statistics(
     sums = {layer: torch.zeros(2, len(view.members), dtype=torch.float64) for layer, view in views.items()}
     rows = 0
     for inputs in batches:
-        seen: dict[str, Tensor] = {}
-        hooks = [linear_at(model, layer, view.shape).register_forward_hook(_record(seen, layer)) for layer, view in views.items()]
-        try:
-            model(**inputs)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for layer, x in seen.items():
+        for layer, x in layer_inputs(model, library, views, inputs).items():
             s = sequence_scores(x, views[layer], inputs.get("attention_mask"), score)[:, 0].double()  # (rows, K_l)
             sums[layer] += torch.stack([s.sum(0), s.square().sum(0)])
         rows += int(next(iter(inputs.values())).shape[0])
@@ -121,14 +116,7 @@ def module_statistics(
     own.add_entry(library.entry(name))
     stats = calibrate(model, own, {name: batch}, score)
     out = {f"{layer}.{key}": t[0] for layer, (mean, std) in stats.items() for key, t in (("mean", mean), ("std", std))}
-    seen: dict[str, Tensor] = {}
-    hooks = [linear_at(model, layer, own.view(layer).shape).register_forward_hook(_record(seen, layer)) for layer in own.layers]
-    try:
-        model(**batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for layer, x in seen.items():
+    for layer, x in layer_inputs(model, own, own.layers, batch).items():
         out[f"pooled.{layer}"] = pooled(x, batch.get("attention_mask"))[:, 0].contiguous()
     return out
 

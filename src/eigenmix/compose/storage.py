@@ -25,6 +25,7 @@ from torch import Tensor
 from eigenmix.compose.library import Entry, Library
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.atomic import Destination, atomic_dir, atomic_file
+from eigenmix.io.json_file import read_json_object
 from eigenmix.io.safetensors_io import read_safetensors
 from eigenmix.spectral import SVD
 
@@ -70,13 +71,8 @@ def read_index(folder: Path) -> dict[str, Any]:
     path = folder / INDEX
     if not folder.is_dir():
         raise InvalidInputError(f"{folder}: no such library folder")
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInputError(f"{folder}: not a library (no {INDEX})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidInputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
+    index = read_json_object(path, f"{folder}: not a library (no {INDEX})")
+    if index.get("format") != FORMAT:
         raise InvalidInputError(f"{path}: not an eigenmix library index")
     if index.get("version") != VERSION:
         raise InvalidInputError(f"{path}: library version {index.get('version')!r}; this eigenmix reads version {VERSION}")

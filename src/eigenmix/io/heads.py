@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from eigenmix.errors import InvalidInputError
+from eigenmix.io.json_file import read_json_object
 
 HEAD_FILE = "head.safetensors"
 HEAD_META = "head.json"
@@ -23,16 +23,7 @@ def has_head(folder: Path) -> bool:
 
 def head_meta(folder: Path) -> dict[str, Any]:
     """``head.json`` of an adapter folder, checked."""
-    path = folder / HEAD_META
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInputError(f"{folder}: has {HEAD_FILE} but no {HEAD_META}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidInputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise InvalidInputError(f"{path}: must hold a JSON object")
-    return meta
+    return read_json_object(folder / HEAD_META, f"{folder}: has {HEAD_FILE} but no {HEAD_META}")
 
 
 def check_head(folder: Path) -> None:
@@ -51,10 +42,7 @@ def write_heads(heads: Mapping[str, Path], out: Path, earlier: Path | None = Non
     meta: dict[str, Any] = {}
     index = earlier / "heads" / "heads.json" if earlier is not None else None
     if index is not None and index.is_file():
-        try:
-            meta = json.loads(index.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InvalidInputError(f"{index}: not valid JSON ({err})") from None
+        meta = read_json_object(index, f"{index}: no such file")
     if not heads and not meta:
         return
     (out / "heads").mkdir()

@@ -80,6 +80,8 @@ def context(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None)
 
 def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None) -> AnyDelta:
     """Merge one layer's deltas as ``plan`` says; a result that is not finite is an error."""
+    if plan.method.continual is not None and plan.method.continual.sequential:
+        raise InvalidInputError(f"'{plan.method.name}' is sequential: it merges whole modules in order (merge, iter_merge), not one layer")
     ctx = context(plan, item, thresholds)
     dtype, p = work_dtype(item.deltas), plan.params
     inputs = method_inputs(plan, item)

@@ -62,7 +62,8 @@ class MergeMethod:
     Attributes:
         name: registry key, used in configs and on the command line.
         fn: the per-layer function: ``fn(layer: LayerSpectra, params, ctx)`` (spectral) or
-            ``fn(deltas (K, *shape), weights (K,), params, ctx)`` (element-wise).
+            ``fn(deltas (K, *shape), weights (K,), params, ctx)`` (element-wise); for a
+            sequential method, its fold step (``continual.step``).
         params: the pydantic model of its parameters, with the paper's defaults.
         kind: ``"spectral"`` or ``"elementwise"``.
         description: one line.

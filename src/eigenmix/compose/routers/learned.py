@@ -79,25 +79,32 @@ class Gate:
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias
 
 
-def fit_gate(
-    features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3, max_iter: int = 300, layers: Sequence[str] | None = None
-) -> Gate:
-    """Logistic regression by full-batch L-BFGS, deterministic (zero start)."""
-    x = features.to(torch.float64)
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
-    z = (x - mean) / std
-    w = torch.zeros(modules, x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(modules, dtype=torch.float64, requires_grad=True)
+def logistic_regression(x: Tensor, labels: Tensor, classes: int, *, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS on cross-entropy + ``l2 · ‖W‖²``,
+    from a zero start (deterministic): ``(W (classes, F), b (classes,))`` in float64."""
+    x = x.to(torch.float64)
+    w = torch.zeros(classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ w.T + b, labels) + l2 * w.square().sum()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, labels) + l2 * w.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return Gate(w.detach().float(), b.detach().float(), mean.float(), std.float(), tuple(layers) if layers is not None else None)
+    return w.detach(), b.detach()
+
+
+def fit_gate(
+    features: Tensor, labels: Tensor, modules: int, *, l2: float = 1e-3, max_iter: int = 300, layers: Sequence[str] | None = None
+) -> Gate:
+    """The gate: :func:`logistic_regression` on the standardised features."""
+    x = features.to(torch.float64)
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
+    w, b = logistic_regression((x - mean) / std, labels, modules, l2=l2, max_iter=max_iter)
+    return Gate(w.float(), b.float(), mean.float(), std.float(), tuple(layers) if layers is not None else None)
 
 
 class LearnedRouter:

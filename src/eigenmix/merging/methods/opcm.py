@@ -28,9 +28,9 @@ import torch
 from pydantic import Field
 
 from eigenmix.merging.continual import Continual, Layer, add_factors, as_layer, norm_sq, scaled
-from eigenmix.merging.registry import LayerContext, MergeParams, register
+from eigenmix.merging.registry import MergeParams, register
 from eigenmix.modules import AnyDelta, factor_pair
-from eigenmix.spectral import SVD, LayerSpectra
+from eigenmix.spectral import SVD
 
 
 class OpcmParams(MergeParams):
@@ -76,7 +76,7 @@ def output(state: Layer, p: OpcmParams, info: dict[str, Any], weights: Any) -> L
     return scaled(state, p.scale)
 
 
-@register(
+register(
     "opcm",
     params=OpcmParams,
     kind="spectral",
@@ -85,6 +85,4 @@ def output(state: Layer, p: OpcmParams, info: dict[str, Any], weights: Any) -> L
     "NeurIPS 2025",
     url="https://arxiv.org/abs/2501.09522",
     continual=Continual(step=step, output=output, rescale=rescale, sequential=True),
-)
-def opcm(layer: LayerSpectra, p: OpcmParams, ctx: LayerContext) -> SVD:
-    raise NotImplementedError("opcm is sequential: the engine folds its modules in (eigenmix.merging.continual)")
+)(step)  # sequential: its per-layer function is the fold step (eigenmix.merging.continual)

@@ -1,5 +1,6 @@
 """The one hook mechanism of live compositions: a target ``nn.Linear`` of a frozen model
-gets a forward hook that adds ``update(x)`` to its output (``y = W0 x + b + update(x)``).
+gets a forward hook that changes its output (:func:`on_output`), most often by adding
+``update(x)`` (:func:`add_to_output`: ``y = W0 x + b + update(x)``).
 The model is not modified; removing the hook gives it back unchanged."""
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ def linear_at(model: nn.Module, name: str, shape: tuple[int, int]) -> nn.Linear:
     return linear
 
 
+def on_output(model: nn.Module, name: str, shape: tuple[int, int], change: Callable[[Tensor, Tensor], Tensor]) -> RemovableHandle:
+    """Hook ``change(x, y) → y'`` onto the linear ``name``: its output ``y`` for input ``x``
+    becomes ``y'`` (which may be ``y`` itself, changed in place)."""
+    return linear_at(model, name, shape).register_forward_hook(lambda _, inputs, out: change(inputs[0], out))
+
+
 def add_to_output(model: nn.Module, name: str, shape: tuple[int, int], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
     """Hook ``update(x)`` (``(…, n) → (…, m)``) onto the linear ``name``'s output."""
-    return linear_at(model, name, shape).register_forward_hook(lambda _, inputs, out: out + update(inputs[0]))
+    return on_output(model, name, shape, lambda x, out: out + update(x))
 
 
 def first_routed_layer(model: nn.Module, layers: Collection[str]) -> str:

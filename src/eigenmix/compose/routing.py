@@ -7,10 +7,10 @@ over the ``K_l`` library modules that have the layer) and the layer's output gai
 
     Σ_k g_k(x) · ΔW_k x = Σ_k g_k(x) · U_k diag(σ_k) (V_kᵀ x)
 
-computed module by module from the library's spectral forms (``T·r_k·(m + n)`` multiply-adds
-per module; no ``m × n`` matrix). A module whose coefficient is 0 for every row is skipped,
+computed from the library's spectral forms (``T·r_k·(m + n)`` multiply-adds per module used;
+no ``m × n`` matrix). A module whose coefficient is 0 for every row is skipped,
 so adding a module that a row does not use leaves that row's output bit-identical. The
-hooks are forward hooks on the target linears (the model itself is not modified); without
+hooks are those of :mod:`eigenmix.compose.hooks` (the model itself is not modified); without
 autograd the update is added in place into the linear's fresh output, with no extra pass.
 
 Routers decide in every layer (``scope = "layer"``: Arrow, the spectral router), once per
@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import first_routed_layer, linear_at
+from eigenmix.compose.hooks import first_routed_layer, on_output
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.errors import InvalidInputError
 
@@ -169,15 +169,12 @@ class RoutedModel(nn.Module):
             raise InvalidInputError(f"router '{router.name}' cannot decide from every layer's scores (scope 'all')")
         self.last: dict[str, Tensor] = {}
         self.decision_layer = first_routed_layer(self.model, self.views) if router.scope == "first" else None
-        self._hooks = [
-            linear_at(self.model, layer, view.shape).register_forward_hook(self._update(layer)) for layer, view in self.views.items()
-        ]
+        self._hooks = [on_output(self.model, layer, view.shape, self._update(layer)) for layer, view in self.views.items()]
 
     def _update(self, layer: str) -> Any:
         view = self.views[layer]
 
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            x = inputs[0]
+        def change(x: Tensor, output: Tensor) -> Tensor:
             rows = x.reshape(x.shape[0], -1, x.shape[-1])  # (rows, tokens, n); 2-D inputs are one token
             if self._scores is not None:  # scope "all", first pass: score only, change nothing
                 self._scores[layer] = self.router.scores(layer, rows, view, self._batch)  # type: ignore[attr-defined]
@@ -189,7 +186,7 @@ class RoutedModel(nn.Module):
             routed_update(rows, view, g, out=output.view(rows.shape[0], rows.shape[1], -1))  # in place: no copy
             return output
 
-        return hook
+        return change
 
     def _coefficients(self, layer: str, x: Tensor, view: LayerView) -> Tensor:
         if self.router.scope == "layer":

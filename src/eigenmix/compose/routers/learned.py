@@ -130,9 +130,6 @@ class LearnedRouter:
         features = torch.cat([scores[layer][:, 0] for layer in self.gate.layers], dim=-1).float()
         return mix(self.gate.logits(features), self.temperature, self.top_k).unsqueeze(1)
 
-    def state(self) -> dict[str, Any]:
-        return {"weight": self.gate.weight, "bias": self.gate.bias, "mean": self.gate.mean, "std": self.gate.std}
-
 
 def gate_from_rows(library: Library, layers: Sequence[str], rows: Mapping[str, Mapping[str, Tensor]], **fit: Any) -> Gate:
     """A gate fitted on each module's stored pooled inputs (``rows[name][layer]``: ``(rows,

@@ -54,10 +54,13 @@ class LayerInput:
         return len(self.deltas[0].shape) == 2
 
 
-def layer_inputs(modules: Sequence[Module], weights: Sequence[float]) -> Iterator[LayerInput]:
-    """Every layer in first-seen order, over the modules that have it (lazily read layers
-    are read here, one layer at a time)."""
-    for layer in dict.fromkeys(name for m in modules for name in m.layers):
+def layer_inputs(
+    modules: Sequence[Module], weights: Sequence[float], order: Callable[[Sequence[str]], list[str]] | None = None
+) -> Iterator[LayerInput]:
+    """Every layer in first-seen order (or as ``order`` sorts them), over the modules that
+    have it (lazily read layers are read here, one layer at a time)."""
+    names = list(dict.fromkeys(name for m in modules for name in m.layers))
+    for layer in order(names) if order is not None else names:
         members = [i for i, m in enumerate(modules) if layer in m.layers]
         yield LayerInput(layer, [modules[i].layers[layer] for i in members], [weights[i] for i in members], members)
 
@@ -74,8 +77,10 @@ def method_inputs(plan: MergePlan, item: LayerInput) -> tuple[Any, ...]:
 
 
 def context(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None) -> LayerContext:
-    """The layer's context: its own seeded generator (the same in every pass)."""
-    return LayerContext(torch.Generator().manual_seed(derived_seed(plan.seed, item.layer)), thresholds)
+    """The layer's context: its own seeded generator (the same in every pass), and its
+    calibration statistics where the method needs them (matrix layers only)."""
+    grams = plan.calibration.layer(item.layer, item.members) if plan.calibration is not None and item.is_matrix else None
+    return LayerContext(torch.Generator().manual_seed(derived_seed(plan.seed, item.layer)), thresholds, grams)
 
 
 def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None) -> AnyDelta:
@@ -129,11 +134,22 @@ def run_plan(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, 
     thresholds = None
     if plan.method.trims_globally(plan.params):
         thresholds = global_thresholds(lambda: _trim_values(modules, plan), len(modules), plan)
-    for item in layer_inputs(modules, plan.weights):
+    source = plan.calibration
+    if source is not None:
+        source.reset()  # a source that follows the merge starts from the base model
+    for item in layer_inputs(modules, plan.weights, source.order if source is not None else None):
         start = time.perf_counter()
         delta = merge_layer(plan, item, None if thresholds is None else thresholds[item.members])
+        if source is not None and item.is_matrix:  # the merge at scale 1 (scale stays a multiplier of the result)
+            source.merged(item.layer, _unscaled(delta, plan.params.scale))
         rank = delta.rank if isinstance(delta, SpectralDelta) else min(delta.shape) if len(delta.shape) == 2 else 0
         yield item.layer, delta, LayerResult(item.layer, tuple(delta.shape), rank, time.perf_counter() - start)
+
+
+def _unscaled(delta: AnyDelta, scale: float) -> AnyDelta:
+    if isinstance(delta, SpectralDelta):
+        return SpectralDelta(delta.U, delta.S / scale, delta.V)
+    return DenseDelta(delta.dense() / scale)
 
 
 def _run_sequential(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
@@ -180,6 +196,7 @@ def iter_merge(
     seed: int = 0,
     dense_rank: int | None = None,
     dense_energy: float = 1.0,
+    calibration: object = None,
     **params: Any,
 ) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
     """Merge layer by layer, yielding ``(layer, merged delta, LayerResult)`` as each layer
@@ -188,7 +205,10 @@ def iter_merge(
     All checks (method, parameters, weights, shapes, base models) run before the first
     layer is merged.
     """
-    plan = make_plan(method, len(modules), weights=weights, params=params, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy)
+    plan = make_plan(
+        method, len(modules), weights=weights, params=params, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy,
+        calibration=calibration,
+    )  # fmt: skip
     check_compatible(modules)
     return run_plan(modules, plan)
 
@@ -243,6 +263,7 @@ def merge(
     extras: Literal["per_task", "refuse"] = "per_task",
     name: str = "merged",
     on_layer: Callable[[LayerResult], None] | None = None,
+    calibration: object = None,
     **params: Any,
 ) -> Module:
     """Merge ``modules`` layer by layer with a registered ``method``.
@@ -260,6 +281,11 @@ def merge(
         extras: ``"per_task"`` keeps each module's non-delta tensors (heads) under
             ``"{module}/{name}"``; ``"refuse"`` raises if any module has some.
         on_layer: called after each layer (progress bars, tables).
+        calibration: the layer-input statistics of a calibrated method (``regmean``,
+            ``regmean_pp``, ``lot``, ``spectral_ls``, ``spectral_align``): fixed
+            :class:`~eigenmix.merging.calibration.Grams` (your own tensors, or
+            :func:`eigenmix.compose.gram_statistics` of a model and rows), or
+            :class:`eigenmix.compose.MergedGrams` for the methods that follow the merge.
         **params: the method's parameters (validated; unknown names are errors).
 
     Returns:
@@ -269,5 +295,8 @@ def merge(
         InvalidInputError: a bad method, parameter, weight or module set (before any work).
         NonFiniteError: a merged layer that is not finite.
     """
-    plan = make_plan(method, len(modules), weights=weights, params=params, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy)
+    plan = make_plan(
+        method, len(modules), weights=weights, params=params, seed=seed, dense_rank=dense_rank, dense_energy=dense_energy,
+        calibration=calibration,
+    )  # fmt: skip
     return collect(modules, plan, extras=extras, name=name, on_layer=on_layer)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eigenmix.errors import InvalidInputError
+from eigenmix.merging.calibration import GramSource, check_source
 from eigenmix.merging.registry import MergeMethod, MergeParams, get_method
 
 
@@ -24,6 +25,7 @@ class MergePlan:
         seed: seeds the random methods, per layer.
         dense_rank: randomized-SVD rank for dense task vectors (exact SVD when None).
         dense_energy: share of each dense delta's energy kept by spectral methods.
+        calibration: where a calibrated method gets each layer's input statistics.
     """
 
     method: MergeMethod
@@ -32,6 +34,7 @@ class MergePlan:
     seed: int = 0
     dense_rank: int | None = None
     dense_energy: float = 1.0
+    calibration: GramSource | None = None
 
     def summary(self) -> dict[str, Any]:
         """What a report records of the plan."""
@@ -66,8 +69,10 @@ def make_plan(
     seed: int = 0,
     dense_rank: int | None = None,
     dense_energy: float = 1.0,
+    calibration: object = None,
 ) -> MergePlan:
-    """Check a merge before any work: the method, its parameters, the weights."""
+    """Check a merge before any work: the method, its parameters, the weights, and the
+    calibration statistics a calibrated method needs (refused for the others)."""
     spec = get_method(method) if isinstance(method, str) else method
     parsed = params if isinstance(params, MergeParams) else spec.parse_params(params)
     if n_modules < 1:
@@ -79,4 +84,5 @@ def make_plan(
         raise InvalidInputError(f"dense_rank must be at least 1; got {dense_rank}")
     if not 0 < dense_energy <= 1:
         raise InvalidInputError(f"dense_energy must be in (0, 1]; got {dense_energy}")
-    return MergePlan(spec, parsed, check_weights(weights, spec, parsed), seed, dense_rank, dense_energy)
+    source = check_source(spec.name, spec.calibration, calibration, n_modules)
+    return MergePlan(spec, parsed, check_weights(weights, spec, parsed), seed, dense_rank, dense_energy, source)

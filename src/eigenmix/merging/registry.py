@@ -28,6 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from eigenmix.errors import InvalidInputError
+from eigenmix.merging.calibration import Kind as CalibrationKind
+from eigenmix.merging.calibration import LayerGrams
 
 Kind = Literal["spectral", "elementwise"]
 VectorRule = Literal["sum", "mean", "weighted_mean", "method"]
@@ -49,10 +51,13 @@ class LayerContext:
         rng: seeded per layer (bit-identical re-runs, independent of the layer order).
         thresholds: ``(K,)`` per-module magnitude thresholds from the first pass of a
             ``trim: global`` method (None otherwise).
+        grams: the layer's calibration statistics, for a method that declares
+            ``calibration`` (None otherwise).
     """
 
     rng: torch.Generator
     thresholds: torch.Tensor | None = None
+    grams: LayerGrams | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class MergeMethod:
         continual: for methods that can fold one more module into an earlier result
             (:class:`eigenmix.merging.continual.Continual`); a ``sequential`` one merges
             all at once by folding the modules in, in order (OPCM).
+        calibration: the layer-input statistics the method needs (``"own"``: each task's
+            inputs to its own model; ``"merged"``: to the merged model's earlier blocks),
+            or None (:mod:`eigenmix.merging.calibration`).
     """
 
     name: str
@@ -90,6 +98,7 @@ class MergeMethod:
     trim_values: Callable[..., list[torch.Tensor]] | None = None
     keep_count: Callable[[int, Any], int] | None = None
     continual: Any = None  # eigenmix.merging.continual.Continual: folds one more module into a stored state
+    calibration: CalibrationKind | None = None
 
     def vector_rule(self, params: MergeParams) -> VectorRule:
         return self.vectors(params) if callable(self.vectors) else self.vectors
@@ -140,6 +149,7 @@ def register(
     trim_values: Callable[..., list[torch.Tensor]] | None = None,
     keep_count: Callable[[int, Any], int] | None = None,
     continual: Any = None,
+    calibration: CalibrationKind | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class-free registration of a per-layer merge function under ``name``.
 
@@ -149,7 +159,7 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"merge method '{name}' is already registered")
         rule = vectors if vectors is not None else ("method" if kind == "elementwise" else "sum")
-        _REGISTRY[name] = MergeMethod(name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual)
+        _REGISTRY[name] = MergeMethod(name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual, calibration)
         return fn
 
     return decorate

@@ -158,6 +158,15 @@ class LayerSpectra:
         Vt = self._V.apply_rows(Vch[:keep])  # (r, n), contiguous
         return SVD(self._U.apply(Uc[:, :keep]), S[:keep], Vt.T)
 
+    @property
+    def row_basis(self) -> Tensor:
+        """``Q_V`` (n × R_V), formed on first use."""
+        return self._V.Q
+
+    def factors(self, i: int) -> tuple[Tensor, Tensor]:
+        """Module i's factor coordinates ``(X_i (R_U, r_i), Y_i (R_V, r_i))``: ``ΔW_i = Q_U X_i Y_iᵀ Q_Vᵀ``."""
+        return self._X[i], self._Y[i]
+
     def lift_columns(self, C: Tensor) -> Tensor:
         """``Q_U C`` (m × k) for joint column coordinates ``C`` (R_U × k)."""
         return self._U.apply(C)

@@ -1,0 +1,271 @@
+"""Calibration statistics of a model: per layer and per task, the Gram ``Σ_t x_t x_tᵀ`` of
+the layer's inputs over a few unlabeled rows (what the regression merges solve with).
+
+The statistics come from forward passes of the frozen model with hooks
+(:mod:`eigenmix.compose.hooks`): at each target linear the hook adds the layer's update in
+factored form (``x R Lᵀ``) and, where the layer is recorded, adds the masked ``xᵀx`` of the
+batch (padding left out; computed in the model's dtype, accumulated in float64). No
+activation is kept: per layer one ``n × n`` accumulator (q, k and v read the same input and
+share one product). A layer with more than ``sketch_above`` inputs keeps ``Bᵀ G B`` in the
+orthonormal basis ``B`` of the modules' row spaces instead (``R × R``, R ≤ Σ r_k).
+
+- :func:`gram_statistics`: each task's rows through the base model with its own module
+  applied (RegMean's inputs) — fixed :class:`~eigenmix.merging.calibration.Grams`.
+- :class:`MergedGrams`: RegMean++'s inputs, block by block: each task's rows through the
+  merged earlier blocks (at scale 1) and its own module's current block; the pass stops
+  after that block.
+
+``batches`` are any re-iterable of tokenised batches (a list, a DataLoader) per module:
+dicts of tensors the model takes as keyword arguments, with an ``attention_mask`` where
+rows are padded (without one every position counts).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eigenmix.compose.hooks import linear_at, on_output
+from eigenmix.errors import InvalidInputError
+from eigenmix.merging.calibration import Grams, LayerGrams
+from eigenmix.modules import AnyDelta, Module, factor_pair
+from eigenmix.spectral import default_rtol, orthonormal_range
+
+Batches = Iterable[Mapping[str, Tensor]]
+
+
+class _Stop(Exception):
+    """Raised by a hook after the last block a pass needs."""
+
+
+class _Recorder:
+    """Per layer, the summed masked ``xᵀx`` (float64) and the token count of one task."""
+
+    def __init__(self, bases: Mapping[str, Tensor]) -> None:
+        self.bases = bases
+        self.grams: dict[str, Tensor] = {}
+        self.tokens: dict[str, int] = {}
+        self.mask: Tensor | None = None
+        self._shared: dict[tuple[int, int], tuple[Tensor, Tensor, int]] = {}
+
+    def batch(self, mask: Tensor | None) -> None:
+        self.mask, self._shared = mask, {}
+
+    def add(self, layer: str, x: Tensor) -> None:
+        basis = self.bases.get(layer)
+        key = (id(x), id(basis))  # the entry holds x, so its id is not reused within the batch
+        if key not in self._shared or self._shared[key][0] is not x:  # q, k and v read the same tensor: one product
+            rows = x.reshape(-1, x.shape[-1])
+            if self.mask is not None and self.mask.numel() == rows.shape[0]:
+                rows = rows[self.mask.reshape(-1).bool()]
+            if basis is not None:
+                rows = rows @ basis.to(rows.dtype)
+            self._shared[key] = (x, (rows.T @ rows).to(torch.float64), int(rows.shape[0]))
+        _, gram, count = self._shared[key]
+        self.grams[layer] = self.grams[layer] + gram if layer in self.grams else gram.clone()
+        self.tokens[layer] = self.tokens.get(layer, 0) + count
+
+
+def _matrix_layers(modules: Sequence[Module]) -> dict[str, tuple[int, int]]:
+    shapes: dict[str, tuple[int, int]] = {}
+    for m in modules:
+        for name, shape in m.shapes().items():
+            if len(shape) == 2:
+                shapes.setdefault(name, (int(shape[0]), int(shape[1])))
+    return shapes
+
+
+def _sketch_bases(modules: Sequence[Module], shapes: Mapping[str, tuple[int, int]], sketch_above: int | None) -> dict[str, Tensor]:
+    """The orthonormal row-space basis of every layer wider than ``sketch_above`` inputs."""
+    if sketch_above is None:
+        return {}
+    out = {}
+    for name, (_, n) in shapes.items():
+        if n > sketch_above:
+            rows = [factor_pair(m.layers[name])[1] for m in modules if name in m.layers]
+            out[name] = orthonormal_range(torch.cat(rows, dim=1), default_rtol(rows[0].dtype))
+    return out
+
+
+def _update(delta: AnyDelta) -> tuple[Tensor, Tensor]:
+    return factor_pair(delta)
+
+
+def _run(
+    model: nn.Module,
+    apply: Mapping[str, tuple[Tensor, Tensor]],
+    record: Iterable[str],
+    shapes: Mapping[str, tuple[int, int]],
+    recorder: _Recorder,
+    batches: Batches,
+    stop_after: str | None = None,
+) -> None:
+    """Forward passes over ``batches`` with ``x R Lᵀ`` added at the layers of ``apply`` and
+    the inputs of ``record`` recorded; each pass stops after the module ``stop_after``."""
+    recorded = set(record)
+    handles = []
+
+    def hook(layer: str) -> Any:
+        factors = apply.get(layer)
+
+        def change(x: Tensor, y: Tensor) -> Tensor:
+            if layer in recorded:
+                recorder.add(layer, x)
+            if factors is not None:
+                L, R = factors
+                y = y + (x @ R.to(x.dtype)) @ L.T.to(x.dtype)
+            return y
+
+        return change
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    try:
+        for layer in set(apply) | recorded:
+            handles.append(on_output(model, layer, shapes[layer], hook(layer)))
+        if stop_after is not None:
+            handles.append(model.get_submodule(stop_after).register_forward_hook(stop))
+        with torch.no_grad():
+            for batch in batches:
+                recorder.batch(batch.get("attention_mask"))
+                try:
+                    model(**batch)
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check(model: nn.Module, modules: Sequence[Module], batches: Sequence[Batches] | Mapping[str, Batches]) -> list[Batches]:
+    if isinstance(batches, Mapping):
+        missing = [m.name for m in modules if m.name not in batches]
+        if missing:
+            raise InvalidInputError(f"no calibration rows for module '{missing[0]}'")
+        batches = [batches[m.name] for m in modules]
+    if len(batches) != len(modules):
+        raise InvalidInputError(f"calibration rows for {len(batches)} modules; the merge has {len(modules)}")
+    for name, shape in _matrix_layers(modules).items():
+        linear_at(model, name, shape)
+    return list(batches)
+
+
+def gram_statistics(
+    model: nn.Module,
+    modules: Sequence[Module],
+    batches: Sequence[Batches] | Mapping[str, Batches],
+    *,
+    sketch_above: int | None = None,
+) -> Grams:
+    """Each module's task: its rows through ``model`` with the module applied; the Gram of
+    every merged layer's input (also at layers the module lacks: they enter the summed Gram).
+
+    Args:
+        model: the base model the modules adapt (frozen; its layers named as the modules').
+        modules: the K modules to be merged.
+        batches: per module (in order, or by name), its task's tokenised batches.
+        sketch_above: layers with more inputs keep their Grams in the modules' row space.
+    """
+    per_module = _check(model, modules, batches)
+    shapes = _matrix_layers(modules)
+    bases = _sketch_bases(modules, shapes, sketch_above)
+    grams, tokens = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for module, rows in zip(modules, per_module, strict=True):
+            recorder = _Recorder(bases)
+            apply = {name: _update(d) for name, d in module.layers.items() if name in shapes}
+            _run(model, apply, shapes, shapes, recorder, rows)
+            if not recorder.tokens:
+                raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
+            grams.append(recorder.grams)
+            tokens.append(recorder.tokens)
+    finally:
+        model.train(was_training)
+    return Grams(grams, tokens, bases)
+
+
+def block_of(layer: str) -> str:
+    """A layer's block: its name up to its first numeric part (``encoder.layer.3``), or
+    the layer itself where the name has none."""
+    match = re.match(r"^(.*?\.\d+)(\.|$)", layer)
+    return match.group(1) if match else layer
+
+
+class MergedGrams:
+    """RegMean++'s statistics, computed block by block as the merge proceeds (a
+    :class:`~eigenmix.merging.calibration.GramSource` of kind ``"merged"``): the Grams of a
+    block are taken when its first layer is merged, from each task's rows through the
+    merged earlier blocks and its own module's current block. Arguments as for
+    :func:`gram_statistics`; the engine merges layers in the model's order."""
+
+    kind = "merged"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Sequence[Module],
+        batches: Sequence[Batches] | Mapping[str, Batches],
+        *,
+        sketch_above: int | None = None,
+    ) -> None:
+        self.batches = [list(b) for b in _check(model, modules, batches)]  # re-iterated once per block
+        self.model, self.modules = model, list(modules)
+        self.n_modules = len(modules)
+        self.shapes = _matrix_layers(modules)
+        self.bases = _sketch_bases(modules, self.shapes, sketch_above)
+        self.position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        self.reset()
+
+    def reset(self) -> None:
+        self._merged: dict[str, tuple[Tensor, Tensor]] = {}
+        self._block: str | None = None
+        self._grams: list[_Recorder] = []
+
+    def order(self, layers: Sequence[str]) -> list[str]:
+        return sorted(layers, key=lambda name: self.position.get(name, len(self.position)))
+
+    def merged(self, name: str, delta: object) -> None:
+        self._merged[name] = _update(delta)  # type: ignore[arg-type]
+
+    def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
+        block = block_of(name)
+        if block != self._block:
+            self._compute(block)
+        pairs = [(k, r.grams[name], r.tokens[name]) for k, r in enumerate(self._grams)]
+        return LayerGrams(
+            [pairs[k][1] for k in members], [pairs[k][2] for k in members],
+            [p for p in pairs if p[0] not in members], self.bases.get(name),
+        )  # fmt: skip
+
+    def _compute(self, block: str) -> None:
+        inside = [name for name in self.shapes if block_of(name) == block]
+        first = min(self.position.get(name, 0) for name in inside)
+        earlier = [name for name in self.shapes if self.position.get(name, 0) < first]
+        missing = [name for name in earlier if name not in self._merged]
+        if missing:
+            raise InvalidInputError(f"layer '{missing[0]}' precedes block '{block}' but is not merged yet (merge in the model's order)")
+        try:  # nothing after the block is needed
+            stop: str | None = block if self.model.get_submodule(block) is not None else None
+        except AttributeError:
+            stop = None
+        self._grams = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for module, rows in zip(self.modules, self.batches, strict=True):
+                recorder = _Recorder(self.bases)
+                own = {name: _update(module.layers[name]) for name in inside if name in module.layers}
+                _run(self.model, {**{n: self._merged[n] for n in earlier}, **own}, inside, self.shapes, recorder, rows, stop)
+                if not recorder.tokens:
+                    raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
+                self._grams.append(recorder)
+        finally:
+            self.model.train(was_training)
+        self._block = block

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from dense_reference import thin_svd
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import eigenmix
+from dense_reference import thin_svd
 from eigenmix.compose.grams import MergedGrams, block_of, gram_statistics
 from eigenmix.errors import InvalidInputError
 from eigenmix.merging.calibration import Grams

@@ -38,7 +38,10 @@ def merge(
     cfg = load_config(config)
     dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)  # before loading anything
     modules = load_modules(cfg)
-    plan = cfg.plan()
+    from eigenmix.harness.calibration import config_calibration
+
+    calibration = config_calibration(cfg, modules)  # rows read, model loaded: every mistake before any work
+    plan = cfg.plan(calibration.source if calibration is not None else None)
     layers = list(dict.fromkeys(name for m in modules for name in m.layers))
     table = Table(title=f"plan: {plan.method.name} ({plan.method.kind}) → {cfg.output.kind} at {out}", title_justify="left")
     for column in ("module", "weight", "layers", "source"):
@@ -47,13 +50,23 @@ def merge(
         table.add_row(module.name, f"{entry.weight:g}", str(len(module.layers)), str(entry.path))
     console.print(table)
     console.print(f"parameters: {plan.params.model_dump()}; {len(layers)} layers; seed {plan.seed}")
+    report = {}
+    if calibration is not None:
+        few = {n: (calibration.rows_used[n], asked) for n, asked in calibration.rows_asked.items() if calibration.rows_used[n] < asked}
+        for name, (used, asked) in few.items():
+            console.print(f"note: module {name} has {used} calibration rows; {asked} were asked for")
+        report = {"calibration_rows_used": calibration.rows_used}
+        console.print(f"calibration: {plan.method.calibration} inputs from {sum(calibration.rows_used.values())} rows")
     if dry_run:
         console.print("dry run: config, inputs and --out are valid; nothing written")
         return
     columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[layer]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("merge", total=len(layers), layer="")
-        result = run_merge(cfg, dest, modules=modules, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer))
+        result = run_merge(
+            cfg, dest, modules=modules, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer),
+            calibration=calibration.source if calibration is not None else None, report=report,
+        )  # fmt: skip
     console.print(result_table(result, out))
     short = [o for o in result.outputs if cfg.output.rank is not None and o.exact_rank < cfg.output.rank]
     if short:

@@ -6,12 +6,15 @@
 - :class:`Composition`: learnable spectral coefficients (what ``eigenmix.tune`` learns).
 - :class:`Library`: named modules in spectral form, added and removed one at a time
   (:mod:`~eigenmix.compose.storage`: on disk).
+- :func:`gram_statistics`, :class:`MergedGrams`: layer-input Grams of a model on a few rows
+  per task (the calibrated merges' statistics).
 - :class:`RoutedModel`: the library on a frozen model, mixed per input by a router
   (:mod:`~eigenmix.compose.routers`); mixed-adapter batches.
 """
 
 from eigenmix.compose.composition import Composition, Granularity, Level
 from eigenmix.compose.factors import LayerFactors, apply_delta, composed_factors, layer_factors
+from eigenmix.compose.grams import MergedGrams, gram_statistics
 from eigenmix.compose.hooks import add_to_output, linear_at
 from eigenmix.compose.library import Entry, LayerView, Library
 from eigenmix.compose.routing import Batch, RoutedModel, Router, mix, pooled, routed_update
@@ -26,11 +29,13 @@ __all__ = [
     "LayerView",
     "Level",
     "Library",
+    "MergedGrams",
     "RoutedModel",
     "Router",
     "add_to_output",
     "apply_delta",
     "composed_factors",
+    "gram_statistics",
     "layer_factors",
     "linear_at",
     "load_library",

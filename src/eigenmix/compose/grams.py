@@ -22,6 +22,7 @@ rows are padded (without one every position counts).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from eigenmix.compose.hooks import linear_at, on_output
 from eigenmix.errors import InvalidInputError
-from eigenmix.merging.calibration import Grams, LayerGrams
+from eigenmix.merging.calibration import Grams, Kind, LayerGrams
 from eigenmix.modules import AnyDelta, Module, factor_pair
 from eigenmix.spectral import default_rtol, orthonormal_range
 
@@ -133,10 +134,8 @@ def _run(
         with torch.no_grad():
             for batch in batches:
                 recorder.batch(batch.get("attention_mask"))
-                try:
+                with contextlib.suppress(_Stop):
                     model(**batch)
-                except _Stop:
-                    pass
     finally:
         for handle in handles:
             handle.remove()
@@ -205,7 +204,7 @@ class MergedGrams:
     merged earlier blocks and its own module's current block. Arguments as for
     :func:`gram_statistics`; the engine merges layers in the model's order."""
 
-    kind = "merged"
+    kind: Kind = "merged"
 
     def __init__(
         self,

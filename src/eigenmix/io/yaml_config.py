@@ -24,9 +24,19 @@ MAX_BYTES = 1 << 20  # a config is a few lines; a larger file is a mistake (or a
 
 
 def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Make relative paths relative to the config file's folder: every ``modules[i].path``
-    and the top-level ``keys``."""
+    """Make relative paths relative to the config file's folder: every ``modules[i].path``,
+    every ``calibration.modules.<name>.file`` and the top-level ``keys``."""
     out = dict(raw)
+    calibration = out.get("calibration")
+    if isinstance(calibration, dict) and isinstance(calibration.get("modules"), dict):
+        out["calibration"] = {
+            **calibration,
+            "modules": {
+                name: {**m, "file": str(root / Path(m["file"]).expanduser())} if isinstance(m, dict) and isinstance(m.get("file"), str)
+                else m
+                for name, m in calibration["modules"].items()
+            },
+        }
     if isinstance(out.get("modules"), list):
         out["modules"] = [
             {**m, "path": str(root / Path(m["path"]).expanduser())} if isinstance(m, dict) and isinstance(m.get("path"), str) else m

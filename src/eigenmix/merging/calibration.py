@@ -153,7 +153,8 @@ def check_source(method: str, needs: Kind | None, source: object, n_modules: int
             "(rows per module), or calibration= from Python (eigenmix.compose.gram_statistics)"
         )
     if not isinstance(source, GramSource):
-        raise InvalidInputError(f"calibration= must be Grams or a GramSource (eigenmix.compose.gram_statistics); got {type(source).__name__}")
+        kind = type(source).__name__
+        raise InvalidInputError(f"calibration= must be Grams or a GramSource (eigenmix.compose.gram_statistics); got {kind}")
     if needs == "merged" and source.kind != "merged":
         raise InvalidInputError(f"method '{method}' needs the merged model's inputs: calibration=MergedGrams(model, modules, batches)")
     count = getattr(source, "n_modules", None) or (len(source.grams) if isinstance(source, Grams) else None)

@@ -79,6 +79,40 @@ class OutputEntry(BaseModel):
     rank: int | None = Field(None, ge=1, description="truncate each layer to this rank (adapter only); default: exact rank")
 
 
+class CalibrationRows(BaseModel):
+    """One module's unlabeled calibration rows (its task's inputs; labels are never read)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: Path = Field(description="a JSONL file, one JSON object a line with the text field")
+    rows: Annotated[int, Strict()] = Field(64, ge=1, description="how many rows to use: the first N of the file")
+    text_field: str = Field("text", description="the field holding the text")
+    pair_field: str = Field("text_pair", description="the field holding the second text of a sentence pair, where there is one")
+
+    @field_validator("file")
+    @classmethod
+    def _regular_file(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.exists():
+            raise ValueError(f"{value} does not exist")
+        if not value.is_file():
+            raise ValueError(f"{value} is not a regular file")
+        return value
+
+
+class CalibrationSection(BaseModel):
+    """Rows per module for the calibrated methods (regmean, regmean_pp, lot, spectral_ls, spectral_align)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    modules: dict[str, CalibrationRows] = Field(min_length=1, description="module name → its rows")
+    max_length: Annotated[int, Strict()] = Field(128, ge=1, description="tokens per row (longer rows are truncated)")
+    batch_size: Annotated[int, Strict()] = Field(16, ge=1, description="rows per forward pass")
+    sketch_above: Annotated[int, Strict()] | None = Field(
+        2048, ge=1, description="layers with more inputs keep their Grams in the modules' row space (R × R); null: never"
+    )
+
+
 class MergeConfig(BaseModel):
     """A whole merge job."""
 
@@ -93,6 +127,9 @@ class MergeConfig(BaseModel):
     dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
     dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
     extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
+    calibration: CalibrationSection | None = Field(
+        None, description="unlabeled rows per module: the layer-input statistics of the calibrated methods"
+    )
     continue_from: Path | None = Field(
         None,
         description="an earlier eigenmix merge (task_arithmetic, linear or opcm) to fold these modules into, from its merge_state.json",
@@ -150,6 +187,7 @@ class MergeConfig(BaseModel):
         if self.output.kind == "full" and self.output.rank is not None:
             problems.append("output.rank applies to adapters only")
         names = [e.label for e in self.modules]
+        problems += self._calibration_problems(names)
         if len(set(names)) != len(names):
             problems.append(f"module names must differ (got {names}); set 'name' for each")
         for i, name in enumerate(names):
@@ -165,17 +203,33 @@ class MergeConfig(BaseModel):
             raise ValueError("; ".join(problems))
         return self
 
-    def plan(self) -> MergePlan:
-        """The merge this config describes (already checked)."""
+    def _calibration_problems(self, names: list[str]) -> list[str]:
+        needs = get_method(self.method).calibration
+        if self.calibration is None:
+            return [f"method '{self.method}' needs calibration rows: add a 'calibration:' section (rows per module)"] if needs else []
+        if needs is None:
+            return [f"method '{self.method}' uses no calibration rows; remove the 'calibration:' section"]
+        problems = [f"calibration.modules.{n}: no module is named '{n}' (modules: {', '.join(names)})"
+                    for n in self.calibration.modules if n not in names]  # fmt: skip
+        problems += [f"calibration.modules: module '{n}' has no rows (every task's inputs enter the solve)"
+                     for n in names if n not in self.calibration.modules]  # fmt: skip
+        if any(not e.is_adapter for e in self.modules):
+            problems.append("the calibrated methods merge LoRA adapters (hooked layers of the base model); a fine-tune is not one")
+        return problems
+
+    def plan(self, calibration: object = None) -> MergePlan:
+        """The merge this config describes (already checked), with the calibration
+        statistics a calibrated method runs on."""
         return make_plan(
             self.method, len(self.modules), weights=[e.weight for e in self.modules], params=self.parameters,
-            seed=self.seed, dense_rank=self.dense_rank, dense_energy=self.dense_energy,
+            seed=self.seed, dense_rank=self.dense_rank, dense_energy=self.dense_energy, calibration=calibration,
         )  # fmt: skip
 
     def inputs(self) -> list[Path]:
         """Every path the merge reads."""
         extra = [p for p in (self.base_model, self.continue_from) if p is not None]
-        return [e.path for e in self.modules] + extra
+        rows = [c.file for c in self.calibration.modules.values()] if self.calibration is not None else []
+        return [e.path for e in self.modules] + extra + rows
 
 
 def load_config(path: Path | str) -> MergeConfig:

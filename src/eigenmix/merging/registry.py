@@ -159,7 +159,9 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"merge method '{name}' is already registered")
         rule = vectors if vectors is not None else ("method" if kind == "elementwise" else "sum")
-        _REGISTRY[name] = MergeMethod(name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual, calibration)
+        _REGISTRY[name] = MergeMethod(
+            name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual, calibration
+        )
         return fn
 
     return decorate

@@ -70,11 +70,15 @@ def run_merge(
     *,
     modules: list[Module] | None = None,
     on_layer: Callable[[LayerResult], None] | None = None,
+    calibration: object = None,
+    report: dict | None = None,
 ) -> MergeRun:
-    """Merge as ``config`` says and write the result to ``dest`` atomically."""
+    """Merge as ``config`` says and write the result to ``dest`` atomically (``calibration``:
+    the statistics of a calibrated method, :func:`eigenmix.harness.calibration.config_calibration`;
+    ``report``: more entries for ``merge_report.json``)."""
     start = time.perf_counter()
     modules = modules if modules is not None else load_modules(config)
-    plan = config.plan()
+    plan = config.plan(calibration)
     extras = merged_extras(modules, config.extras)
     heads = side_heads(config)
     results: list[LayerResult] = []
@@ -111,7 +115,8 @@ def run_merge(
                 result = collect(modules, plan, extras=config.extras, on_layer=record)
             outputs = write_full_model(result, config.base_model, tmp)
         write_heads(heads, tmp, config.continue_from)
-        write_report(tmp / REPORT, {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start}, outputs)
+        entries = {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start, **(report or {})}
+        write_report(tmp / REPORT, entries, outputs)
     return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
 
 

@@ -1,0 +1,115 @@
+"""Calibration rows as text: what ``eigenmix merge`` and the benchmark hand the calibrated
+methods. Rows are read and tokenised before any work (every mistake is one line then); the
+statistics themselves are computed when the merge first asks for them
+(:mod:`eigenmix.compose.grams`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eigenmix.compose.grams import MergedGrams, gram_statistics
+from eigenmix.data.inputs import read_inputs
+from eigenmix.errors import InvalidInputError
+from eigenmix.merging.calibration import Grams, GramSource, Kind, LayerGrams
+from eigenmix.merging.config import MergeConfig
+from eigenmix.modules import Module
+
+Text = tuple[str, str | None]
+
+
+def tokenized(tokenizer: Any, rows: Sequence[Text], max_length: int, batch_size: int) -> list[dict[str, Tensor]]:
+    """``rows`` (text, optional pair) as padded batches of at most ``batch_size`` rows."""
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pairs = [p or "" for _, p in chunk] if any(p is not None for _, p in chunk) else None
+        enc = tokenizer([t for t, _ in chunk], pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batches.append(dict(enc))
+    return batches
+
+
+@dataclass
+class DeferredGrams:
+    """Each module's own statistics (:func:`gram_statistics`), computed at the first layer
+    the merge asks for (a dry run never computes them). ``seconds``: the time they took."""
+
+    model: nn.Module
+    modules: Sequence[Module]
+    batches: list[list[dict[str, Tensor]]]
+    sketch_above: int | None = None
+    kind: Kind = "own"
+    seconds: float = 0.0
+    _grams: Grams | None = field(default=None, repr=False)
+
+    @property
+    def n_modules(self) -> int:
+        return len(self.modules)
+
+    def order(self, layers: Sequence[str]) -> list[str]:
+        return list(layers)
+
+    def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
+        if self._grams is None:
+            import time
+
+            start = time.perf_counter()
+            self._grams = gram_statistics(self.model, self.modules, self.batches, sketch_above=self.sketch_above)
+            self.seconds += time.perf_counter() - start
+        return self._grams.layer(name, members)
+
+    def merged(self, name: str, delta: object) -> None:
+        """Each module's own inputs do not depend on the merge."""
+
+    def reset(self) -> None:
+        """The statistics are kept across merges of the same modules."""
+
+
+def calibration_source(
+    kind: Kind, model: nn.Module, modules: Sequence[Module], batches: list[list[dict[str, Tensor]]], sketch_above: int | None = None
+) -> GramSource:
+    """The statistics a method of calibration ``kind`` needs, from each module's batches."""
+    if kind == "merged":
+        return MergedGrams(model, modules, batches, sketch_above=sketch_above)
+    return DeferredGrams(model, modules, batches, sketch_above)
+
+
+@dataclass(frozen=True)
+class ConfigCalibration:
+    """A config's calibration, ready to run: the source and the rows each module gives."""
+
+    source: GramSource
+    rows_used: dict[str, int]
+    rows_asked: dict[str, int]
+
+
+def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> ConfigCalibration | None:
+    """Read every module's rows, load the base model (offline) and tokenise: the calibration
+    source of ``config``'s method, or None for a method that needs none."""
+    from eigenmix.merging import get_method
+
+    kind = get_method(config.method).calibration
+    section = config.calibration
+    if kind is None or section is None:
+        return None
+    texts, used, asked = [], {}, {}
+    for entry in config.modules:
+        spec = section.modules[entry.label]
+        rows = read_inputs(spec.file, spec.text_field, spec.pair_field)[: spec.rows]
+        texts.append([(r.text, r.text_pair) for r in rows])
+        used[entry.label], asked[entry.label] = len(rows), spec.rows
+    base = config.base_model or next((m.base_model for m in modules if m.base_model), None)
+    if base is None:
+        raise InvalidInputError("calibration runs the base model: set 'base_model' (no adapter records one)")
+    from eigenmix.train.encoder import encoder_path, load_encoder
+
+    model, tokenizer = load_encoder(encoder_path(base))
+    model.requires_grad_(False)
+    batches = [tokenized(tokenizer, t, section.max_length, section.batch_size) for t in texts]
+    with torch.no_grad():
+        source = calibration_source(kind, model, modules, batches, section.sketch_above)
+    return ConfigCalibration(source, used, asked)

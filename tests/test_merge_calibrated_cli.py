@@ -1,0 +1,112 @@
+"""``eigenmix merge`` with a ``calibration:`` section, through the installed script in a fresh
+process, on real all-MiniLM-L6-v2 adapters: the merge equals the Python API's on the same
+rows, and every bad calibration input is one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import eigenmix
+from eigenmix.compose import gram_statistics
+from eigenmix.harness.calibration import tokenized
+from eigenmix.io import read_lora_adapter
+from eigenmix.modules import Module
+from eigenmix.train.encoder import load_encoder
+from test_cli_smoke import eigenmix as run
+from test_cli_smoke import ok
+from test_library_cli import rows_file
+
+
+@pytest.fixture(scope="module")
+def setup(minilm_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrated")
+    data = minilm_adapters / "data"
+    rows = {t: rows_file(root / f"{t}.jsonl", data, t, 8) for t in ("trec", "cola")}
+    return root, minilm_adapters / "adapters", rows
+
+
+def config(root: Path, adapters: Path, rows: dict[str, Path], method: str, **changes) -> Path:
+    cfg = {
+        "method": method,
+        "modules": [{"path": str(adapters / "trec")}, {"path": str(adapters / "cola")}],
+        "calibration": {"modules": {t: {"file": str(p), "rows": 6} for t, p in rows.items()}, "max_length": 32, "batch_size": 4},
+    }
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    path = root / f"{method}-{len(list(root.glob('*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def api_merge(adapters: Path, rows: dict[str, Path], method: str) -> Module:
+    modules = [read_lora_adapter(adapters / t, name=t) for t in ("trec", "cola")]
+    model, tokenizer = load_encoder()
+    texts = {}
+    for task, path in rows.items():
+        objects = [json.loads(line) for line in path.read_text().splitlines()[:6]]
+        texts[task] = [(o["text"], o.get("text_pair")) for o in objects]
+    batches = [tokenized(tokenizer, texts[t], 32, 4) for t in ("trec", "cola")]
+    if method == "spectral_align":
+        from eigenmix.compose import MergedGrams
+
+        source = MergedGrams(model, modules, batches, sketch_above=2048)
+    else:
+        source = gram_statistics(model, modules, batches, sketch_above=2048)
+    return eigenmix.merge(modules, method, calibration=source)
+
+
+@pytest.mark.parametrize("method", ["regmean", "spectral_align"])
+def test_a_calibrated_merge_through_the_script_equals_the_python_merge(setup, method):
+    root, adapters, rows = setup
+    out = root / f"out-{method}"
+    printed = ok(run("merge", config(root, adapters, rows, method), "--out", out))
+    assert "calibration:" in printed
+    written = read_lora_adapter(out)
+    expected = api_merge(adapters, rows, method)
+    assert set(written.layers) == set(expected.layers)
+    for name, delta in expected.layers.items():
+        want = delta.dense()
+        assert torch.linalg.norm(written.layers[name].dense() - want) <= 1e-4 * float(torch.linalg.norm(want)), name
+    assert json.loads((out / "merge_report.json").read_text())["calibration_rows_used"] == {"trec": 6, "cola": 6}
+
+
+def _refused(root: Path, cfg: Path, match: str) -> None:
+    out = root / "refused"
+    done = run("merge", cfg, "--out", out)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and match in lines[0], done.stderr
+    assert not out.exists() and not list(root.glob(".refused*"))
+
+
+def test_bad_calibration_inputs_are_one_line_and_write_nothing(setup):
+    root, adapters, rows = setup
+    (root / "empty.jsonl").write_text("")
+    (root / "no-text.jsonl").write_text('{"sentence": "no text field"}\n')
+    section = {"max_length": 32}
+    cases = [
+        ({"calibration": {**section, "modules": {"trec": {"file": str(root / "missing.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
+         "does not exist"),
+        ({"calibration": {**section, "modules": {"trec": {"file": str(root / "empty.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
+         "has no rows"),
+        ({"calibration": {**section, "modules": {"trec": {"file": str(root / "no-text.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
+         "field 'text' must be a string"),
+        ({"calibration": {**section, "modules": {"trec": {"file": str(rows["trec"])}, "cola": {"file": str(rows["cola"])},
+                                                 "sst2": {"file": str(rows["cola"])}}}},
+         "no module is named 'sst2'"),
+        ({"calibration": {**section, "modules": {"trec": {"file": str(rows["trec"])}}}}, "module 'cola' has no rows"),
+        ({"calibration": None}, "method 'regmean' needs calibration rows"),
+        ({"calibration": {**section, "modules": {"trec": {"file": str(rows["trec"]), "rows": True}, "cola": {"file": str(rows["cola"])}}}},
+         "calibration.modules.trec.rows"),
+    ]  # fmt: skip
+    for changes, match in cases:
+        _refused(root, config(root, adapters, rows, "regmean", **changes), match)
+    _refused(root, config(root, adapters, rows, "task_arithmetic"), "uses no calibration rows")

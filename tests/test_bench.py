@@ -192,3 +192,21 @@ def test_tuned_entries_join_the_results(tmp_path, monkeypatch):
         assert entry["chosen_params"]["scale"] == results["methods"][start]["chosen_params"]["scale"]
         assert entry["avg_acc"] == pytest.approx(sum(entry["per_task"].values()) / 2)
     assert results["config"]["tuned"] == list(tuned.TUNED)
+
+
+def test_calibrated_entries_through_the_script(tmp_path):
+    """``--calibration-rows`` gives each calibrated method one entry per size, through the
+    installed script in a fresh process, with the statistics' and the solve's seconds apart."""
+    from test_cli_smoke import eigenmix, ok
+
+    data = small_data(tmp_path / "data")
+    args = ["bench", "merge", "--data-dir", data, "--methods", "regmean,spectral_align", "--calibration-rows", "4,8", "--steps", "3"]
+    ok(eigenmix(*args, "--val-rows", "8", "--test-rows", "12", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache"))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["methods"]) == ["regmean(n=4)", "regmean(n=8)", "spectral_align(n=4)", "spectral_align(n=8)"]
+    for entry in results["methods"].values():
+        assert entry["calibration_seconds"] > 0 and entry["solve_seconds"] > 0
+        assert f"{entry['chosen_params']['scale']:g}" in entry["validation"]
+    assert results["config"]["calibration_rows"] == [4, 8]
+    done = eigenmix(*args[:-2], "--calibration-rows", "4,x", "--out", tmp_path / "bad", "--cache-dir", tmp_path / "cache")
+    assert done.returncode == 2 and "--calibration-rows" in done.stderr and not (tmp_path / "bad").exists()

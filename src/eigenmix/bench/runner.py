@@ -116,8 +116,9 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
     methods = {}
     with _bar(console) as progress:
         for method in settings.methods:
-            job = progress.add_task(f"method {method}", total=len(settings.scale_grid) + len(settings.refine) + 1, note="merging")
-            methods[method] = _run_method(method, modules, tasks, settings, ev, heads, val, test, individual, progress, job)
+            for entry_name, rows in entries(method, settings):
+                job = progress.add_task(entry_name, total=len(settings.scale_grid) + len(settings.refine) + 1, note="merging")
+                methods[entry_name] = _run_method(method, modules, tasks, settings, ev, heads, val, test, individual, progress, job, rows)
         for name in settings.tuned:
             job = progress.add_task(name, total=1, note="tuning")
             methods[name] = _run_tuned(name, modules, tasks, settings, ev, heads, individual, methods)
@@ -140,6 +141,27 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
             "total_seconds": round(time.perf_counter() - start, 1),
         },
     }
+
+
+def entries(method: str, settings: BenchSettings) -> list[tuple[str, int | None]]:
+    """The entries of a method: itself, or one per calibration size (``method(n=…)``)."""
+    if get_method(method).calibration is None:
+        return [(method, None)]
+    return [(f"{method}(n={n})", n) for n in settings.calibration_rows]
+
+
+def calibration(method: str, modules: list[Module], tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator, rows: int):
+    """The statistics of a calibrated entry: ``rows`` unlabeled training rows per task, drawn
+    as the tuned entries draw theirs (never validation or test rows; labels never read)."""
+    from eigenmix.harness.calibration import calibration_source, tokenized
+    from eigenmix.harness.tuning import draw
+
+    kind = get_method(method).calibration
+    assert kind is not None
+    texts = [[(r.text, r.text_pair) for r in draw(t.task.train, rows, settings.seed)] for t in tasks]
+    batches = [tokenized(ev.tokenizer, x, settings.recipe.max_length, 16) for x in texts]
+    ev.apply(None)  # statistics of the base model with each module hooked on
+    return calibration_source(kind, ev.encoder, modules, batches)
 
 
 def _run_tuned(
@@ -179,16 +201,23 @@ def _run_method(
     individual: dict[str, float],
     progress: Progress,
     job: TaskID,
+    rows: int | None = None,
 ) -> dict:
     """Merge once at scale 1 (every method is linear in its scale), pick the scale with the
     best mean validation accuracy (coarse multiples of the default, then refinements around
-    the best; ties: nearest the default), then test."""
+    the best; ties: nearest the default), then test. A calibrated method gets ``rows``
+    unlabeled rows per task (:func:`calibration`)."""
     spec = get_method(method)
     params = spec.parse_params(settings.method_params.get(method, {}))
     default = params.scale
     merge_start = time.perf_counter()
-    merged = merge_modules(modules, method, seed=settings.seed, **{**params.model_dump(), "scale": 1.0})
+    source = calibration(method, modules, tasks, settings, ev, rows) if rows is not None else None
+    merged = merge_modules(modules, method, seed=settings.seed, calibration=source, **{**params.model_dump(), "scale": 1.0})
     merge_seconds = time.perf_counter() - merge_start
+    timing = {}
+    if source is not None:
+        statistics = float(getattr(source, "seconds", 0.0))
+        timing = {"calibration_seconds": round(statistics, 2), "solve_seconds": round(merge_seconds - statistics, 2), "calibration_rows": rows}
     deltas = _dense(merged)
     search: dict[float, float] = {}
 
@@ -216,6 +245,7 @@ def _run_method(
         "avg_acc": sum(per_task.values()) / len(per_task),
         "avg_normalized_acc": sum(per_task[n] / individual[n] for n in per_task) / len(per_task),
         "merge_seconds": round(merge_seconds, 3),
+        **timing,
         "chosen_params": {**params.model_dump(mode="json"), "scale": best},
         "validation": {f"{s:g}": acc for s, acc in search.items()},
     }

@@ -39,6 +39,9 @@ class BenchSettings(BaseModel):
     )
     tokens_per_batch: int = Field(4096, ge=64, description="padded tokens per forward pass in evaluation")
     tuned: tuple[str, ...] = Field((), description="tuned entries (eigenmix.bench.tuned.TUNED), after the data-free methods")
+    calibration_rows: tuple[int, ...] = Field(
+        (16, 64), description="unlabeled training rows per task for the calibrated methods, one entry each (method(n=…))"
+    )
 
 
 def make_settings(
@@ -52,6 +55,7 @@ def make_settings(
     test_rows: int | None = None,
     val_rows: int | None = None,
     tune: bool = False,
+    calibration_rows: tuple[int, ...] | None = None,
 ) -> BenchSettings:
     """The settings of a run; unknown methods fail here, before any work.
 
@@ -71,4 +75,5 @@ def make_settings(
     recipe = (QUICK_RECIPE if quick else FULL_RECIPE).model_copy(update={"seed": seed, **({"steps": steps} if steps else {})})
     sizes = {"val_rows": 24, "test_rows": 120, "probe_rows": 200} if quick else {}
     sizes.update({k: v for k, v in {"test_rows": test_rows, "val_rows": val_rows}.items() if v is not None})
-    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=tuple(TUNED) if tune else (), **sizes)
+    extra = {"calibration_rows": calibration_rows} if calibration_rows else {}
+    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=tuple(TUNED) if tune else (), **sizes, **extra)

@@ -78,6 +78,7 @@ def bench_merge(
     test_rows: int | None = TEST_ROWS,
     val_rows: int | None = VAL_ROWS,
     tune: bool = typer.Option(False, "--tune", help="Also the tuned entries (coefficients learned from 16-64 rows per task)."),
+    calibration_rows: str | None = described(BenchSettings, "calibration_rows", None, "--calibration-rows", metavar="N1,N2"),
     force: bool = FORCE,
 ) -> None:
     """Merge per-task LoRA adapters of all-MiniLM-L6-v2 with every method and score each task."""
@@ -90,7 +91,7 @@ def bench_merge(
     dest = destination(out, overwrite=force, inputs=[p for p in (data_dir, cache) if p is not None], marker="results.json")
     settings = make_settings(
         data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,
-        test_rows=test_rows, val_rows=val_rows, tune=tune,
+        test_rows=test_rows, val_rows=val_rows, tune=tune, calibration_rows=_sizes(calibration_rows),
     )  # fmt: skip
     results = run_benchmark(settings, data_dir, cache, console)
     _record_run(results)
@@ -98,6 +99,15 @@ def bench_merge(
         write_results(results, tmp)
     console.print(_table(results))
     console.print(f"results in {out}/ (results.json, results.md, results.png); {results['timing']['total_seconds']:.0f} s in all")
+
+
+def _sizes(raw: str | None) -> tuple[int, ...] | None:
+    names = _names(raw)
+    if names is None:
+        return None
+    if not all(n.isdigit() and int(n) > 0 for n in names):
+        raise InvalidInputError(f"--calibration-rows '{raw}': positive whole numbers, comma-separated")
+    return tuple(int(n) for n in names)
 
 
 def _cpu_model() -> str:

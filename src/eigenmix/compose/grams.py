@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -223,6 +224,7 @@ class MergedGrams:
         self.reset()
 
     def reset(self) -> None:
+        self.seconds = 0.0  # spent on the statistics' passes
         self._merged: dict[str, tuple[Tensor, Tensor]] = {}
         self._block: str | None = None
         self._grams: list[_Recorder] = []
@@ -255,6 +257,7 @@ class MergedGrams:
         except AttributeError:
             stop = None
         self._grams = []
+        start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         try:
@@ -268,3 +271,4 @@ class MergedGrams:
         finally:
             self.model.train(was_training)
         self._block = block
+        self.seconds += time.perf_counter() - start

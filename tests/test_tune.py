@@ -273,3 +273,24 @@ def test_bad_arguments_raise_one_clear_error(modules):
     unlabeled = {"t": TaskData({"x": x_batch()})}
     with pytest.raises(InvalidInputError, match="needs labels"):
         fit_coefficients(comp, forward_of(comp), unlabeled, unlabeled, TuneSettings())
+
+
+@pytest.mark.parametrize("init", ["spectral_ls", "spectral_align"])
+def test_a_calibrated_start_equals_its_merge(modules, init):
+    """spectral_ls keeps the modules' directions (λ from the rows); spectral_align starts from
+    its aligned directions (λ = μ), the merged-model statistics fed layer by layer."""
+    from eigenmix.compose import MergedGrams, gram_statistics
+    from eigenmix.merging import get_method
+
+    batches = [[{"x": x_batch(seed=10 + k, rows=8)}] for k in range(3)]
+
+    def source():
+        stats = MergedGrams if get_method(init).calibration == "merged" else gram_statistics
+        return stats(base_model(), modules, batches)
+
+    comp = build(base_model(), modules, init=init, scale=0.6, calibration=source())
+    x = x_batch()
+    with torch.no_grad():
+        got, want = comp(x), merged_model(modules, init, scale=0.6, calibration=source())(x)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert comp.n_coefficients() > 0

@@ -176,7 +176,8 @@ def _run_tuned(
 ) -> dict:
     """A tuned entry, started at the scale this run chose for its data-free merge."""
     init = tuned.start_method(name)
-    scale = methods[init]["chosen_params"]["scale"] if init in methods else get_method(init).parse_params({}).scale
+    entry = methods.get(init) or methods.get(f"{init}(n={tuned.TUNED[name].rows})")  # a calibrated start: its entry on the same rows
+    scale = entry["chosen_params"]["scale"] if entry is not None else get_method(init).parse_params({}).scale
     per_task, info = tuned.run_tuned(name, modules, tasks, heads, ev, scale, settings.seed)
     return {
         "per_task": per_task,
@@ -217,7 +218,8 @@ def _run_method(
     timing = {}
     if source is not None:
         statistics = float(getattr(source, "seconds", 0.0))
-        timing = {"calibration_seconds": round(statistics, 2), "solve_seconds": round(merge_seconds - statistics, 2), "calibration_rows": rows}
+        solve = merge_seconds - statistics
+        timing = {"calibration_seconds": round(statistics, 2), "solve_seconds": round(solve, 2), "calibration_rows": rows}
     deltas = _dense(merged)
     search: dict[float, float] = {}
 

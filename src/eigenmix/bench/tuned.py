@@ -10,6 +10,9 @@ baselines share that data budget:
   ``sup`` and ``distill`` keep the coefficients of the check with the best validation
   accuracy (``distill``: agreement with the experts, no labels); ``entropy`` adds the
   label-free marginal anchor (``TuneSettings.anchor``) and a stronger pull to the start;
+- ``spectral_ls+tune(distill)``, ``spectral_align+tune(distill)``: the same, started from
+  a calibrated merge whose statistics come from the same 64 unlabeled rows per task (the
+  rows of its ``(n=64)`` entry, at that entry's scale);
 - ``adamerging``: one coefficient per module per layer, entropy, from Task Arithmetic
   (AdaMerging's layer-wise variant);
 - ``lorahub(n=16)``: one weight per module, CMA-ES on the labeled rows, from Task
@@ -38,6 +41,8 @@ TUNED: dict[str, TuneSpec] = {
     "spectral+tune(sup,n=64)": _spec("sup", 64, select="accuracy"),
     "spectral+tune(entropy)": _spec("entropy", 64, anchor=1.0, reg=0.1),
     "spectral+tune(distill)": _spec("distill", 64, select="accuracy"),
+    "spectral_ls+tune(distill)": _spec("distill", 64, select="accuracy", init="spectral_ls"),
+    "spectral_align+tune(distill)": _spec("distill", 64, select="accuracy", init="spectral_align"),
     "adamerging": _spec("entropy", 64, init="task_arithmetic", granularity="layer"),
     "lorahub(n=16)": _spec("sup", 16, init="task_arithmetic", granularity="module", search="cma", reg=0.0),
 }

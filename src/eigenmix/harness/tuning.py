@@ -19,12 +19,14 @@ from torch import Tensor
 
 from eigenmix.compose import Composition, Granularity, Level
 from eigenmix.data import Example
+from eigenmix.harness.calibration import calibration_source, tokenized
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
+from eigenmix.merging import get_method
 from eigenmix.modules import Module
 from eigenmix.train.encoder import mean_pool
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
-from eigenmix.tune.live import Init, build
+from eigenmix.tune.live import CALIBRATED, Init, build
 
 
 class TuneSpec(BaseModel):
@@ -32,7 +34,9 @@ class TuneSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    init: Init = Field("spectral", description="the data-free merge to start from: spectral or task_arithmetic")
+    init: Init = Field(
+        "spectral", description="the merge to start from: spectral, task_arithmetic, or calibrated on the rows: spectral_ls, spectral_align"
+    )
     scale: float = Field(1.0, gt=0, description="the starting merge's scale α (multiplies every starting λ)")
     flatten: float = Field(0.0, ge=0, le=1, description="the spectral rule's β (needs level lambda+mu when > 0)")
     level: Level = Field("lambda", description="lambda, or lambda+mu (also the joint spectrum)")
@@ -84,14 +88,20 @@ def tune_text(
     labeled, distill = settings.objective == "sup", settings.objective == "distill"
     # validation labels: for sup, and for entropy that stops on accuracy (distill's accuracy is agreement with the experts)
     val_labeled = labeled or (settings.objective == "entropy" and settings.select == "accuracy")
-    train, val = {}, {}
+    train, val, texts = {}, {}, []
     for t, module in zip(tasks, modules, strict=True):
         rows = draw(t.task.train, spec.rows, seed)
+        texts.append([(r.text, r.text_pair) for r in rows])
         train[t.name] = task_data(ev, rows, labeled, teacher_logits(ev, module, heads[t.name], rows) if distill else None)
         val[t.name] = task_data(ev, t.val, val_labeled, teacher_logits(ev, module, heads[t.name], t.val) if distill else None)
     ev.apply(None)
     shape = {"init": spec.init, "scale": spec.scale, "flatten": spec.flatten, "granularity": spec.granularity, "level": spec.level}
-    comp = build(ev.encoder, modules, **shape)  # type: ignore[arg-type]
+    source = None
+    if spec.init in CALIBRATED:  # the start's statistics from the same unlabeled rows
+        kind = get_method(spec.init).calibration
+        assert kind is not None
+        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.tokenizer, x, ev.max_length, 16) for x in texts])
+    comp = build(ev.encoder, modules, calibration=source, **shape)  # type: ignore[arg-type]
 
     def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:
         return head_logits(ev, heads[task], inputs)

@@ -55,10 +55,12 @@ class LayerGrams:
         """Member ``i``'s per-token mean Gram (RegMean's reference code averages over tokens)."""
         return self.grams[i] / max(self.tokens[i], 1)
 
-    def all(self, normalize: Literal["mean", "sum"]) -> list[Tensor]:
-        """Every task's Gram, members first then the others, per-token means or sums."""
+    def all(self, normalize: Literal["mean", "sum"]) -> list[tuple[Tensor, float]]:
+        """Every task's Gram, members first then the others, with the factor that makes it a
+        per-token mean (``"mean"``) or keeps the sum (``"sum"``): ``(G, c)`` stands for ``c G``
+        (no copy of an ``n × n`` matrix)."""
         pairs = list(zip(self.grams, self.tokens, strict=True)) + [(g, n) for _, g, n in self.others]
-        return [g / max(n, 1) if normalize == "mean" else g for g, n in pairs]
+        return [(g, 1.0 / max(n, 1) if normalize == "mean" else 1.0) for g, n in pairs]
 
     def to_rows(self, Q: Tensor) -> Tensor:
         """Coordinates of the columns of ``Q`` (``(n, r)``) in the Grams' basis (``(d, r)``, float64)."""

@@ -32,11 +32,40 @@ Normalize = Literal["mean", "sum"]
 NOISE = default_rtol(torch.float32)  # Grams are accumulated from float32 activations
 
 
-def shrink(G: Tensor, alpha: float) -> Tensor:
-    """``G`` with its off-diagonal entries multiplied by ``alpha`` (RegMean's ``reduce_non_diag``)."""
-    if alpha == 1.0:
-        return G
-    return alpha * G + (1.0 - alpha) * torch.diag_embed(torch.diagonal(G))
+@dataclass(frozen=True)
+class Shrunk:
+    """``G̃ = c · shrink(G, α)``: ``G``'s off-diagonal entries multiplied by ``α`` (RegMean's
+    ``reduce_non_diag``), all of it by ``c``; applied without copying ``G`` (``n × n``)."""
+
+    G: Tensor
+    c: float
+    alpha: float
+
+    def __matmul__(self, Y: Tensor) -> Tensor:
+        """``G̃ Y`` for ``Y`` (d, q)."""
+        out = self.G @ Y
+        if self.alpha != 1.0:
+            out = self.alpha * out + (1.0 - self.alpha) * torch.diagonal(self.G)[:, None] * Y
+        return self.c * out
+
+    def add_to(self, S: Tensor) -> None:
+        """``S += G̃`` in place."""
+        S.add_(self.G, alpha=self.c * self.alpha)
+        if self.alpha != 1.0:
+            S.diagonal().add_(torch.diagonal(self.G), alpha=self.c * (1.0 - self.alpha))
+
+
+def shrunk(grams: LayerGrams, alpha: float, normalize: Normalize = "mean") -> list[Shrunk]:
+    """Every task's shrunk Gram (members, then the modules that lack the layer)."""
+    return [Shrunk(G, c, alpha) for G, c in grams.all(normalize)]
+
+
+def summed(parts: list[Shrunk]) -> Tensor:
+    """``S = Σ_j G̃_j`` (one ``d × d`` buffer)."""
+    S = torch.zeros_like(parts[0].G)
+    for part in parts:
+        part.add_to(S)
+    return S
 
 
 @dataclass(frozen=True)
@@ -86,7 +115,7 @@ class Regression:
 
     T: Tensor
     S: Tensor
-    grams: list[Tensor]
+    grams: list[Shrunk]
 
 
 def row_factors(layer: LayerSpectra, grams: LayerGrams) -> list[Tensor]:
@@ -96,13 +125,13 @@ def row_factors(layer: LayerSpectra, grams: LayerGrams) -> list[Tensor]:
 
 def regression(layer: LayerSpectra, grams: LayerGrams, *, alpha: float, normalize: Normalize = "mean", pinv: bool = False) -> Regression:
     """RegMean's solve for one layer (module docstring), with module weights ``layer.weights``."""
-    shrunk = [shrink(G, alpha) for G in grams.all(normalize)]
-    S = torch.stack(shrunk).sum(0)
+    parts = shrunk(grams, alpha, normalize)
+    S = summed(parts)
     rows = row_factors(layer, grams)
-    rhs = torch.cat([float(layer.weights[i]) * (shrunk[i] @ rows[i]) for i in range(layer.k)], dim=1)  # (d, Σr)
+    rhs = torch.cat([float(layer.weights[i]) * (parts[i] @ rows[i]) for i in range(layer.k)], dim=1)  # (d, Σr)
     Z = solve(S, rhs, pinv)
     X = torch.cat([layer.factors(i)[0] for i in range(layer.k)], dim=1)  # (R_U, Σr)
-    return Regression(X @ Z.T, S, shrunk)
+    return Regression(X @ Z.T, S, parts)
 
 
 def lift_update(layer: LayerSpectra, grams: LayerGrams, left: Tensor, right: Tensor, scale: float = 1.0) -> SVD:

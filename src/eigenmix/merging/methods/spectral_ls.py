@@ -38,7 +38,7 @@ class SpectralLsParams(MergeParams):
 def ls_coefficients(layer: LayerSpectra, grams: LayerGrams, ridge: float) -> list[Tensor]:
     """λ per module direction (``lambdas[k]`` is ``(r_k,)``), as the module docstring says."""
     C = grams.to_rows(layer.row_basis)  # (d, R_V): Q_V in the Grams' coordinates
-    projected = [C.T @ G @ C for G in grams.all("mean")]  # Q_Vᵀ G_j Q_V, members first
+    projected = [c * (C.T @ (G @ C)) for G, c in grams.all("mean")]  # Q_Vᵀ G_j Q_V, members first
     P, R = torch.cat(layer.P, dim=1), torch.cat(layer.R, dim=1)  # (R_U, D), (R_V, D)
     w = layer.weights
     c = torch.cat([float(w[k]) * s for k, s in enumerate(layer.sigma)])

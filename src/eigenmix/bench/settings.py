@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eigenmix.errors import InvalidInputError
 from eigenmix.train import LoraRecipe
 
 # The recipe of the committed full run (see benchmarks/README.md for how it was chosen).
@@ -56,12 +57,14 @@ def make_settings(
     val_rows: int | None = None,
     tune: bool = False,
     calibration_rows: tuple[int, ...] | None = None,
+    tuned: tuple[str, ...] | None = None,
 ) -> BenchSettings:
     """The settings of a run; unknown methods fail here, before any work.
 
     Defaults: every task of the data folder and every registered method. ``quick``: the
     first 3 tasks (sst2, ag_news, trec for the bundled data), 50 training steps, 24
-    validation and 120 test rows per task, a 200-row probe. ``tune``: every tuned entry too.
+    validation and 120 test rows per task, a 200-row probe. ``tune``: every tuned entry too
+    (or only ``tuned``).
     """
     from eigenmix.bench.tuned import TUNED
     from eigenmix.data import task_names
@@ -76,4 +79,8 @@ def make_settings(
     sizes = {"val_rows": 24, "test_rows": 120, "probe_rows": 200} if quick else {}
     sizes.update({k: v for k, v in {"test_rows": test_rows, "val_rows": val_rows}.items() if v is not None})
     extra = {"calibration_rows": calibration_rows} if calibration_rows else {}
-    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=tuple(TUNED) if tune else (), **sizes, **extra)
+    unknown = [n for n in tuned or () if n not in TUNED]
+    if unknown:
+        raise InvalidInputError(f"unknown tuned entry '{unknown[0]}' (known: {', '.join(TUNED)})")
+    entries = tuple(tuned) if tuned else tuple(TUNED) if tune else ()
+    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=entries, **sizes, **extra)

@@ -78,6 +78,9 @@ def bench_merge(
     test_rows: int | None = TEST_ROWS,
     val_rows: int | None = VAL_ROWS,
     tune: bool = typer.Option(False, "--tune", help="Also the tuned entries (coefficients learned from 16-64 rows per task)."),
+    tuned: str | None = typer.Option(
+        None, "--tuned", metavar="E1,E2", help="Only these tuned entries (names as in the results, e.g. 'spectral+tune(distill)')."
+    ),
     calibration_rows: str | None = described(BenchSettings, "calibration_rows", None, "--calibration-rows", metavar="N1,N2"),
     force: bool = FORCE,
 ) -> None:
@@ -91,7 +94,8 @@ def bench_merge(
     dest = destination(out, overwrite=force, inputs=[p for p in (data_dir, cache) if p is not None], marker="results.json")
     settings = make_settings(
         data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,
-        test_rows=test_rows, val_rows=val_rows, tune=tune, calibration_rows=_sizes(calibration_rows),
+        test_rows=test_rows, val_rows=val_rows, tune=tune or tuned is not None,
+        calibration_rows=_sizes(calibration_rows), tuned=_entries(tuned),
     )  # fmt: skip
     results = run_benchmark(settings, data_dir, cache, console)
     _record_run(results)
@@ -99,6 +103,25 @@ def bench_merge(
         write_results(results, tmp)
     console.print(_table(results))
     console.print(f"results in {out}/ (results.json, results.md, results.png); {results['timing']['total_seconds']:.0f} s in all")
+
+
+def _entries(raw: str | None) -> tuple[str, ...] | None:
+    """Comma-separated entry names; commas inside parentheses belong to a name (``tune(sup,n=16)``)."""
+    if raw is None:
+        return None
+    names, depth, current = [], 0, ""
+    for char in raw:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.append(current.strip())
+            current = ""
+        else:
+            current += char
+    names = [n for n in [*names, current.strip()] if n]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not names or twice:
+        raise InvalidInputError(f"--tuned '{raw}': " + (f"'{twice[0]}' is listed twice" if twice else "no entry"))
+    return tuple(names)
 
 
 def _sizes(raw: str | None) -> tuple[int, ...] | None:

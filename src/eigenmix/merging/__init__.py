@@ -6,6 +6,7 @@ registered; ``@register(...)`` adds a method; ``run_merge`` runs a config file e
 """
 
 from eigenmix.merging import methods  # noqa: F401 - importing it registers the built-in methods
+from eigenmix.merging.calibration import Grams, GramSource, LayerGrams
 from eigenmix.merging.engine import (
     LayerInput,
     LayerResult,
@@ -21,7 +22,10 @@ from eigenmix.merging.plan import MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext, MergeMethod, MergeParams, all_methods, get_method, register
 
 __all__ = [
+    "GramSource",
+    "Grams",
     "LayerContext",
+    "LayerGrams",
     "LayerInput",
     "LayerResult",
     "MergeMethod",

@@ -239,6 +239,8 @@ class MergedGrams:
         block = block_of(name)
         if block != self._block:
             self._compute(block)
+        if any(name not in r.grams for r in self._grams):
+            raise InvalidInputError(f"layer '{name}' saw no input in the calibration passes (the model does not run it)")
         pairs = [(k, r.grams[name], r.tokens[name]) for k, r in enumerate(self._grams)]
         return LayerGrams(
             [pairs[k][1] for k in members], [pairs[k][2] for k in members],

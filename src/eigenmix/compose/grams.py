@@ -52,22 +52,22 @@ class _Recorder:
         self.grams: dict[str, Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.mask: Tensor | None = None
-        self._shared: dict[tuple[int, int], tuple[Tensor, Tensor, int]] = {}
+        self._last: tuple[Tensor, Tensor | None, Tensor, int] | None = None  # one input held at a time
 
     def batch(self, mask: Tensor | None) -> None:
-        self.mask, self._shared = mask, {}
+        self.mask, self._last = mask, None
 
     def add(self, layer: str, x: Tensor) -> None:
         basis = self.bases.get(layer)
-        key = (id(x), id(basis))  # the entry holds x, so its id is not reused within the batch
-        if key not in self._shared or self._shared[key][0] is not x:  # q, k and v read the same tensor: one product
+        last = self._last
+        if last is None or last[0] is not x or last[1] is not basis:  # q, k and v read the same tensor in a row: one product
             rows = x.reshape(-1, x.shape[-1])
             if self.mask is not None and self.mask.numel() == rows.shape[0]:
                 rows = rows[self.mask.reshape(-1).bool()]
             if basis is not None:
                 rows = rows @ basis.to(rows.dtype)
-            self._shared[key] = (x, (rows.T @ rows).to(torch.float64), int(rows.shape[0]))
-        _, gram, count = self._shared[key]
+            last = self._last = (x, basis, (rows.T @ rows).to(torch.float64), int(rows.shape[0]))
+        _, _, gram, count = last
         self.grams[layer] = self.grams[layer] + gram if layer in self.grams else gram.clone()
         self.tokens[layer] = self.tokens.get(layer, 0) + count
 

@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spectral_align(beta=0.25)": ("spectral_align", {"flatten": 0.25}),
     "spectral_align(beta=0.5)": ("spectral_align", {"flatten": 0.5}),
     "spectral_align(beta=1)": ("spectral_align", {"flatten": 1.0}),
+    "spectral_align(alpha=0.5,beta=0.25)": ("spectral_align", {"alpha": 0.5, "flatten": 0.25}),
+    "spectral_align(alpha=1,beta=0.25)": ("spectral_align", {"alpha": 1.0, "flatten": 0.25}),
 }
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import eigenmix
 from dense_reference import thin_svd
-from eigenmix.compose.grams import MergedGrams, block_of, gram_statistics
+from eigenmix.compose.grams import MergedGrams, OwnGrams, block_of, gram_statistics
 from eigenmix.errors import InvalidInputError
 from eigenmix.merging.calibration import Grams
 from eigenmix.merging.methods.spectral import spectral_coefficients
@@ -203,7 +203,7 @@ def test_a_calibrated_method_without_statistics_and_statistics_without_one_are_r
         eigenmix.merge(modules, "regmean_pp", calibration=Grams(grams))
     with pytest.raises(InvalidInputError, match="must be Grams"):
         eigenmix.merge(modules, "regmean", calibration={"l": grams})
-    with pytest.raises(InvalidInputError, match="statistics of 2 modules"):
+    with pytest.raises(InvalidInputError, match=r"statistics for 2 module\(s\)"):
         eigenmix.merge(modules, "regmean", calibration=Grams(grams[:2]))
 
 
@@ -300,3 +300,49 @@ def test_sketched_statistics_solve_inside_the_modules_row_space():
     merged = eigenmix.merge(modules, "regmean", calibration=sketched).layers[names[0]]
     B = sketched.bases[names[0]]
     assert torch.allclose(merged.dense() @ B @ B.T, merged.dense(), atol=1e-10)  # rows stay in span B
+
+
+def test_statistics_of_the_wrong_kind_size_or_sign_are_refused():
+    model = Blocks()
+    names, modules, batches = _blocks_family()
+    with pytest.raises(InvalidInputError, match="takes the own model's inputs"):
+        eigenmix.merge(modules, "regmean", calibration=MergedGrams(model, modules, batches))
+    small = [{n: torch.eye(5, dtype=torch.float64) for n in names} for _ in modules]
+    with pytest.raises(InvalidInputError, match=r"a Gram of shape \(5, 5\)"):
+        eigenmix.merge(modules, "regmean", calibration=Grams(small))
+    zero = [{n: torch.zeros(6, 6, dtype=torch.float64) for n in names} for _ in modules]
+    with pytest.raises(InvalidInputError, match="is zero"):
+        eigenmix.merge(modules, "regmean", calibration=Grams(zero))
+    with pytest.raises(InvalidInputError, match="negative diagonal"):
+        eigenmix.merge(modules, "regmean", calibration=Grams([{n: -torch.eye(6, dtype=torch.float64) for n in names} for _ in modules]))
+    with pytest.raises(InvalidInputError, match="dict of tensors"):
+        gram_statistics(model, modules, [["not a batch"], ["not a batch"]])
+    with pytest.raises(InvalidInputError, match="could not run a calibration batch"):
+        gram_statistics(model, modules, [[{"y": torch.zeros(2, 6)}], [{"y": torch.zeros(2, 6)}]])
+
+
+def test_own_statistics_block_by_block_equal_the_whole_pass():
+    model = Blocks()
+    names, modules, batches = _blocks_family()
+    whole = eigenmix.merge(modules, "regmean", calibration=gram_statistics(model, modules, batches))
+    blocks = eigenmix.merge(modules, "regmean", calibration=OwnGrams(model, modules, batches))
+    for name in names:
+        assert torch.allclose(whole.layers[name].dense(), blocks.layers[name].dense(), atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_a_sketch_is_regmean_restricted_to_the_modules_row_space(alpha):
+    """With the full Gram's diagonal kept, the sketched solve is RegMean's objective (the
+    shrunk full Grams) over the updates whose rows lie in span B: (Σ ΔW_k G̃_k B)(Bᵀ S B)⁻¹ Bᵀ."""
+    model = Blocks()
+    names, modules, batches = _blocks_family()
+    sketched = gram_statistics(model, modules, batches, sketch_above=4)
+    full = gram_statistics(model, modules, batches)
+    merged = eigenmix.merge(modules, "regmean", alpha=alpha, calibration=sketched)
+    for name in names:
+        B = sketched.bases[name]
+        G = [full.grams[k][name] / full.tokens[k][name] for k in range(2)]
+        G = [alpha * g + (1 - alpha) * torch.diag(torch.diag(g)) for g in G]
+        num = sum(modules[k].layers[name].dense() @ G[k] @ B for k in range(2))
+        expected = num @ torch.linalg.inv(B.T @ sum(G) @ B) @ B.T
+        assert torch.allclose(merged.layers[name].dense(), expected, atol=1e-10)

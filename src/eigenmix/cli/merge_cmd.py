@@ -23,7 +23,8 @@ def methods() -> None:
         table.add_column(column, overflow="fold")
     for m in all_methods():
         params = ", ".join(f"{name}={field.default}" for name, field in m.params.model_fields.items())
-        table.add_row(m.name, m.kind, m.description, m.paper + (f"\n{m.url}" if m.url else ""), params)
+        kind = m.kind + (f"\ncalibrated ({m.calibration} inputs): needs a calibration section" if m.calibration else "")
+        table.add_row(m.name, kind, m.description, m.paper + (f"\n{m.url}" if m.url else ""), params)
     make_console().print(table)
 
 

@@ -14,7 +14,7 @@
 
 from eigenmix.compose.composition import Composition, Granularity, Level
 from eigenmix.compose.factors import LayerFactors, apply_delta, composed_factors, layer_factors
-from eigenmix.compose.grams import MergedGrams, gram_statistics
+from eigenmix.compose.grams import MergedGrams, OwnGrams, gram_statistics
 from eigenmix.compose.hooks import add_to_output, linear_at
 from eigenmix.compose.library import Entry, LayerView, Library
 from eigenmix.compose.routing import Batch, RoutedModel, Router, mix, pooled, routed_update
@@ -30,6 +30,7 @@ __all__ = [
     "Level",
     "Library",
     "MergedGrams",
+    "OwnGrams",
     "RoutedModel",
     "Router",
     "add_to_output",

@@ -7,10 +7,13 @@ factored form (``x R Lᵀ``) and, where the layer is recorded, adds the masked `
 batch (padding left out; computed in the model's dtype, accumulated in float64). No
 activation is kept: per layer one ``n × n`` accumulator (q, k and v read the same input and
 share one product). A layer with more than ``sketch_above`` inputs keeps ``Bᵀ G B`` in the
-orthonormal basis ``B`` of the modules' row spaces instead (``R × R``, R ≤ Σ r_k).
+orthonormal basis ``B`` of the modules' row spaces instead (``R × R``, R ≤ Σ r_k), with the
+full Gram's diagonal (``n``) for RegMean's shrinkage.
 
 - :func:`gram_statistics`: each task's rows through the base model with its own module
   applied (RegMean's inputs) — fixed :class:`~eigenmix.merging.calibration.Grams`.
+- :class:`OwnGrams`: the same inputs, block by block (one block's Grams held at a time: what
+  ``eigenmix merge`` uses, whatever the model's depth).
 - :class:`MergedGrams`: RegMean++'s inputs, block by block: each task's rows through the
   merged earlier blocks (at scale 1) and its own module's current block; the pass stops
   after that block.
@@ -50,9 +53,10 @@ class _Recorder:
     def __init__(self, bases: Mapping[str, Tensor]) -> None:
         self.bases = bases
         self.grams: dict[str, Tensor] = {}
+        self.diagonals: dict[str, Tensor] = {}  # sketched layers: the full Gram's diagonal (n,)
         self.tokens: dict[str, int] = {}
         self.mask: Tensor | None = None
-        self._last: tuple[Tensor, Tensor | None, Tensor, int] | None = None  # one input held at a time
+        self._last: tuple[Tensor, Tensor | None, Tensor, Tensor | None, int] | None = None  # one input held at a time
 
     def batch(self, mask: Tensor | None) -> None:
         self.mask, self._last = mask, None
@@ -64,10 +68,14 @@ class _Recorder:
             rows = x.reshape(-1, x.shape[-1])
             if self.mask is not None and self.mask.numel() == rows.shape[0]:
                 rows = rows[self.mask.reshape(-1).bool()]
+            diagonal = None
             if basis is not None:
+                diagonal = rows.to(torch.float64).square().sum(0)
                 rows = rows @ basis.to(rows.dtype)
-            last = self._last = (x, basis, (rows.T @ rows).to(torch.float64), int(rows.shape[0]))
-        _, _, gram, count = last
+            last = self._last = (x, basis, (rows.T @ rows).to(torch.float64), diagonal, int(rows.shape[0]))
+        _, _, gram, diagonal, count = last
+        if diagonal is not None:
+            self.diagonals[layer] = self.diagonals[layer] + diagonal if layer in self.diagonals else diagonal.clone()
         self.grams[layer] = self.grams[layer] + gram if layer in self.grams else gram.clone()
         self.tokens[layer] = self.tokens.get(layer, 0) + count
 
@@ -134,9 +142,16 @@ def _run(
             handles.append(model.get_submodule(stop_after).register_forward_hook(stop))
         with torch.no_grad():
             for batch in batches:
+                if not isinstance(batch, Mapping) or not all(isinstance(v, Tensor) for v in batch.values()):
+                    got = type(batch).__name__
+                    raise InvalidInputError(f"a calibration batch must be a dict of tensors (the model's keyword inputs); got {got}")
                 recorder.batch(batch.get("attention_mask"))
                 with contextlib.suppress(_Stop):
-                    model(**batch)
+                    try:
+                        model(**batch)
+                    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        raise InvalidInputError(f"the model could not run a calibration batch: {first}") from err
     finally:
         for handle in handles:
             handle.remove()
@@ -174,7 +189,7 @@ def gram_statistics(
     per_module = _check(model, modules, batches)
     shapes = _matrix_layers(modules)
     bases = _sketch_bases(modules, shapes, sketch_above)
-    grams, tokens = [], []
+    grams, tokens, diagonals = [], [], []
     was_training = model.training
     model.eval()
     try:
@@ -186,9 +201,10 @@ def gram_statistics(
                 raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
             grams.append(recorder.grams)
             tokens.append(recorder.tokens)
+            diagonals.append(recorder.diagonals)
     finally:
         model.train(was_training)
-    return Grams(grams, tokens, bases)
+    return Grams(grams, tokens, bases, diagonals=diagonals)
 
 
 def block_of(layer: str) -> str:
@@ -198,14 +214,19 @@ def block_of(layer: str) -> str:
     return match.group(1) if match else layer
 
 
-class MergedGrams:
-    """RegMean++'s statistics, computed block by block as the merge proceeds (a
-    :class:`~eigenmix.merging.calibration.GramSource` of kind ``"merged"``): the Grams of a
-    block are taken when its first layer is merged, from each task's rows through the
-    merged earlier blocks and its own module's current block. Arguments as for
-    :func:`gram_statistics`; the engine merges layers in the model's order."""
+class BlockGrams:
+    """Statistics computed block by block as the merge proceeds (a
+    :class:`~eigenmix.merging.calibration.GramSource`): the Grams of a block are taken when
+    its first layer is merged, from every task's rows, and only one block's are held — the
+    memory of a calibrated merge is one block's Grams, whatever the depth of the model.
+    Each pass stops after the block. Arguments as for :func:`gram_statistics`; the engine
+    merges the layers in the model's order. ``seconds``: the time the passes took.
 
-    kind: Kind = "merged"
+    Subclasses say what the earlier blocks run with: :class:`OwnGrams` (each task's own
+    module: RegMean's inputs, those of :func:`gram_statistics`) or :class:`MergedGrams`
+    (the merge so far, at scale 1: RegMean++'s)."""
+
+    kind: Kind
 
     def __init__(
         self,
@@ -224,7 +245,7 @@ class MergedGrams:
         self.reset()
 
     def reset(self) -> None:
-        self.seconds = 0.0  # spent on the statistics' passes
+        self.seconds = 0.0
         self._merged: dict[str, tuple[Tensor, Tensor]] = {}
         self._block: str | None = None
         self._grams: list[_Recorder] = []
@@ -233,7 +254,11 @@ class MergedGrams:
         return sorted(layers, key=lambda name: self.position.get(name, len(self.position)))
 
     def merged(self, name: str, delta: object) -> None:
-        self._merged[name] = _update(delta)  # type: ignore[arg-type]
+        """Told each merged layer (at scale 1)."""
+
+    def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        """What the layers before the current block add for task k."""
+        raise NotImplementedError
 
     def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
         block = block_of(name)
@@ -242,18 +267,18 @@ class MergedGrams:
         if any(name not in r.grams for r in self._grams):
             raise InvalidInputError(f"layer '{name}' saw no input in the calibration passes (the model does not run it)")
         pairs = [(k, r.grams[name], r.tokens[name]) for k, r in enumerate(self._grams)]
+        diagonals = [r.diagonals[name] for r in self._grams] if name in self.bases else None
+        if diagonals is not None:
+            diagonals = [diagonals[k] for k in members] + [d for k, d in enumerate(diagonals) if k not in members]
         return LayerGrams(
             [pairs[k][1] for k in members], [pairs[k][2] for k in members],
-            [p for p in pairs if p[0] not in members], self.bases.get(name),
+            [p for p in pairs if p[0] not in members], self.bases.get(name), diagonals,
         )  # fmt: skip
 
     def _compute(self, block: str) -> None:
         inside = [name for name in self.shapes if block_of(name) == block]
         first = min(self.position.get(name, 0) for name in inside)
-        earlier = [name for name in self.shapes if self.position.get(name, 0) < first]
-        missing = [name for name in earlier if name not in self._merged]
-        if missing:
-            raise InvalidInputError(f"layer '{missing[0]}' precedes block '{block}' but is not merged yet (merge in the model's order)")
+        before = [name for name in self.shapes if self.position.get(name, 0) < first]
         try:  # nothing after the block is needed
             stop: str | None = block if self.model.get_submodule(block) is not None else None
         except AttributeError:
@@ -263,10 +288,10 @@ class MergedGrams:
         was_training = self.model.training
         self.model.eval()
         try:
-            for module, rows in zip(self.modules, self.batches, strict=True):
+            for k, (module, rows) in enumerate(zip(self.modules, self.batches, strict=True)):
                 recorder = _Recorder(self.bases)
                 own = {name: _update(module.layers[name]) for name in inside if name in module.layers}
-                _run(self.model, {**{n: self._merged[n] for n in earlier}, **own}, inside, self.shapes, recorder, rows, stop)
+                _run(self.model, {**self.earlier(k, before), **own}, inside, self.shapes, recorder, rows, stop)
                 if not recorder.tokens:
                     raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
                 self._grams.append(recorder)
@@ -274,3 +299,34 @@ class MergedGrams:
             self.model.train(was_training)
         self._block = block
         self.seconds += time.perf_counter() - start
+
+
+class OwnGrams(BlockGrams):
+    """Each task's rows through the base model with its own module applied (RegMean's
+    inputs), block by block: the Grams of :func:`gram_statistics`, one block held at a time."""
+
+    kind: Kind = "own"
+
+    def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        module = self.modules[k]
+        return {name: _update(module.layers[name]) for name in names if name in module.layers}
+
+
+class MergedGrams(BlockGrams):
+    """RegMean++'s statistics: each task's rows through the merged earlier blocks (at scale
+    1, as the engine reports them) and its own module's current block."""
+
+    kind: Kind = "merged"
+
+    def merged(self, name: str, delta: object) -> None:
+        self._merged[name] = _update(delta)  # type: ignore[arg-type]
+
+    def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        missing = [name for name in names if name not in self._merged]
+        if missing:
+            raise InvalidInputError(f"layer '{missing[0]}' precedes '{self._next}' but is not merged yet (merge in the model's order)")
+        return {name: self._merged[name] for name in names}
+
+    def _compute(self, block: str) -> None:
+        self._next = block
+        super()._compute(block)

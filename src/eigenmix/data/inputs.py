@@ -22,8 +22,9 @@ class InputRow:
     text_pair: str | None = None
 
 
-def read_inputs(path: Path, text_field: str = "text", pair_field: str = "text_pair") -> list[InputRow]:
-    """Every non-blank line of ``path``; one :class:`InvalidInputError` line for the first bad one."""
+def read_inputs(path: Path, text_field: str = "text", pair_field: str = "text_pair", limit: int | None = None) -> list[InputRow]:
+    """Every non-blank line of ``path`` (the first ``limit`` rows, the rest unread); one
+    :class:`InvalidInputError` line for the first bad one."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     rows = []
@@ -39,11 +40,15 @@ def read_inputs(path: Path, text_field: str = "text", pair_field: str = "text_pa
                 if not isinstance(obj, dict):
                     raise InvalidInputError(f"{path}:{number}: a row must be a JSON object")
                 text, pair = obj.get(text_field), obj.get(pair_field)
+                if text_field not in obj:
+                    raise InvalidInputError(f"{path}:{number}: no field '{text_field}' (fields: {', '.join(list(obj)[:5]) or 'none'})")
                 if not isinstance(text, str):
                     raise InvalidInputError(f"{path}:{number}: field '{text_field}' must be a string")
                 if pair is not None and not isinstance(pair, str):
                     raise InvalidInputError(f"{path}:{number}: field '{pair_field}' must be a string")
                 rows.append(InputRow(number, text, pair))
+                if limit is not None and len(rows) >= limit:
+                    break
                 if len(rows) > MAX_ROWS:
                     raise InvalidInputError(f"{path}: more than {MAX_ROWS:,} rows; split the file")
         except UnicodeDecodeError:

@@ -1,21 +1,22 @@
 """Calibration rows as text: what ``eigenmix merge`` and the benchmark hand the calibrated
-methods. Rows are read and tokenised before any work (every mistake is one line then); the
-statistics themselves are computed when the merge first asks for them
-(:mod:`eigenmix.compose.grams`)."""
+methods. Rows are read and tokenised and the model's layers checked before any work (every
+mistake is one line then); the statistics themselves are computed block by block as the
+merge asks for them (:class:`~eigenmix.compose.grams.OwnGrams`,
+:class:`~eigenmix.compose.grams.MergedGrams`: one block's Grams held at a time)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.grams import MergedGrams, gram_statistics
+from eigenmix.compose.grams import MergedGrams, OwnGrams
 from eigenmix.data.inputs import read_inputs
 from eigenmix.errors import InvalidInputError
-from eigenmix.merging.calibration import Grams, GramSource, Kind, LayerGrams
+from eigenmix.merging.calibration import GramSource, Kind
 from eigenmix.merging.config import MergeConfig
 from eigenmix.modules import Module
 
@@ -33,49 +34,12 @@ def tokenized(tokenizer: Any, rows: Sequence[Text], max_length: int, batch_size:
     return batches
 
 
-@dataclass
-class DeferredGrams:
-    """Each module's own statistics (:func:`gram_statistics`), computed at the first layer
-    the merge asks for (a dry run never computes them). ``seconds``: the time they took."""
-
-    model: nn.Module
-    modules: Sequence[Module]
-    batches: list[list[dict[str, Tensor]]]
-    sketch_above: int | None = None
-    kind: Kind = "own"
-    seconds: float = 0.0
-    _grams: Grams | None = field(default=None, repr=False)
-
-    @property
-    def n_modules(self) -> int:
-        return len(self.modules)
-
-    def order(self, layers: Sequence[str]) -> list[str]:
-        return list(layers)
-
-    def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
-        if self._grams is None:
-            import time
-
-            start = time.perf_counter()
-            self._grams = gram_statistics(self.model, self.modules, self.batches, sketch_above=self.sketch_above)
-            self.seconds += time.perf_counter() - start
-        return self._grams.layer(name, members)
-
-    def merged(self, name: str, delta: object) -> None:
-        """Each module's own inputs do not depend on the merge."""
-
-    def reset(self) -> None:
-        """The statistics are kept across merges of the same modules."""
-
-
 def calibration_source(
     kind: Kind, model: nn.Module, modules: Sequence[Module], batches: list[list[dict[str, Tensor]]], sketch_above: int | None = None
 ) -> GramSource:
     """The statistics a method of calibration ``kind`` needs, from each module's batches."""
-    if kind == "merged":
-        return MergedGrams(model, modules, batches, sketch_above=sketch_above)
-    return DeferredGrams(model, modules, batches, sketch_above)
+    stats = MergedGrams if kind == "merged" else OwnGrams
+    return stats(model, modules, batches, sketch_above=sketch_above)
 
 
 @dataclass(frozen=True)
@@ -99,7 +63,7 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
     texts, used, asked = [], {}, {}
     for entry in config.modules:
         spec = section.modules[entry.label]
-        rows = read_inputs(spec.file, spec.text_field, spec.pair_field)[: spec.rows]
+        rows = read_inputs(spec.file, spec.text_field, spec.pair_field, limit=spec.rows)
         texts.append([(r.text, r.text_pair) for r in rows])
         used[entry.label], asked[entry.label] = len(rows), spec.rows
     base = config.base_model or next((m.base_model for m in modules if m.base_model), None)
@@ -109,6 +73,9 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
 
     model, tokenizer = load_encoder(encoder_path(base))
     model.requires_grad_(False)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and section.max_length > positions:
+        raise InvalidInputError(f"calibration.max_length {section.max_length} exceeds the base model's {positions} positions")
     batches = [tokenized(tokenizer, t, section.max_length, section.batch_size) for t in texts]
     with torch.no_grad():
         source = calibration_source(kind, model, modules, batches, section.sketch_above)

@@ -44,13 +44,29 @@ class LayerGrams:
             task's inputs still reach it; their target there is the base layer).
         basis: ``(n, d)`` orthonormal basis the Grams are given in (a sketch), or None
             (full ``n × n`` Grams).
+        diagonals: with a basis, each task's full Gram's diagonal ``(n,)`` (members, then
+            the others), so RegMean's shrinkage of off-diagonal entries stays that of the
+            full Gram; None: the sketched Gram's own diagonal is used.
     """
 
     grams: list[Tensor]
     tokens: list[int]
     others: list[tuple[int, Tensor, int]] = field(default_factory=list)
     basis: Tensor | None = None
+    diagonals: list[Tensor] | None = None
 
+    def check(self, layer: str, n_in: int) -> None:
+        """One :class:`InvalidInputError` line for statistics that cannot be this layer's."""
+        d = n_in if self.basis is None else self.basis.shape[1]
+        if self.basis is not None and self.basis.shape[0] != n_in:
+            raise InvalidInputError(f"layer '{layer}': the sketch basis has {self.basis.shape[0]} rows; the layer has {n_in} inputs")
+        for G, _ in self.all("sum"):
+            if tuple(G.shape) != (d, d):
+                raise InvalidInputError(f"layer '{layer}': a Gram of shape {tuple(G.shape)}; the layer's inputs need ({d}, {d})")
+            diagonal = torch.diagonal(G)
+            if bool((diagonal < 0).any()) or not bool((diagonal > 0).any()):
+                what = "has a negative diagonal" if bool((diagonal < 0).any()) else "is zero"
+                raise InvalidInputError(f"layer '{layer}': a Gram that {what} is no Gram of inputs (Σ x xᵀ)")
     def mean(self, i: int) -> Tensor:
         """Member ``i``'s per-token mean Gram (RegMean's reference code averages over tokens)."""
         return self.grams[i] / max(self.tokens[i], 1)
@@ -109,8 +125,10 @@ class Grams:
         tokens: Sequence[Mapping[str, int]] | None = None,
         bases: Mapping[str, Tensor] | None = None,
         kind: Kind = "own",
+        diagonals: Sequence[Mapping[str, Tensor]] | None = None,
     ) -> None:
         self.kind: Kind = kind
+        self.diagonals = [dict(d) for d in diagonals] if diagonals is not None else None
         self.grams = [dict(g) for g in grams]
         self.tokens = [dict(t) for t in tokens] if tokens is not None else [dict.fromkeys(g, 1) for g in self.grams]
         if len(self.tokens) != len(self.grams):
@@ -131,9 +149,12 @@ class Grams:
         if missing:
             raise InvalidInputError(f"no calibration Gram for module {missing[0]} at layer '{name}'")
         others = [(k, g[name].double(), self.tokens[k].get(name, 1)) for k, g in enumerate(self.grams) if k not in members and name in g]
-        return LayerGrams(
-            [self.grams[k][name].double() for k in members], [self.tokens[k].get(name, 1) for k in members], others, self.bases.get(name)
-        )
+        diagonals = None
+        if self.diagonals is not None and name in self.bases:
+            order = [*members, *(k for k, _, _ in others)]
+            diagonals = [self.diagonals[k][name].double() for k in order]
+        grams = [self.grams[k][name].double() for k in members]
+        return LayerGrams(grams, [self.tokens[k].get(name, 1) for k in members], others, self.bases.get(name), diagonals)
 
     def merged(self, name: str, delta: object) -> None:
         """Fixed statistics do not depend on the merge."""
@@ -157,9 +178,13 @@ def check_source(method: str, needs: Kind | None, source: object, n_modules: int
     if not isinstance(source, GramSource):
         kind = type(source).__name__
         raise InvalidInputError(f"calibration= must be Grams or a GramSource (eigenmix.compose.gram_statistics); got {kind}")
-    if needs == "merged" and source.kind != "merged":
-        raise InvalidInputError(f"method '{method}' needs the merged model's inputs: calibration=MergedGrams(model, modules, batches)")
+    if needs != source.kind:
+        fix = "MergedGrams(model, modules, batches)" if needs == "merged" else "gram_statistics(model, modules, batches) or OwnGrams(…)"
+        raise InvalidInputError(
+            f"method '{method}' takes the {'merged' if needs == 'merged' else 'own'} model's inputs; "
+            f"the calibration holds the {source.kind} model's: calibration={fix}"
+        )
     count = getattr(source, "n_modules", None) or (len(source.grams) if isinstance(source, Grams) else None)
     if count is not None and count != n_modules:
-        raise InvalidInputError(f"the calibration has statistics of {count} modules; the merge has {n_modules}")
+        raise InvalidInputError(f"the calibration has statistics for {count} module(s); the merge has {n_modules}")
     return source

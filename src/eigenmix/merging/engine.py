@@ -80,6 +80,8 @@ def context(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None)
     """The layer's context: its own seeded generator (the same in every pass), and its
     calibration statistics where the method needs them (matrix layers only)."""
     grams = plan.calibration.layer(item.layer, item.members) if plan.calibration is not None and item.is_matrix else None
+    if grams is not None:
+        grams.check(item.layer, int(item.deltas[0].shape[1]))
     return LayerContext(torch.Generator().manual_seed(derived_seed(plan.seed, item.layer)), thresholds, grams)
 
 

@@ -34,30 +34,46 @@ NOISE = default_rtol(torch.float32)  # Grams are accumulated from float32 activa
 
 @dataclass(frozen=True)
 class Shrunk:
-    """``G̃ = c · shrink(G, α)``: ``G``'s off-diagonal entries multiplied by ``α`` (RegMean's
-    ``reduce_non_diag``), all of it by ``c``; applied without copying ``G`` (``n × n``)."""
+    """``G̃ = c · (α G + (1 − α) diag(g))``: ``G``'s off-diagonal entries multiplied by ``α``
+    (RegMean's ``reduce_non_diag``), all of it by ``c``; applied without copying ``G``
+    (``n × n``). In a sketch (``B``, ``d`` columns) ``G`` is ``Bᵀ G_full B`` and ``g`` the
+    full Gram's diagonal, so ``G̃`` is ``Bᵀ G̃_full B`` exactly."""
 
     G: Tensor
     c: float
     alpha: float
+    basis: Tensor | None = None
+    diagonal: Tensor | None = None
+
+    def _diag_part(self, Y: Tensor) -> Tensor:
+        if self.basis is not None and self.diagonal is not None:
+            return self.basis.T @ (self.diagonal[:, None] * (self.basis @ Y))
+        return torch.diagonal(self.G)[:, None] * Y
 
     def __matmul__(self, Y: Tensor) -> Tensor:
         """``G̃ Y`` for ``Y`` (d, q)."""
         out = self.G @ Y
         if self.alpha != 1.0:
-            out = self.alpha * out + (1.0 - self.alpha) * torch.diagonal(self.G)[:, None] * Y
+            out = self.alpha * out + (1.0 - self.alpha) * self._diag_part(Y)
         return self.c * out
 
     def add_to(self, S: Tensor) -> None:
         """``S += G̃`` in place."""
         S.add_(self.G, alpha=self.c * self.alpha)
-        if self.alpha != 1.0:
+        if self.alpha == 1.0:
+            return
+        if self.basis is not None and self.diagonal is not None:
+            S.add_(self.basis.T @ (self.diagonal[:, None] * self.basis), alpha=self.c * (1.0 - self.alpha))
+        else:
             S.diagonal().add_(torch.diagonal(self.G), alpha=self.c * (1.0 - self.alpha))
 
 
 def shrunk(grams: LayerGrams, alpha: float, normalize: Normalize = "mean") -> list[Shrunk]:
     """Every task's shrunk Gram (members, then the modules that lack the layer)."""
-    return [Shrunk(G, c, alpha) for G, c in grams.all(normalize)]
+    basis = grams.basis.to(torch.float64) if grams.basis is not None else None
+    parts = grams.all(normalize)
+    diagonals: list[Tensor | None] = list(grams.diagonals) if grams.diagonals is not None else [None] * len(parts)
+    return [Shrunk(G, c, alpha, basis, d) for (G, c), d in zip(parts, diagonals, strict=True)]
 
 
 def summed(parts: list[Shrunk]) -> Tensor:

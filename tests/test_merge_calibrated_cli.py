@@ -104,6 +104,7 @@ def test_bad_calibration_inputs_are_one_line_and_write_nothing(setup):
          "no module is named 'sst2'"),
         ({"calibration": {**section, "modules": {"trec": {"file": str(rows["trec"])}}}}, "module 'cola' has no rows"),
         ({"calibration": None}, "method 'regmean' needs calibration rows"),
+        ({"calibration": {"max_length": 100000, "modules": {t: {"file": str(p)} for t, p in rows.items()}}}, "exceeds the base model's"),
         ({"calibration": {**section, "modules": {"trec": {"file": str(rows["trec"]), "rows": True}, "cola": {"file": str(rows["cola"])}}}},
          "calibration.modules.trec.rows"),
     ]  # fmt: skip

@@ -44,6 +44,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spectral_align(beta=1)": ("spectral_align", {"flatten": 1.0}),
     "spectral_align(alpha=0.5,beta=0.25)": ("spectral_align", {"alpha": 0.5, "flatten": 0.25}),
     "spectral_align(alpha=1,beta=0.25)": ("spectral_align", {"alpha": 1.0, "flatten": 0.25}),
+    # the same rule on each model's own inputs (RegMean's statistics) instead of RegMean++'s
+    "spectral_align(own,beta=0.1)": ("spectral_align", {"flatten": 0.1, "inputs": "own"}),
+    "spectral_align(own,beta=0.25)": ("spectral_align", {"flatten": 0.25, "inputs": "own"}),
+    "spectral_align(own,alpha=1,beta=0.25)": ("spectral_align", {"alpha": 1.0, "flatten": 0.25, "inputs": "own"}),
+    "spectral_align(own,beta=0.5)": ("spectral_align", {"flatten": 0.5, "inputs": "own"}),
+    "spectral_ls(ridge=10)": ("spectral_ls", {"ridge": 10.0}),
 }
 
 
@@ -51,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="names separated by ';' (names hold commas)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,10 +82,14 @@ def main() -> None:
         return sum(acc[n] / max(individual[n], 1e-9) for n in acc) / len(acc)
 
     results = {}
-    for name in args.variants.split(","):
+    for name in args.variants.split(";"):
         method, params = VARIANTS[name]
+        params = dict(params)
+        inputs = params.pop("inputs", None)
         start = time.perf_counter()
-        source = calibration(method, modules, tasks, settings, ev, args.rows)
+        source = calibration("regmean" if inputs == "own" else method, modules, tasks, settings, ev, args.rows)
+        if inputs == "own":  # an experiment: the method's rule on statistics of the other kind
+            source.kind = "merged"
         merged = merge(modules, method, calibration=source, **{**params, "scale": 1.0})
         seconds = time.perf_counter() - start
         deltas = _dense(merged)
@@ -91,8 +101,8 @@ def main() -> None:
         results[name] = {"method": method, "params": params, "val_normalized": search[best], "scale": best,
                          "validation": {f"{s:g}": v for s, v in search.items()}, "merge_seconds": round(seconds, 1)}  # fmt: skip
         console.print(f"{name}: validation {100 * search[best]:.2f} at scale {best:g} ({seconds:.0f} s)")
-    write_result(args.json, {"rows": args.rows, "individual_val": individual, "variants": results, "command": " ".join(
-        ["python", "benchmarks/calibrated_ablation.py", "--json", str(args.json), "--rows", str(args.rows)])})  # fmt: skip
+        command = " ".join(["python", "benchmarks/calibrated_ablation.py", "--json", str(args.json), "--rows", str(args.rows)])
+        write_result(args.json, {"rows": args.rows, "individual_val": individual, "variants": results, "command": command})
 
 
 if __name__ == "__main__":

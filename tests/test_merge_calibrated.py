@@ -325,9 +325,13 @@ def test_own_statistics_block_by_block_equal_the_whole_pass():
     model = Blocks()
     names, modules, batches = _blocks_family()
     whole = eigenmix.merge(modules, "regmean", calibration=gram_statistics(model, modules, batches))
-    blocks = eigenmix.merge(modules, "regmean", calibration=OwnGrams(model, modules, batches))
+    source = OwnGrams(model, modules, batches, memory=0)  # nothing fits: block by block
+    assert not source.whole and OwnGrams(model, modules, batches).whole
+    blocks = eigenmix.merge(modules, "regmean", calibration=source)
+    one_pass = eigenmix.merge(modules, "regmean", calibration=OwnGrams(model, modules, batches))
     for name in names:
         assert torch.allclose(whole.layers[name].dense(), blocks.layers[name].dense(), atol=1e-12)
+        assert torch.allclose(whole.layers[name].dense(), one_pass.layers[name].dense(), atol=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0])

@@ -221,6 +221,8 @@ class BlockGrams:
     memory of a calibrated merge is one block's Grams, whatever the depth of the model.
     Each pass stops after the block. Arguments as for :func:`gram_statistics`; the engine
     merges the layers in the model's order. ``seconds``: the time the passes took.
+    ``memory``: statistics that do not follow the merge are taken in one pass where all of
+    them fit in that many bytes.
 
     Subclasses say what the earlier blocks run with: :class:`OwnGrams` (each task's own
     module: RegMean's inputs, those of :func:`gram_statistics`) or :class:`MergedGrams`
@@ -235,6 +237,7 @@ class BlockGrams:
         batches: Sequence[Batches] | Mapping[str, Batches],
         *,
         sketch_above: int | None = None,
+        memory: float = 2e9,
     ) -> None:
         self.batches = [list(b) for b in _check(model, modules, batches)]  # re-iterated once per block
         self.model, self.modules = model, list(modules)
@@ -242,7 +245,15 @@ class BlockGrams:
         self.shapes = _matrix_layers(modules)
         self.bases = _sketch_bases(modules, self.shapes, sketch_above)
         self.position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        dims = [self.bases[n].shape[1] if n in self.bases else shape[1] for n, shape in self.shapes.items()]
+        self.whole = self.follows_merge is False and 8 * len(modules) * sum(d * d for d in dims) <= memory
         self.reset()
+
+    follows_merge = True
+
+    def block(self, name: str) -> str:
+        """The block whose statistics hold ``name``'s ("" for all layers in one pass)."""
+        return "" if self.whole else block_of(name)
 
     def reset(self) -> None:
         self.seconds = 0.0
@@ -261,7 +272,7 @@ class BlockGrams:
         raise NotImplementedError
 
     def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
-        block = block_of(name)
+        block = self.block(name)
         if block != self._block:
             self._compute(block)
         if any(name not in r.grams for r in self._grams):
@@ -276,11 +287,11 @@ class BlockGrams:
         )  # fmt: skip
 
     def _compute(self, block: str) -> None:
-        inside = [name for name in self.shapes if block_of(name) == block]
+        inside = [name for name in self.shapes if self.block(name) == block]
         first = min(self.position.get(name, 0) for name in inside)
         before = [name for name in self.shapes if self.position.get(name, 0) < first]
         try:  # nothing after the block is needed
-            stop: str | None = block if self.model.get_submodule(block) is not None else None
+            stop: str | None = block if block and self.model.get_submodule(block) is not None else None
         except AttributeError:
             stop = None
         self._grams = []
@@ -303,9 +314,11 @@ class BlockGrams:
 
 class OwnGrams(BlockGrams):
     """Each task's rows through the base model with its own module applied (RegMean's
-    inputs), block by block: the Grams of :func:`gram_statistics`, one block held at a time."""
+    inputs): the Grams of :func:`gram_statistics`. In one pass where every layer's Grams
+    fit in ``memory`` bytes (default 2 GB), else block by block, one block held at a time."""
 
     kind: Kind = "own"
+    follows_merge = False
 
     def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
         module = self.modules[k]

@@ -179,13 +179,13 @@ def _family(seed: int, k: int = 3, m: int = 9, n: int = 11):
 def test_spectral_align_without_flattening_is_the_regression_and_its_shares_add_up():
     modules, grams = _family(1)
     own = eigenmix.merge(modules, "regmean", alpha=0.9, calibration=Grams(grams))
-    aligned = eigenmix.merge(modules, "spectral_align", alpha=0.9, flatten=0.0, calibration=Grams(grams, kind="merged"))
+    aligned = eigenmix.merge(modules, "spectral_align", alpha=0.9, flatten=0.0, calibration=Grams(grams))
     assert torch.allclose(aligned.layers["l"].dense(), own.layers["l"].dense(), atol=1e-10)
     layer = layer_spectra([m.layers["l"] for m in modules], [1.0] * 3)
     spec = aligned_spectrum(layer, Grams(grams).layer("l", [0, 1, 2]), 0.9, 1.0)
     assert torch.allclose(spec.shares.sum(0), torch.ones(spec.nu.numel(), dtype=torch.float64), atol=1e-10)
     assert torch.allclose(spec.mu * spec.nu, spec.nu.mean().expand_as(spec.nu), atol=1e-10)  # β = 1: one response
-    flat = eigenmix.merge(modules, "spectral_align", flatten=1.0, calibration=Grams(grams, kind="merged")).layers["l"]
+    flat = eigenmix.merge(modules, "spectral_align", alpha=0.9, flatten=1.0, calibration=Grams(grams)).layers["l"]
     S = sum(G["l"] for G in grams) * 0.9 + 0.1 * torch.diag(sum(torch.diag(G["l"]) for G in grams))
     C = torch.linalg.cholesky(S)
     responses = torch.linalg.svdvals(flat.dense() @ C)[: spec.nu.numel()]

@@ -54,24 +54,20 @@ def api_merge(adapters: Path, rows: dict[str, Path], method: str) -> Module:
         objects = [json.loads(line) for line in path.read_text().splitlines()[:6]]
         texts[task] = [(o["text"], o.get("text_pair")) for o in objects]
     batches = [tokenized(tokenizer, texts[t], 32, 4) for t in ("trec", "cola")]
-    if method == "spectral_align":
-        from eigenmix.compose import MergedGrams
-
-        source = MergedGrams(model, modules, batches, sketch_above=2048)
-    else:
-        source = gram_statistics(model, modules, batches, sketch_above=2048)
-    return eigenmix.merge(modules, method, calibration=source)
+    return eigenmix.merge(modules, method, calibration=gram_statistics(model, modules, batches, sketch_above=2048))
 
 
-@pytest.mark.parametrize("method", ["regmean", "spectral_align"])
+@pytest.mark.parametrize("method", ["regmean", "regmean_pp", "spectral_align"])
 def test_a_calibrated_merge_through_the_script_equals_the_python_merge(setup, method):
     root, adapters, rows = setup
     out = root / f"out-{method}"
     printed = ok(run("merge", config(root, adapters, rows, method), "--out", out))
     assert "calibration:" in printed
     written = read_lora_adapter(out)
-    expected = api_merge(adapters, rows, method)
-    assert set(written.layers) == set(expected.layers)
+    expected = api_merge(adapters, rows, method if method != "regmean_pp" else "regmean")
+    if method == "regmean_pp":  # its first block sees each model alone: RegMean's layers there; later blocks differ
+        expected.layers = {n: d for n, d in expected.layers.items() if ".layer.0." in n}
+    assert set(expected.layers) <= set(written.layers) and len(written.layers) == 36
     for name, delta in expected.layers.items():
         want = delta.dense()
         assert torch.linalg.norm(written.layers[name].dense() - want) <= 1e-4 * float(torch.linalg.norm(want)), name

@@ -3,9 +3,11 @@ own task's inputs — ``W* = (Σ_k W_k G_k)(Σ_k G_k)⁻¹`` with ``G_k`` the Gr
 inputs on task k — solved factored in delta form (:mod:`eigenmix.merging.regression`).
 
 Defaults follow the authors' code (bloomberg/dataless-model-merging): per-token mean Grams
-(each task counts alike, whatever its row count), off-diagonal entries multiplied by α
-before summing (``reduce_non_diag``), every non-matrix tensor averaged. α = 0.9 is their
-value for DeBERTa (their RoBERTa runs keep the full Gram, α = 1). Deviations, written down:
+(each task counts alike, whatever its row count), every non-matrix tensor averaged, and
+α = 1: their code shrinks the off-diagonal entries (``reduce_non_diag``, α multiplies them)
+only when a config asks (0.1 or 0.9 in their DeBERTa/RoBERTa NER and emotion configs; their
+GLUE configs leave the Gram whole). α = 1 was also the best of 0.5 / 0.9 / 1 on the merge
+benchmark's validation rows (``benchmarks/calibrated_ablation.py``). Deviations, written down:
 padding tokens are left out of the Grams (the reference code counts them); a singular
 summed Gram gets the least-norm solution instead of failing.
 """
@@ -21,7 +23,7 @@ from eigenmix.spectral import SVD, LayerSpectra
 
 
 class RegMeanParams(MergeParams):
-    alpha: float = Field(0.9, ge=0, le=1, description="multiplies each Gram's off-diagonal entries (the reference code's reduce_non_diag)")
+    alpha: float = Field(1.0, ge=0, le=1, description="multiplies each Gram's off-diagonal entries (the reference code's reduce_non_diag)")
 
 
 def grams_of(ctx: LayerContext) -> LayerGrams:

@@ -23,7 +23,7 @@ from dense_reference import (
     trim_global,
     tsv,
 )
-from eigenmix.merging import all_methods, get_method, iter_merge, register
+from eigenmix.merging import Grams, all_methods, get_method, iter_merge, register
 from eigenmix.merging.elementwise import dare_linear_merge, dare_ties_merge
 from eigenmix.merging.registry import MergeParams
 from eigenmix.modules import DenseDelta, LowRankDelta, Module
@@ -49,8 +49,19 @@ def dense(mods: list[Module]) -> list[torch.Tensor]:
     return [m.layers["layer"].dense() for m in mods]
 
 
+def calibration(method: str, mods: list[Module]) -> dict:
+    """Fixed input Grams of the one layer for a calibrated method (none for the others)."""
+    kind = get_method(method).calibration
+    if kind is None:
+        return {}
+    g = torch.Generator().manual_seed(99)
+    n = mods[0].layers["layer"].shape[1]
+    grams = [{"layer": (X := torch.randn(2 * n, n, generator=g, dtype=torch.float64)).T @ X} for _ in mods]
+    return {"calibration": Grams(grams, kind=kind)}
+
+
 def merged(mods, method, **kw) -> torch.Tensor:
-    return eigenmix.merge(mods, method, **kw).layers["layer"].dense()
+    return eigenmix.merge(mods, method, **calibration(method, mods), **kw).layers["layer"].dense()
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-9) -> bool:
@@ -177,8 +188,8 @@ def test_linear_of_orthogonal_modules_is_their_exact_sum(seed, k):
 def test_methods_are_bit_identical_on_rerun(method):
     mods = family(5)
     mods32 = [Module(m.name, {"layer": LowRankDelta(m.layers["layer"].B.float(), m.layers["layer"].A.float(), 0.5)}) for m in mods]
-    a = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
-    b = eigenmix.merge(mods32, method, seed=11).layers["layer"].dense()
+    a = eigenmix.merge(mods32, method, seed=11, **calibration(method, mods32)).layers["layer"].dense()
+    b = eigenmix.merge(mods32, method, seed=11, **calibration(method, mods32)).layers["layer"].dense()
     assert torch.equal(a, b)
 
 
@@ -209,5 +220,5 @@ def test_registry_rejects_duplicates_and_unknown_names():
 
 def test_every_method_documents_itself():
     for m in all_methods():
-        assert m.description and m.paper and (m.url or m.name == "spectral")  # eigenmix's own has no paper link
+        assert m.description and m.paper and (m.url or m.paper.startswith("eigenmix"))  # eigenmix's own have no paper link
         assert "scale" in m.params.model_fields

@@ -26,8 +26,10 @@ rows are padded (without one every position counts).
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 from eigenmix.compose.hooks import linear_at, on_output
 from eigenmix.errors import InvalidInputError
 from eigenmix.merging.calibration import Grams, Kind, LayerGrams
-from eigenmix.modules import AnyDelta, Module, factor_pair
+from eigenmix.modules import Module, factor_pair
 from eigenmix.spectral import default_rtol, orthonormal_range
 
 Batches = Iterable[Mapping[str, Tensor]]
@@ -99,10 +101,6 @@ def _sketch_bases(modules: Sequence[Module], shapes: Mapping[str, tuple[int, int
             rows = [factor_pair(m.layers[name])[1] for m in modules if name in m.layers]
             out[name] = orthonormal_range(torch.cat(rows, dim=1), default_rtol(rows[0].dtype))
     return out
-
-
-def _update(delta: AnyDelta) -> tuple[Tensor, Tensor]:
-    return factor_pair(delta)
 
 
 def _run(
@@ -178,7 +176,8 @@ def gram_statistics(
     sketch_above: int | None = None,
 ) -> Grams:
     """Each module's task: its rows through ``model`` with the module applied; the Gram of
-    every merged layer's input (also at layers the module lacks: they enter the summed Gram).
+    every merged layer's input (also at layers the module lacks: they enter the summed Gram),
+    all layers in one pass and kept (:class:`OwnGrams` holds one block at a time instead).
 
     Args:
         model: the base model the modules adapt (frozen; its layers named as the modules').
@@ -186,25 +185,12 @@ def gram_statistics(
         batches: per module (in order, or by name), its task's tokenised batches.
         sketch_above: layers with more inputs keep their Grams in the modules' row space.
     """
-    per_module = _check(model, modules, batches)
-    shapes = _matrix_layers(modules)
-    bases = _sketch_bases(modules, shapes, sketch_above)
-    grams, tokens, diagonals = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for module, rows in zip(modules, per_module, strict=True):
-            recorder = _Recorder(bases)
-            apply = {name: _update(d) for name, d in module.layers.items() if name in shapes}
-            _run(model, apply, shapes, shapes, recorder, rows)
-            if not recorder.tokens:
-                raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
-            grams.append(recorder.grams)
-            tokens.append(recorder.tokens)
-            diagonals.append(recorder.diagonals)
-    finally:
-        model.train(was_training)
-    return Grams(grams, tokens, bases, diagonals=diagonals)
+    source = OwnGrams(model, modules, batches, sketch_above=sketch_above, memory=math.inf)
+    if not source.shapes:
+        raise InvalidInputError("the modules have no matrix layer to take statistics of")
+    source._compute("")  # one pass over every layer
+    recorders = source.recorders
+    return Grams([r.grams for r in recorders], [r.tokens for r in recorders], source.bases, diagonals=[r.diagonals for r in recorders])
 
 
 def block_of(layer: str) -> str:
@@ -214,7 +200,7 @@ def block_of(layer: str) -> str:
     return match.group(1) if match else layer
 
 
-class BlockGrams:
+class BlockGrams(ABC):
     """Statistics computed block by block as the merge proceeds (a
     :class:`~eigenmix.merging.calibration.GramSource`): the Grams of a block are taken when
     its first layer is merged, from every task's rows, and only one block's are held — the
@@ -246,10 +232,8 @@ class BlockGrams:
         self.bases = _sketch_bases(modules, self.shapes, sketch_above)
         self.position = {name: i for i, (name, _) in enumerate(model.named_modules())}
         dims = [self.bases[n].shape[1] if n in self.bases else shape[1] for n, shape in self.shapes.items()]
-        self.whole = self.follows_merge is False and 8 * len(modules) * sum(d * d for d in dims) <= memory
+        self.whole = self.kind == "own" and 8 * len(modules) * sum(d * d for d in dims) <= memory
         self.reset()
-
-    follows_merge = True
 
     def block(self, name: str) -> str:
         """The block whose statistics hold ``name``'s ("" for all layers in one pass)."""
@@ -259,26 +243,27 @@ class BlockGrams:
         self.seconds = 0.0
         self._merged: dict[str, tuple[Tensor, Tensor]] = {}
         self._block: str | None = None
-        self._grams: list[_Recorder] = []
+        self.recorders: list[_Recorder] = []  # the current block's statistics, one per task
 
     def order(self, layers: Sequence[str]) -> list[str]:
         return sorted(layers, key=lambda name: self.position.get(name, len(self.position)))
 
+    @abstractmethod
     def merged(self, name: str, delta: object) -> None:
         """Told each merged layer (at scale 1)."""
 
+    @abstractmethod
     def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
         """What the layers before the current block add for task k."""
-        raise NotImplementedError
 
     def layer(self, name: str, members: Sequence[int]) -> LayerGrams:
         block = self.block(name)
         if block != self._block:
             self._compute(block)
-        if any(name not in r.grams for r in self._grams):
+        if any(name not in r.grams for r in self.recorders):
             raise InvalidInputError(f"layer '{name}' saw no input in the calibration passes (the model does not run it)")
-        pairs = [(k, r.grams[name], r.tokens[name]) for k, r in enumerate(self._grams)]
-        diagonals = [r.diagonals[name] for r in self._grams] if name in self.bases else None
+        pairs = [(k, r.grams[name], r.tokens[name]) for k, r in enumerate(self.recorders)]
+        diagonals = [r.diagonals[name] for r in self.recorders] if name in self.bases else None
         if diagonals is not None:
             diagonals = [diagonals[k] for k in members] + [d for k, d in enumerate(diagonals) if k not in members]
         return LayerGrams(
@@ -294,18 +279,18 @@ class BlockGrams:
             stop: str | None = block if block and self.model.get_submodule(block) is not None else None
         except AttributeError:
             stop = None
-        self._grams = []
+        self.recorders = []
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         try:
             for k, (module, rows) in enumerate(zip(self.modules, self.batches, strict=True)):
                 recorder = _Recorder(self.bases)
-                own = {name: _update(module.layers[name]) for name in inside if name in module.layers}
+                own = {name: factor_pair(module.layers[name]) for name in inside if name in module.layers}
                 _run(self.model, {**self.earlier(k, before), **own}, inside, self.shapes, recorder, rows, stop)
                 if not recorder.tokens:
                     raise InvalidInputError(f"module '{module.name}': its calibration rows are empty")
-                self._grams.append(recorder)
+                self.recorders.append(recorder)
         finally:
             self.model.train(was_training)
         self._block = block
@@ -318,11 +303,13 @@ class OwnGrams(BlockGrams):
     fit in ``memory`` bytes (default 2 GB), else block by block, one block held at a time."""
 
     kind: Kind = "own"
-    follows_merge = False
+
+    def merged(self, name: str, delta: object) -> None:
+        """Each model's own inputs do not follow the merge."""
 
     def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
         module = self.modules[k]
-        return {name: _update(module.layers[name]) for name in names if name in module.layers}
+        return {name: factor_pair(module.layers[name]) for name in names if name in module.layers}
 
 
 class MergedGrams(BlockGrams):
@@ -332,7 +319,7 @@ class MergedGrams(BlockGrams):
     kind: Kind = "merged"
 
     def merged(self, name: str, delta: object) -> None:
-        self._merged[name] = _update(delta)  # type: ignore[arg-type]
+        self._merged[name] = factor_pair(delta)  # type: ignore[arg-type]
 
     def earlier(self, k: int, names: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
         missing = [name for name in names if name not in self._merged]

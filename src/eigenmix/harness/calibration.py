@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from eigenmix.compose.grams import MergedGrams, OwnGrams
@@ -77,6 +76,4 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
     if isinstance(positions, int) and section.max_length > positions:
         raise InvalidInputError(f"calibration.max_length {section.max_length} exceeds the base model's {positions} positions")
     batches = [tokenized(tokenizer, t, section.max_length, section.batch_size) for t in texts]
-    with torch.no_grad():
-        source = calibration_source(kind, model, modules, batches, section.sketch_above)
-    return ConfigCalibration(source, used, asked)
+    return ConfigCalibration(calibration_source(kind, model, modules, batches, section.sketch_above), used, asked)

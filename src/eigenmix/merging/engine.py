@@ -142,16 +142,10 @@ def run_plan(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, 
     for item in layer_inputs(modules, plan.weights, source.order if source is not None else None):
         start = time.perf_counter()
         delta = merge_layer(plan, item, None if thresholds is None else thresholds[item.members])
-        if source is not None and item.is_matrix:  # the merge at scale 1 (scale stays a multiplier of the result)
-            source.merged(item.layer, _unscaled(delta, plan.params.scale))
+        if source is not None and isinstance(delta, SpectralDelta):  # the merge at scale 1 (scale stays a multiplier)
+            source.merged(item.layer, SpectralDelta(delta.U, delta.S / plan.params.scale, delta.V))
         rank = delta.rank if isinstance(delta, SpectralDelta) else min(delta.shape) if len(delta.shape) == 2 else 0
         yield item.layer, delta, LayerResult(item.layer, tuple(delta.shape), rank, time.perf_counter() - start)
-
-
-def _unscaled(delta: AnyDelta, scale: float) -> AnyDelta:
-    if isinstance(delta, SpectralDelta):
-        return SpectralDelta(delta.U, delta.S / scale, delta.V)
-    return DenseDelta(delta.dense() / scale)
 
 
 def _run_sequential(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:

@@ -98,14 +98,20 @@ class Root:
         return torch.linalg.pinv(self.C).T @ W
 
 
+def _spectrum(S: Tensor) -> tuple[Tensor, Tensor]:
+    """``(e, V)``: the eigenpairs of ``S`` above the noise floor of its largest eigenvalue."""
+    e, V = torch.linalg.eigh(S)
+    keep = e > NOISE * e.max().clamp(min=0)
+    return e[keep], V[:, keep]
+
+
 def root(S: Tensor) -> Root:
     """Cholesky factor of ``S``, or ``V diag(√e)`` over its eigenvalues above the noise floor."""
     L, info = torch.linalg.cholesky_ex(S)
     if int(info) == 0:
         return Root(L, True)
-    e, V = torch.linalg.eigh(S)
-    keep = e > NOISE * e.max().clamp(min=0)
-    return Root(V[:, keep] * e[keep].sqrt(), False)
+    e, V = _spectrum(S)
+    return Root(V * e.sqrt(), False)
 
 
 def solve(S: Tensor, rhs: Tensor, pinv: bool = False) -> Tensor:
@@ -114,9 +120,8 @@ def solve(S: Tensor, rhs: Tensor, pinv: bool = False) -> Tensor:
         L, info = torch.linalg.cholesky_ex(S)
         if int(info) == 0:
             return torch.cholesky_solve(rhs, L)
-    e, V = torch.linalg.eigh(S)
-    keep = e > NOISE * e.max().clamp(min=0)
-    return V[:, keep] @ ((V[:, keep].T @ rhs) / e[keep, None])
+    e, V = _spectrum(S)
+    return V @ ((V.T @ rhs) / e[:, None])
 
 
 @dataclass(frozen=True)

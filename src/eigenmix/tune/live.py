@@ -75,7 +75,7 @@ def build(
         layer = layer_spectra(deltas, [w[k] for k in owners])
         if calibration is not None:
             factors[name] = _calibrated(layer, calibration.layer(name, owners), init, scale, owners)
-            if init == "spectral_align":  # a merged-model source sees this layer at scale 1
+            if calibration.kind == "merged":  # a source that follows the merge sees this layer at scale 1
                 calibration.merged(name, _at_scale_one(factors[name], scale))
             continue
         if init == "spectral":

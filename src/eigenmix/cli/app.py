@@ -7,6 +7,7 @@ import typer
 from eigenmix import __version__
 from eigenmix.cli.bench_cmd import app as bench_app
 from eigenmix.cli.demo import demo
+from eigenmix.cli.explain_cmd import explain
 from eigenmix.cli.inspect_cmd import inspect, overlap
 from eigenmix.cli.library_cmd import app as library_app
 from eigenmix.cli.merge_cmd import merge, methods
@@ -42,5 +43,6 @@ app.command()(merge)
 app.command()(methods)
 app.command()(tune)
 app.command()(route)
+app.command()(explain)
 app.add_typer(library_app, name="library")
 app.add_typer(bench_app, name="bench")

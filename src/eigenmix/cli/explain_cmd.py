@@ -1,0 +1,67 @@
+"""``eigenmix explain``: which direction of which module changed each layer, per input, as
+``explain.json`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from eigenmix.cli.console import make_console
+from eigenmix.cli.options import FORCE_HELP
+
+REPORT = "explain.json"
+
+
+def explain(
+    target: Path = typer.Argument(
+        ..., help="A merged or tuned adapter folder (its report names its modules), a library folder, or one adapter."
+    ),
+    inputs: Path = typer.Option(
+        ..., "--inputs", help='A JSONL file of probe rows: {"text": …} (and "text_pair", and a group field such as "task").'
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder: explain.json and report.html."),
+    group_field: str = typer.Option(
+        "task", "--group-field", help="The rows' field that groups them (the task × module matrix); rows without it form one group."
+    ),
+    text_field: str = typer.Option("text", "--text-field", help="The rows' text field."),
+    router: str = typer.Option("spectral", "--router", help="A library only: spectral, arrow, learned or uniform (as eigenmix route)."),
+    base_model: Path | None = typer.Option(
+        None, "--base-model", help="The base model folder (default: the one the target names; all-MiniLM-L6-v2 is bundled)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row."),
+    top: int = typer.Option(5, "--top", min=1, help="Directions listed per module."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Explain a merge, a tuned composition or a routed library on rows of text: per layer, input, token and module, which directions contribute what."""
+    from eigenmix.data.inputs import read_inputs
+    from eigenmix.errors import InvalidInputError
+    from eigenmix.explain.report import report_html
+    from eigenmix.harness.explain_run import base_for, explain_rows, load_target
+    from eigenmix.harness.library_run import ROUTERS, make_router
+    from eigenmix.io.atomic import atomic_dir, destination
+
+    if router not in ROUTERS:
+        raise InvalidInputError(f"--router '{router}': choose from {', '.join(ROUTERS)}")
+    dest = destination(out, overwrite=force, inputs=[target, inputs], marker=REPORT)
+    rows = read_inputs(inputs, text_field=text_field, group_field=group_field)
+    chosen = load_target(target)
+    encoder = base_for(chosen, base_model, max_length)
+    routing = make_router(router, chosen.library, encoder) if chosen.kind == "library" else None
+    console = make_console()
+    columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    extra = {"inputs": str(inputs), "router": router if routing is not None else None}
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task("explain", total=len(rows))
+        ex = explain_rows(chosen, encoder, rows, router=routing, batch_size=batch_size, extra=extra,
+                          on_batch=lambda n: bar.update(job, advance=n))  # fmt: skip
+    document = ex.to_json(top=top)
+    page = report_html(ex)
+    with atomic_dir(dest) as tmp:
+        (tmp / REPORT).write_text(json.dumps(document, indent=1) + "\n")
+        (tmp / "report.html").write_text(page, encoding="utf-8")
+    shares = ", ".join(f"{p} {float(v):.2f}" for p, v in zip(ex.parts, ex.row_shares().mean(0), strict=True))
+    console.print(f"{len(rows)} rows explained over {len(ex.layers)} layers → {out}/report.html; mean share per input: {shares}")

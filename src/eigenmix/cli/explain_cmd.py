@@ -36,7 +36,7 @@ def explain(
     top: int = typer.Option(5, "--top", min=1, help="Directions listed per module."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Explain a merge, a tuned composition or a routed library on rows of text: per layer, input, token and module, which directions contribute what."""
+    """Explain a merge, a tuned composition or a routed library: which directions of which module contribute what, per input."""
     from eigenmix.data.inputs import read_inputs
     from eigenmix.errors import InvalidInputError
     from eigenmix.explain.report import report_html

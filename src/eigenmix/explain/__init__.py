@@ -7,9 +7,9 @@ facts off modules (spectra, overlaps) and needs no model; an explanation runs a 
 inputs through the live pieces (hooks, a routed library), which ``inspect/`` may not import.
 """
 
-from eigenmix.explain.attribution import moments, numerators, part_matrix, responses, shares, token_numerators
+from eigenmix.explain.attribution import SHARE_RULE, moments, numerators, part_matrix, responses, shares, token_numerators
 from eigenmix.explain.directions import RESIDUAL, LayerDirections, fit_coefficients, from_factors, from_library, from_merge
-from eigenmix.explain.explanation import SHARE_RULE, Explanation, Row
+from eigenmix.explain.explanation import Explanation, Row
 from eigenmix.explain.live import LayerTally, Recorder, record_rows
 
 __all__ = [

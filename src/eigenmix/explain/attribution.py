@@ -27,6 +27,12 @@ from torch import Tensor
 
 from eigenmix.explain.directions import LayerDirections
 
+SHARE_RULE = (
+    "share_k = <y_k, y> / |y|^2 for the layer's update y = dW x and the part's update y_k: "
+    "its own energy |y_k|^2/|y|^2 plus half of each cross term 2<y_k, y_l>/|y|^2; shares add up to 1 "
+    "(negative: the part cancels others). Over tokens, rows and layers, numerators and |y|^2 are summed first."
+)
+
 
 def responses(x: Tensor, parts: LayerDirections, gate: Tensor | None = None) -> Tensor:
     """``a`` ``(rows, tokens, D)`` (float64) for inputs ``x`` ``(rows, tokens, n)``;

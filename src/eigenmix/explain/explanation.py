@@ -11,15 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eigenmix.explain.attribution import shares
+from eigenmix.explain.attribution import SHARE_RULE, shares
 from eigenmix.explain.directions import LayerDirections
 from eigenmix.explain.live import LayerTally
-
-SHARE_RULE = (
-    "share_k = <y_k, y> / |y|^2 for the layer's update y = dW x and the part's update y_k: "
-    "its own energy |y_k|^2/|y|^2 plus half of each cross term 2<y_k, y_l>/|y|^2; shares add up to 1 "
-    "(negative: the part cancels others). Over tokens, rows and layers, numerators and |y|^2 are summed first."
-)
 
 
 @dataclass(frozen=True)

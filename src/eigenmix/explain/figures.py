@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+if TYPE_CHECKING:  # the explanation renders itself with these figures (_repr_html_)
+    from eigenmix.explain.explanation import Explanation
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from eigenmix.explain.explanation import Explanation  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is chosen
 
 DPI = 110
 

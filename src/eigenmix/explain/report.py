@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import base64
 from html import escape
+from typing import TYPE_CHECKING
 
 from eigenmix.explain import figures
-from eigenmix.explain.explanation import SHARE_RULE, Explanation
+from eigenmix.explain.attribution import SHARE_RULE
+
+if TYPE_CHECKING:  # the explanation renders itself with this module (_repr_html_)
+    from eigenmix.explain.explanation import Explanation
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -32,7 +36,8 @@ def direction_table(ex: Explanation, part: int, n: int = 5) -> str:
         by_group = ", ".join(f"{escape(g)} {v:.3g}" for g, v in groups)
         rows.append(f"<tr><td>{escape(figures.short(r['layer']))}</td><td>{r['index']}</td><td>{r['sigma']:.3g}</td>"
                     f"<td>{r['lambda']:.3g}</td><td>{r['share']:.3f}</td><td>{tokens}</td><td>{by_group}</td></tr>")  # fmt: skip
-    head = "<tr><th>layer</th><th>#</th><th>σ</th><th>λ</th><th>share</th><th>top tokens (response · context)</th><th>strongest groups</th></tr>"
+    names = ("layer", "#", "σ", "λ", "share", "top tokens (response · context)", "strongest groups (mean peak response)")
+    head = "<tr>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
     return f"<h3>{escape(ex.parts[part])}</h3><table>{head}{''.join(rows)}</table>"
 
 
@@ -47,7 +52,8 @@ def report_body(ex: Explanation, token_rows: int = 3) -> str:
         f"{len(ex.rows)} rows. Top part per input: {summary}.</p>",
         f'<p class="note">Shares: {escape(SHARE_RULE)}</p>',
         "<h2>Which part changes each layer</h2>",
-        figure(figures.layer_part(ex), "layer by part shares", "Rows: layers; columns: parts; each cell the part's share of the layer's update over every probe token."),
+        figure(figures.layer_part(ex), "layer by part shares",
+               "Rows: layers; columns: parts; each cell the part's share of the layer's update over every probe token."),
         "<h2>Per input</h2>",
         figure(figures.input_part(ex), "input by part shares", "Each input's shares over every layer."),
         *(figure(figures.token_parts(ex, i), f"token shares of line {ex.rows[i].line}", "Per token: which part's update dominates.")
@@ -55,7 +61,8 @@ def report_body(ex: Explanation, token_rows: int = 3) -> str:
         "<h2>Which part responds to which group of inputs</h2>",
         figure(figures.group_part(ex), "group by part shares", "Rows: groups of inputs (their 'task' field); columns: parts."),
         "<h2>Strongest directions and what they respond to</h2>",
-        figure(figures.top_directions(ex), "top directions per part", "Each part's directions with the largest share of their layer's update."),
+        figure(figures.top_directions(ex), "top directions per part",
+               "Each part's directions with the largest share of their layer's update."),
         *(direction_table(ex, k) for k in range(len(ex.parts))),
         "<h2>Overlap between parts, per layer</h2>",
         figure(figures.overlaps(ex), "overlap heatmaps", "Overlap of the parts' output subspaces; cross terms of the shares come from it."),

@@ -32,7 +32,8 @@ def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dic
         out["calibration"] = {
             **calibration,
             "modules": {
-                name: {**m, "file": str(root / Path(m["file"]).expanduser())} if isinstance(m, dict) and isinstance(m.get("file"), str)
+                name: {**m, "file": str(root / Path(m["file"]).expanduser())}
+                if isinstance(m, dict) and isinstance(m.get("file"), str)
                 else m
                 for name, m in calibration["modules"].items()
             },

@@ -67,6 +67,7 @@ class LayerGrams:
             if bool((diagonal < 0).any()) or not bool((diagonal > 0).any()):
                 what = "has a negative diagonal" if bool((diagonal < 0).any()) else "is zero"
                 raise InvalidInputError(f"layer '{layer}': a Gram that {what} is no Gram of inputs (Σ x xᵀ)")
+
     def mean(self, i: int) -> Tensor:
         """Member ``i``'s per-token mean Gram (RegMean's reference code averages over tokens)."""
         return self.grams[i] / max(self.tokens[i], 1)

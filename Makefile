@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-merge bench-tasks clean
+.PHONY: demo test lint bench bench-merge bench-tasks browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)  # the merge benchmark's --quick run (3 tasks, ~2-3 min), prints the table
 	$(VENV)/bin/eigenmix bench merge --quick --force --out runs/bench-quick
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+browser:  # headless Chromium for the report's browser test (Debian's package; the test says so when it is missing)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "could not install chromium (apt-get): the browser test will fail and say so"
 
 lint: $(STAMP)  # style, types, and the import layering of ARCHITECTURE.md
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -202,3 +202,28 @@ def test_a_merged_layer_none_of_its_modules_has_is_refused(modules):
     merged = merge(modules, "task_arithmetic")
     with pytest.raises(InvalidInputError, match="none of its modules"):
         from_merge({"encoder.extra": merged.layers["encoder.q"]}, lib)
+
+
+def test_a_live_composition_at_learned_lambda_and_its_notebook_view(modules):
+    from eigenmix.explain import from_composition
+    from eigenmix.tune.live import build
+
+    model = base_model()  # float32, as the composition's factors
+    comp = build(model, modules, init="spectral")
+    with torch.no_grad():
+        for p in comp.lam.values():  # as if learned
+            p.mul_(torch.linspace(0.5, 1.5, p.numel(), dtype=p.dtype))
+    directions = from_composition(comp)
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(3))
+    ex, out = run(model, directions, 3, x, apply=False)  # the composition's own hooks add the update
+    comp.detach_hooks()
+    dense = {layer: d.dense() for layer, d in directions.items()}
+    inputs, reference = layer_inputs(base_model(), list(directions), x, dense)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)  # the directions are the composition's update
+    for i, layer in enumerate(ex.layers):
+        d = directions[layer]
+        pieces = {k: (d.U[:, d.owner == k] * d.weight[d.owner == k]) @ d.V[:, d.owner == k].T for k in d.owner.unique().tolist()}
+        for k, s in dense_shares(pieces, inputs[layer]).items():
+            torch.testing.assert_close(ex.row_layer_shares()[:, i, k], s, rtol=0, atol=1e-6)
+    page = ex._repr_html_()
+    assert page.count("<img") >= 8 and "Which part changes each layer" in page

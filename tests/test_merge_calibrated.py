@@ -36,9 +36,7 @@ def test_regmean_matches_the_reference_code(case):
     eigenmix merges the deltas from the base and adds them back (the same maths)."""
     c = json.loads(FIXTURE.read_text())["cases"][case]
     base = {k: _t(v) for k, v in c["base_params"].items()}
-    modules = [
-        Module(f"m{i}", {k: DenseDelta(_t(v) - base[k]) for k, v in model.items()}) for i, model in enumerate(c["models"])
-    ]
+    modules = [Module(f"m{i}", {k: DenseDelta(_t(v) - base[k]) for k, v in model.items()}) for i, model in enumerate(c["models"])]
     grams = Grams([{f"{layer}.weight": _t(g) for layer, g in per.items()} for per in c["grams"]])
     merged = eigenmix.merge(modules, "regmean", alpha=c["alpha"], scale=1.0, calibration=grams)
     for name, expected in c["merged"].items():

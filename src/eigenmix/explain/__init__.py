@@ -8,7 +8,15 @@ inputs through the live pieces (hooks, a routed library), which ``inspect/`` may
 """
 
 from eigenmix.explain.attribution import SHARE_RULE, moments, numerators, part_matrix, responses, shares, token_numerators
-from eigenmix.explain.directions import RESIDUAL, LayerDirections, fit_coefficients, from_factors, from_library, from_merge
+from eigenmix.explain.directions import (
+    RESIDUAL,
+    LayerDirections,
+    fit_coefficients,
+    from_composition,
+    from_factors,
+    from_library,
+    from_merge,
+)
 from eigenmix.explain.explanation import Explanation, Row
 from eigenmix.explain.live import LayerTally, Recorder, record_rows
 
@@ -21,6 +29,7 @@ __all__ = [
     "Recorder",
     "Row",
     "fit_coefficients",
+    "from_composition",
     "from_factors",
     "from_library",
     "from_merge",

@@ -11,7 +11,7 @@ own directions (TIES, RegMean, TSV rotate or cut them). Three sources give these
   least squares on the modules' directions (exact when the merge is such a reweighting:
   task arithmetic, ``spectral``, a tune at level ``lambda``), and the rest as the
   ``residual`` part, so the directions still sum to the adapter's ``ΔW`` exactly;
-- a live composition's factors (:func:`from_factors`: ``left``, ``right``, σ, λ, owner).
+- a live composition (:func:`from_composition`, :func:`from_factors`: ``left``, ``right``, σ, λ, owner).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from eigenmix.compose.composition import Composition
 from eigenmix.compose.factors import LayerFactors
 from eigenmix.compose.library import Library
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
@@ -101,6 +102,12 @@ def from_factors(factors: Mapping[str, LayerFactors], lam: Mapping[str, Tensor] 
         values = (lam or {}).get(layer, f.lam0)
         out[layer] = LayerDirections(f.left.double(), f.right.double(), f.sigma.double(), values.detach().double(), owner, index)
     return out
+
+
+def from_composition(comp: Composition) -> dict[str, LayerDirections]:
+    """Per layer, a live composition's directions at its current (learned) λ (parts: its
+    modules, in ``comp.module_names`` order); record with ``apply=False``, its hooks add the update."""
+    return from_factors(comp.factors, {layer: comp.lambdas(layer) for layer in comp.factors})
 
 
 def fit_coefficients(delta: AnyDelta, parts: LayerDirections) -> Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import eigenmix
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 from eigenmix.io import CheckpointReader, load_task_vector
 from eigenmix.modules import DenseDelta
@@ -33,7 +34,8 @@ def checkpoints(tmp_path, *, prefix=""):
 def test_task_vector_values(tmp_path):
     base, ft = checkpoints(tmp_path)
     module = load_task_vector(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")
-    assert set(module.layers) == {"encoder.layer.0.weight", "encoder.layer.0.bias"}  # frozen + int buffer skipped
+    assert set(module.layers) == {"encoder.layer.0.weight", "encoder.layer.0.bias", "encoder.frozen.weight"}  # the int buffer skipped
+    assert not module.layers["encoder.frozen.weight"].W.any()  # a frozen tensor is a zero delta, merged like mergekit merges it
     for name, delta in module.layers.items():
         assert isinstance(delta, DenseDelta)
         assert torch.equal(delta.W, ft[name] - base[name])
@@ -81,8 +83,11 @@ def test_nan_in_checkpoint(tmp_path):
     _, ft = checkpoints(tmp_path)
     ft["encoder.layer.0.bias"][0] = float("nan")
     save_file(ft, str(tmp_path / "ft.safetensors"))
+    module = load_task_vector(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")  # headers only: found when the layer is read
+    with pytest.raises(NonFiniteError, match=r"encoder\.layer\.0\.bias"):
+        module.layers["encoder.layer.0.bias"]
     with pytest.raises(NonFiniteError):
-        load_task_vector(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")
+        eigenmix.merge([module], "task_arithmetic")
 
 
 def test_pickle_and_missing_checkpoints_are_refused(tmp_path):

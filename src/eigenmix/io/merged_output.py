@@ -6,7 +6,6 @@ are written per task beside the output, never dropped."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,12 +16,9 @@ from safetensors.torch import save_file
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.peft_config import CONFIG_NAME
 from eigenmix.io.peft_lora import PREFIX, WEIGHTS_NAME, lora_config
-from eigenmix.io.safetensors_io import CheckpointReader
 from eigenmix.io.stream_writer import StreamWriter
-from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta
+from eigenmix.modules import AnyDelta, DenseDelta, SpectralDelta
 from eigenmix.spectral import default_rtol, numerical_rank, retained_energy
-
-WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -99,65 +95,6 @@ def stream_merged_adapter(
     config = lora_config(ranks, fan_in_fan_out=fan_in_fan_out, base_model=base_model)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return report
-
-
-def find_base_tensor(layer: str, names: set[str], by_suffix: dict[str, str]) -> str | None:
-    """The base tensor a layer updates: ``{layer}.weight`` (adapters) or ``{layer}`` (task
-    vectors), allowing one leading component of difference (``bert.encoder.…`` vs
-    ``encoder.…``)."""
-    for candidate in (f"{layer}.weight", layer):
-        if candidate in names:
-            return candidate
-        if "." in candidate and candidate.split(".", 1)[1] in names:
-            return candidate.split(".", 1)[1]
-        if candidate in by_suffix:
-            return by_suffix[candidate]
-    return None
-
-
-def base_tensor_names(module: Module, reader: CheckpointReader) -> dict[str, str]:
-    """Map every layer of ``module`` to the base checkpoint tensor it updates (checked)."""
-    names = set(reader.keys())
-    by_suffix = {n.split(".", 1)[1]: n for n in names if "." in n}
-    out = {}
-    for layer, delta in module.layers.items():
-        target = find_base_tensor(layer, names, by_suffix)
-        if target is None:
-            raise InvalidInputError(f"{reader.path}: the base model has no tensor for layer '{layer}'")
-        if reader.shape(target) not in (tuple(delta.shape), tuple(delta.shape)[::-1]):
-            raise InvalidInputError(
-                f"{reader.path}: tensor '{target}' has shape {reader.shape(target)} but the merged layer '{layer}' has {tuple(delta.shape)}"
-            )
-        out[layer] = target
-    return out
-
-
-def write_full_model(module: Module, base: Path, folder: Path) -> list[LayerOutput]:
-    """Write ``W_base + ΔW`` for every merged layer, every other base tensor unchanged, in
-    one ``model.safetensors``; non-weight files of a base folder (config, tokenizer) are
-    copied, so the result loads like the base model."""
-    fan_in_fan_out = module.fan_in_fan_out
-    with CheckpointReader(base) as reader:
-        targets = base_tensor_names(module, reader)
-        by_tensor = {t: layer for layer, t in targets.items()}
-        tensors = {}
-        for name in reader.keys():  # noqa: SIM118
-            W = reader.get(name)
-            if name in by_tensor:
-                delta = module.layers[by_tensor[name]].dense().to(torch.float32)
-                if fan_in_fan_out and delta.ndim == 2 and delta.shape != W.shape:
-                    delta = delta.T
-                W = (W.to(torch.float32) + delta).to(W.dtype)
-            tensors[name] = W.contiguous()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    if base.is_dir():  # the config, tokenizer and config-only folders (sentence-transformers' 1_Pooling/) come along
-        for item in base.iterdir():
-            if item.is_file() and not item.name.endswith(WEIGHT_FILES) and item.name != "model.safetensors.index.json":
-                shutil.copy2(item, folder / item.name)
-            elif item.is_dir() and not item.name.startswith(".") and not any(p.name.endswith(WEIGHT_FILES) for p in item.rglob("*")):
-                shutil.copytree(item, folder / item.name)
-    write_extras(module.extras, folder)
-    return [LayerOutput(layer, min(module.layers[layer].shape), 1.0, min(module.layers[layer].shape)) for layer in targets]
 
 
 def write_report(path: Path, payload: dict, layers: list[LayerOutput]) -> None:

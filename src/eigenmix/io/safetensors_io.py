@@ -14,7 +14,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, NonFiniteError
+from eigenmix.io.stream_writer import DTYPES
 
+SAFETENSORS_DTYPES = {code: dtype for dtype, code in DTYPES.items()}  # "BF16" → torch.bfloat16
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 CONVERT_HINT = (
@@ -147,6 +149,14 @@ class CheckpointReader:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of ``name`` (from the header)."""
+        code = self._handles[self._where[name]].get_slice(name).get_dtype()
+        try:
+            return SAFETENSORS_DTYPES[code]
+        except KeyError:
+            raise InvalidInputError(f"{self._where[name]}: tensor '{name}' has dtype {code}, which eigenmix does not read") from None
 
     def get(self, name: str) -> Tensor:
         """Read one tensor, checked for NaN / Inf."""

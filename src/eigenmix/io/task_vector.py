@@ -1,19 +1,22 @@
 """Task vectors ``τ = W_ft − W_base`` from two full checkpoints, one tensor at a time.
 
 Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023
-(https://arxiv.org/abs/2212.04089). Both checkpoints are read lazily with
-``safetensors.safe_open``, so peak memory is a few tensors, whatever the model size.
-2-D weights become matrix :class:`DenseDelta` s (spectral candidates); other tensors
-(biases, norms) stay dense deltas; tensors only the fine-tune has (a new classifier
-head) become ``extras``.
+(https://arxiv.org/abs/2212.04089). Both checkpoints stay open (memory-mapped by
+``safetensors.safe_open``) and each layer's difference is read when the merge asks for it
+(:class:`LazyTaskVector`), so a merge holds one layer of each fine-tune at a time, whatever
+the model size. 2-D weights become matrix :class:`DenseDelta` s (spectral candidates);
+other tensors (biases, norms) stay dense deltas; tensors only the fine-tune has (a new
+classifier head) become ``extras``. Every shared floating tensor is a layer, a frozen one
+too (its delta is zero), as mergekit merges every tensor of every model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
 from eigenmix.io.safetensors_io import CheckpointReader
@@ -39,24 +42,29 @@ def align_names(base: list[str], finetuned: list[str]) -> dict[str, str]:
     return best
 
 
-def iter_task_vector(base: CheckpointReader, finetuned: CheckpointReader) -> Iterator[tuple[str, DenseDelta]]:
-    """Yield ``(base name, DenseDelta(W_ft − W_base))`` for every shared tensor, lazily.
+def task_delta(base: Tensor, finetuned: Tensor) -> DenseDelta:
+    """``W_ft − W_base`` in float32 (float64 for float64 weights): half-precision checkpoints
+    do not lose small updates to rounding, and one layer in float32 is all a merge holds."""
+    dtype = torch.float64 if finetuned.dtype == torch.float64 else torch.float32
+    return DenseDelta(finetuned.to(dtype) - base.to(dtype))
 
-    Differences are taken in float32 (or float64 for float64 weights) so that half-precision
-    checkpoints do not lose the small updates to rounding.
-    """
-    mapping = align_names(base.keys(), finetuned.keys())
-    if not mapping:
-        raise InvalidInputError(f"{finetuned.path}: shares no tensor names with the base checkpoint {base.path}")
-    for ft_name, base_name in mapping.items():
-        shape_b, shape_f = base.shape(base_name), finetuned.shape(ft_name)
-        if shape_b != shape_f:
-            raise ShapeMismatchError(f"{finetuned.path}: tensor '{ft_name}' has shape {shape_f} but the base has {shape_b}")
-        w_b, w_f = base.get(base_name), finetuned.get(ft_name)
-        if not w_b.is_floating_point():
-            continue  # integer buffers (position ids) are not weights
-        dtype = torch.float64 if w_f.dtype == torch.float64 else torch.float32
-        yield base_name, DenseDelta(w_f.to(dtype) - w_b.to(dtype))
+
+class LazyTaskVector(Mapping[str, DenseDelta]):
+    """Base tensor name → ``W_ft − W_base``, read from the two open checkpoints when asked
+    (each read checked for NaN/Inf); shapes and dtypes come from the headers."""
+
+    def __init__(self, base: CheckpointReader, finetuned: CheckpointReader, mapping: dict[str, str]) -> None:
+        self.base, self.finetuned, self._names = base, finetuned, mapping  # base name → fine-tune name
+        self.shapes = {name: base.shape(name) for name in mapping}
+
+    def __getitem__(self, name: str) -> DenseDelta:
+        return task_delta(self.base.get(name), self.finetuned.get(self._names[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def load_task_vector(
@@ -64,34 +72,41 @@ def load_task_vector(
     finetuned: Path | str,
     *,
     name: str | None = None,
-    skip_zero: bool = True,
 ) -> Module:
-    """Read ``W_ft − W_base`` for every shared tensor into a :class:`Module`.
+    """``W_ft − W_base`` for every shared floating tensor, as a :class:`Module` whose layers
+    are read lazily (:class:`LazyTaskVector`; the checkpoints stay open while it lives).
 
     Args:
         base: the base checkpoint (``.safetensors`` file, or a folder with
             ``model.safetensors`` or a sharded index).
         finetuned: the fine-tuned checkpoint, same forms.
         name: module name (default: the fine-tuned path's name).
-        skip_zero: leave out tensors the fine-tune did not change (frozen layers).
 
     Returns:
         A module whose layers are dense deltas named as in the base checkpoint; tensors
-        only in the fine-tune are ``extras``.
+        only in the fine-tune are ``extras`` (read now: heads are small).
+
+    Raises:
+        InvalidInputError: no shared tensor, an unreadable or pickled checkpoint.
+        ShapeMismatchError: a shared tensor of another shape.
     """
-    with CheckpointReader(base) as rb, CheckpointReader(finetuned) as rf:
-        mapping = align_names(rb.keys(), rf.keys())
-        layers: dict[str, DenseDelta] = {}
-        for base_name, delta in iter_task_vector(rb, rf):
-            if skip_zero and not bool(delta.W.any()):
-                continue
-            layers[base_name] = delta
-        extras = {n: rf.get(n) for n in rf.keys() if n not in mapping}  # noqa: SIM118 - reader, not a dict
-    ft_path = Path(finetuned)
-    return Module(
-        name=name or ft_path.stem,
-        layers=dict(layers),
-        base_model=str(base),
-        source=str(finetuned),
-        extras=extras,
-    )
+    rb, rf = CheckpointReader(base), CheckpointReader(finetuned)
+    try:
+        ft_to_base = align_names(rb.keys(), rf.keys())
+        if not ft_to_base:
+            raise InvalidInputError(f"{rf.path}: shares no tensor names with the base checkpoint {rb.path}")
+        mapping = {}
+        for ft_name, base_name in ft_to_base.items():
+            if rb.shape(base_name) != rf.shape(ft_name):
+                raise ShapeMismatchError(
+                    f"{rf.path}: tensor '{ft_name}' has shape {rf.shape(ft_name)} but the base has {rb.shape(base_name)}"
+                )
+            if rb.dtype(base_name).is_floating_point:  # integer buffers (position ids) are not weights
+                mapping[base_name] = ft_name
+        extras = {n: rf.get(n) for n in rf.keys() if n not in ft_to_base}  # noqa: SIM118 - a reader, not a dict
+    except BaseException:
+        rb.close()
+        rf.close()
+        raise
+    return Module(name=name or Path(finetuned).stem, layers=LazyTaskVector(rb, rf, mapping), base_model=str(base),
+                  source=str(finetuned), extras=extras)  # fmt: skip

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, Strict, ValidationInfo, field_validator, model_validator
 
 from eigenmix.errors import InvalidInputError
+from eigenmix.io.full_model import parse_shard_size
 from eigenmix.io.yaml_config import read_yaml_config
 from eigenmix.merging.plan import MergePlan, check_weights, make_plan
 from eigenmix.merging.registry import MergeParams, get_method
@@ -77,6 +78,28 @@ class OutputEntry(BaseModel):
 
     kind: Literal["adapter", "full"] = Field("adapter", description="a PEFT LoRA adapter, or a full model (base + merged delta)")
     rank: int | None = Field(None, ge=1, description="truncate each layer to this rank (adapter only); default: exact rank")
+    shard_size: int | str = Field(
+        "5B", description="full only: parameters per safetensors shard, as mergekit's --out-shard-size (5B, 500M, or a number)"
+    )
+    dtype: Literal["base", "float32", "bfloat16", "float16"] = Field(
+        "base", description="full only: the dtype of the written floating tensors (base: each base tensor's own)"
+    )
+
+    @field_validator("shard_size")
+    @classmethod
+    def _shard_size(cls, value: int | str) -> int | str:
+        try:
+            parse_shard_size(value)
+        except InvalidInputError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _full_only(self) -> OutputEntry:
+        given = sorted(self.model_fields_set & {"shard_size", "dtype"})
+        if self.kind == "adapter" and given:
+            raise ValueError(f"output.{given[0]} applies to output.kind 'full' only")
+        return self
 
 
 class CalibrationRows(BaseModel):

@@ -1,6 +1,6 @@
 """The merge pipeline: a validated config → read the modules → the engine, layer by layer
-→ a writer, atomically (adapter output streamed; full output collected from the same
-engine). One path for the CLI and for Python callers of :func:`run_merge`."""
+→ a writer, atomically (both outputs streamed: each layer is written as the engine yields
+it). One path for the CLI and for Python callers of :func:`run_merge`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
+
 from eigenmix.errors import InvalidInputError
 from eigenmix.io import load_task_vector, read_lora_adapter
 from eigenmix.io.atomic import Destination, atomic_dir
+from eigenmix.io.full_model import OUT_DTYPES, parse_shard_size, stream_full_model
 from eigenmix.io.heads import check_head, has_head, write_heads
-from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_full_model, write_report
+from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_report
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
-from eigenmix.merging.engine import LayerResult, check_compatible, collect, merged_extras, run_plan, state_layers
+from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
 from eigenmix.modules import AnyDelta, Module, work_dtype
+from eigenmix.spectral import SVD
 
 REPORT = "merge_report.json"  # every merge output holds it: what --force may replace
 
@@ -109,11 +113,14 @@ def run_merge(
         else:
             if config.base_model is None:
                 raise InvalidInputError("output.kind 'full' needs 'base_model'")
-            if state is not None:
-                result = Module("merged", {layer: d for layer, d, _ in _recorded(merged, record)}, base_model=modules[0].base_model)
-            else:
-                result = collect(modules, plan, extras=config.extras, on_layer=record)
-            outputs = write_full_model(result, config.base_model, tmp)
+            shapes = {layer: _state_shape(d) for layer, d in state.layers.items()} if state is not None else _shapes(modules)
+            out = config.output
+            written = stream_full_model(
+                _reporting(merged, record), shapes, config.base_model, tmp, shard_size=parse_shard_size(out.shard_size),
+                dtype=OUT_DTYPES[out.dtype] if out.dtype != "base" else None,
+            )  # fmt: skip
+            write_extras(extras, tmp)
+            outputs = [LayerOutput(layer, min(shapes[layer]), 1.0, min(shapes[layer])) for layer in written]
         write_heads(heads, tmp, config.continue_from)
         entries = {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start, **(report or {})}
         write_report(tmp / REPORT, entries, outputs)
@@ -132,12 +139,16 @@ def _reporting(
         yield name, delta
 
 
-def _recorded(
-    merged: Iterator[tuple[str, AnyDelta, LayerResult]], report: Callable[[LayerResult], None]
-) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
-    for item in merged:
-        report(item[2])
-        yield item
+def _shapes(modules: list[Module]) -> dict[str, tuple[int, ...]]:
+    """Every layer the merge will yield → its shape (from headers for lazily read modules)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for m in modules:
+        out.update(m.shapes())
+    return out
+
+
+def _state_shape(layer: SVD | Tensor) -> tuple[int, ...]:
+    return (int(layer.U.shape[0]), int(layer.V.shape[0])) if isinstance(layer, SVD) else tuple(layer.shape)
 
 
 def continued_state(config: MergeConfig, modules: list[Module]) -> MergeState:

@@ -126,3 +126,61 @@ def test_dare_ties_with_mergekit_masks(checkpoints, tmp_path, monkeypatch):
         got = base_weights[name].double() + merged
         err = float((got - expected[name].double()).norm() / expected[name].double().norm())
         assert err <= 1e-5, (name, err)
+
+
+def mergekit_yaml(path: Path, base: Path, fts: list[Path], method: str, params: dict, model_params: dict, **extra) -> Path:
+    """A mergekit config as mergekit users write it: the base listed among the models (its
+    task vector is zero; ``linear`` averages it in with its weight), per-model weight and density."""
+    models = [{"model": str(base), **({"parameters": {"weight": 0.5}} if method == "linear" else {})}] + [
+        {"model": str(f), "parameters": {"weight": w, **model_params}} for f, w in zip(fts, WEIGHTS, strict=True)
+    ]
+    path.write_text(yaml.safe_dump({"merge_method": method, "base_model": str(base), "models": models, "parameters": params,
+                                    "dtype": "float32", **extra}))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "model_params"),
+    [("task_arithmetic", {"lambda": 0.8}, {}), ("ties", {"lambda": 0.9}, {"density": 0.4}), ("linear", {}, {})],
+)
+def test_the_same_mergekit_yaml_through_mergekit_yaml_and_eigenmix_merge(checkpoints, tmp_path, method, params, model_params):
+    """One mergekit config, two command lines: ``mergekit-yaml`` and the installed ``eigenmix merge``."""
+    from test_cli_smoke import eigenmix as run_eigenmix
+    from test_cli_smoke import ok
+
+    base, fts = checkpoints
+    cfg = mergekit_yaml(tmp_path / "merge.yml", base, fts, method, params, model_params)
+    script = Path(sys.executable).parent / "mergekit-yaml"
+    subprocess.run([str(script), str(cfg), str(tmp_path / "mk"), "--no-copy-tokenizer"], check=True, capture_output=True)
+    ok(run_eigenmix("merge", cfg, "--out", tmp_path / "em"))
+    with CheckpointReader(tmp_path / "mk") as reader:
+        expected = dict(reader.items())
+    with CheckpointReader(tmp_path / "em") as reader:
+        got = dict(reader.items())
+    assert set(got) >= set(expected)
+    assert_same(got, expected)
+
+
+def test_what_eigenmix_cannot_honour_in_a_mergekit_yaml_is_one_line(checkpoints, tmp_path):
+    from test_cli_smoke import eigenmix as run_eigenmix
+
+    base, fts = checkpoints
+    cases = {
+        "mergekit key 'slices'": {"slices": [{"sources": [{"model": str(fts[0]), "layer_range": [0, 1]}]}]},
+        "mergekit key 'merge_method': 'slerp'": {"merge_method": "slerp"},
+        "mergekit key 'models[1].model': 'someone/model' is not a local": {"models": [{"model": "someone/model"}]},
+        "mergekit key 'models[].parameters.density'": {
+            "models": [{"model": str(f), "parameters": {"weight": 1.0, "density": d}} for f, d in zip(fts, (0.3, 0.5), strict=True)]
+        },
+        "mergekit key 'parameters.density': a gradient": {"parameters": {"density": [0.2, 0.8]}},
+        "mergekit key 'tokenizer_source'": {"tokenizer_source": "union"},
+    }
+    for expect, change in cases.items():
+        cfg = mergekit_yaml(tmp_path / "bad.yml", base, fts, "ties", {}, {"density": 0.4})
+        raw = yaml.safe_load(cfg.read_text())
+        if "models" in change and change["models"][0]["model"] == "someone/model":
+            change = {"models": [raw["models"][0], {"model": "someone/model"}]}
+        cfg.write_text(yaml.safe_dump({**raw, **change}))
+        done = run_eigenmix("merge", cfg, "--out", tmp_path / "o")
+        assert done.returncode == 2 and expect in done.stderr and len(done.stderr.strip().splitlines()) == 1, (expect, done.stderr)
+    assert not (tmp_path / "o").exists()

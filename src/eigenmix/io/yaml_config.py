@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from eigenmix.errors import InvalidInputError
 
 M = TypeVar("M", bound=BaseModel)
+Translate = Callable[[dict[str, Any], Path], dict[str, Any]]  # another tool's config (and its folder) → this one's
 MAX_BYTES = 1 << 20  # a config is a few lines; a larger file is a mistake (or a device that never ends)
 
 
@@ -108,9 +110,11 @@ def describe(err: ValidationError, model: type[BaseModel]) -> list[str]:
     return problems
 
 
-def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...] = ()) -> M:
-    """Read a YAML mapping, resolve its relative paths, validate it as ``model``; every
-    problem goes into one :class:`InvalidInputError` line naming the file."""
+def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...] = (), translate: Translate | None = None) -> M:
+    """Read a YAML mapping, ``translate`` it (another tool's config into this one's, given the
+    config's folder), resolve
+    its relative paths, validate it as ``model``; every problem goes into one
+    :class:`InvalidInputError` line naming the file."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such config file")
@@ -137,6 +141,8 @@ def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{path}: must be a YAML mapping of keys (it is {'empty' if raw is None else type(raw).__name__})")
     try:
+        if translate is not None:
+            raw = translate(raw, path.parent)
         return model.model_validate(resolve_paths(raw, path.parent, path_keys))
     except ValidationError as err:
         problems = describe(err, model)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, Strict, Valid
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.full_model import parse_shard_size
 from eigenmix.io.yaml_config import read_yaml_config
+from eigenmix.merging.mergekit_config import from_mergekit
 from eigenmix.merging.plan import MergePlan, check_weights, make_plan
 from eigenmix.merging.registry import MergeParams, get_method
 
@@ -257,4 +258,4 @@ class MergeConfig(BaseModel):
 
 def load_config(path: Path | str) -> MergeConfig:
     """Read and validate a merge config; every problem is one :class:`InvalidInputError` line."""
-    return read_yaml_config(Path(path), MergeConfig, ("base_model", "continue_from"))
+    return read_yaml_config(Path(path), MergeConfig, ("base_model", "continue_from"), translate=from_mergekit)

@@ -82,7 +82,9 @@ def from_mergekit(raw: dict[str, Any], root: Path = Path()) -> dict[str, Any]:
         if key not in shared or shared[key] not in params:
             raise InvalidInputError(f"mergekit key 'parameters.{key}': not a parameter of {name} that eigenmix reads")
         params[shared[key]] = ("l1" if value else "none") if key == "rescale" else value
-    modules, densities, base_weight = [], set(), 0.0
+    modules: list[dict[str, Any]] = []
+    densities: set[float] = set()
+    base_weight = 0.0
     for i, entry in enumerate(raw.get("models") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
             raise InvalidInputError(f"mergekit key 'models[{i}]': give {{model: PATH, parameters: {{...}}}}")
@@ -108,7 +110,7 @@ def from_mergekit(raw: dict[str, Any], root: Path = Path()) -> dict[str, Any]:
     if densities:
         params["density"] = densities.pop()
     if method == "linear" and params.pop("normalize"):  # base + Σ w τ / (w_base + Σ w): the weighted average of every listed model
-        total = base_weight + sum(m["weight"] for m in modules)
+        total = base_weight + sum(float(m["weight"]) for m in modules)
         if abs(total) < 1e-8:
             raise InvalidInputError("mergekit key 'models[].parameters.weight': the weights add up to 0; linear divides by their sum")
         modules = [{**m, "weight": m["weight"] / total} for m in modules]

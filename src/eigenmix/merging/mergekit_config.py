@@ -9,8 +9,8 @@ the file is silent:
 | ``merge_method: task_arithmetic`` (normalize off) | ``task_arithmetic`` (``lambda`` → ``scale``) |
 | ``ties`` (normalize on) | ``ties`` (``density``, ``normalize``, ``lambda`` → ``scale``) |
 | ``dare_ties`` (normalize off, L1 rescale) | ``dare_ties`` (``rescale: l1`` or ``none``; its own seeded masks) |
-| ``linear`` (normalize on) | ``linear`` on the task vectors: ``base + Σ w τ / (w_base + Σ w)`` = the weighted average of every listed model, the base's weight counted where it is listed |
-| ``models: - model: PATH`` with ``parameters: {weight, density}`` | ``modules: - {path, weight}``; one ``density`` for all; the base among them adds no task vector |
+| ``linear`` (normalize on) | ``linear`` on task vectors: ``base + Σ w τ / (w_base + Σ w)``, the weighted average of the models |
+| ``models: - model: PATH``, ``parameters: {weight, density}`` | ``modules: - {path, weight}``; one ``density``; the base adds no τ |
 | ``parameters:`` at the top (defaults of every model's) | the method's parameters |
 | ``dtype`` / ``out_dtype`` | ``output.dtype`` (eigenmix computes in float32 whatever ``dtype`` says) |
 | ``tokenizer_source: base`` (or none) | the base folder's tokenizer files are copied, as always |

@@ -149,3 +149,30 @@ def test_output_settings_are_checked(tmp_path, bert, monkeypatch, capsys):
     assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / "o") == 2
     assert "output.dtype applies to output.kind 'full' only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_threads_and_shard_size_from_the_command_line(tmp_path, bert, monkeypatch):
+    from test_cli_smoke import eigenmix as run_eigenmix
+    from test_cli_smoke import ok
+
+    _, folders = bert
+    cfg = merge_config(tmp_path, folders)
+    before = torch.get_num_threads()
+    ok(run_eigenmix("merge", cfg, "--out", tmp_path / "out", "--threads", "1", "--out-shard-size", "3K"))
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text())
+    assert report["threads"] == 1 and report["config"]["output"]["shard_size"] == "3K"
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 2
+    assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / "o2", "--threads", "1") == 0
+    assert torch.get_num_threads() == before  # restored after the merge
+
+
+def test_small_dense_algebra_runs_on_one_thread():
+    from eigenmix.spectral import small_op, torch_threads
+
+    with torch_threads(2):
+        with small_op(torch.zeros(64, 64)):
+            assert torch.get_num_threads() == 1
+        with small_op(torch.zeros(4096, 8)):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2

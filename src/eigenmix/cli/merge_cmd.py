@@ -9,10 +9,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eigenmix.cli.console import make_console
-from eigenmix.cli.options import FORCE_HELP
+from eigenmix.cli.options import FORCE_HELP, described
+from eigenmix.errors import InvalidInputError
 from eigenmix.io.atomic import destination
+from eigenmix.io.full_model import parse_shard_size
 from eigenmix.merging import all_methods
-from eigenmix.merging.config import load_config
+from eigenmix.merging.config import MergeConfig, OutputEntry, load_config
 from eigenmix.merging.run import REPORT, MergeRun, load_modules, run_merge
 
 
@@ -33,10 +35,19 @@ def merge(
     out: Path = typer.Option(..., "--out", help="Output folder, written atomically."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config, the inputs and --out, print the plan, write nothing."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    threads: int | None = described(MergeConfig, "threads", None, "--threads", min=1),
+    out_shard_size: str | None = described(OutputEntry, "shard_size", None, "--out-shard-size"),
 ) -> None:
-    """Merge adapters or fine-tunes as a YAML config says."""
+    """Merge adapters or fine-tunes as a YAML config (eigenmix's, or mergekit's) says."""
     console = make_console()
     cfg = load_config(config)
+    if threads is not None:
+        cfg = cfg.model_copy(update={"threads": threads})
+    if out_shard_size is not None:
+        if cfg.output.kind != "full":
+            raise InvalidInputError("--out-shard-size applies to output.kind 'full' only")
+        parse_shard_size(out_shard_size)
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"shard_size": out_shard_size})})
     dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)  # before loading anything
     modules = load_modules(cfg)
     from eigenmix.harness.calibration import config_calibration

@@ -56,6 +56,8 @@ class LazyTaskVector(Mapping[str, DenseDelta]):
     def __init__(self, base: CheckpointReader, finetuned: CheckpointReader, mapping: dict[str, str]) -> None:
         self.base, self.finetuned, self._names = base, finetuned, mapping  # base name → fine-tune name
         self.shapes = {name: base.shape(name) for name in mapping}
+        # the dtype each delta is computed in (task_delta): float64 where the fine-tune is float64, else float32
+        self.dtypes = {name: torch.float64 if finetuned.dtype(f) == torch.float64 else torch.float32 for name, f in mapping.items()}
 
     def __getitem__(self, name: str) -> DenseDelta:
         return task_delta(self.base.get(name), self.finetuned.get(self._names[name]))

@@ -151,6 +151,9 @@ class MergeConfig(BaseModel):
     dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
     dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
     extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
+    threads: int | None = Field(
+        None, ge=1, description="threads for the large products (small dense algebra runs on one); default: the cores not already busy"
+    )
     calibration: CalibrationSection | None = Field(
         None, description="unlabeled rows per module: the layer-input statistics of the calibrated methods"
     )

@@ -26,7 +26,7 @@ from eigenmix.merging.elementwise import weighted
 from eigenmix.merging.plan import MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext
 from eigenmix.merging.selection import global_thresholds
-from eigenmix.modules import AnyDelta, DenseDelta, MergeRecord, Module, SpectralDelta, layer_spectra, work_dtype
+from eigenmix.modules import AnyDelta, DenseDelta, MergeRecord, Module, SpectralDelta, layer_spectra, modules_work_dtype, work_dtype
 from eigenmix.seeds import derived_seed
 
 
@@ -154,7 +154,7 @@ def _run_sequential(modules: Sequence[Module], plan: MergePlan) -> Iterator[tupl
 
     start = time.perf_counter()
     state = fold_all(modules, plan.method.name, plan.params, plan.weights)
-    yield from state_layers(state, work_dtype([d for m in modules for d in m.layers.values()]), time.perf_counter() - start)
+    yield from state_layers(state, modules_work_dtype(modules), time.perf_counter() - start)
 
 
 def state_layers(state: Any, dtype: torch.dtype, seconds: float = 0.0) -> Iterator[tuple[str, AnyDelta, LayerResult]]:

@@ -20,8 +20,8 @@ from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
 from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
-from eigenmix.modules import AnyDelta, Module, work_dtype
-from eigenmix.spectral import SVD
+from eigenmix.modules import AnyDelta, Module, modules_work_dtype
+from eigenmix.spectral import SVD, default_threads, torch_threads
 
 REPORT = "merge_report.json"  # every merge output holds it: what --force may replace
 
@@ -79,7 +79,24 @@ def run_merge(
 ) -> MergeRun:
     """Merge as ``config`` says and write the result to ``dest`` atomically (``calibration``:
     the statistics of a calibrated method, :func:`eigenmix.harness.calibration.config_calibration`;
-    ``report``: more entries for ``merge_report.json``)."""
+    ``report``: more entries for ``merge_report.json``), with ``config.threads`` torch threads
+    (default: the cores not already busy; small dense algebra always runs on one)."""
+    threads = config.threads or default_threads()
+    with torch_threads(threads):
+        return _run_merge(
+            config, dest, modules=modules, on_layer=on_layer, calibration=calibration, report={**(report or {}), "threads": threads}
+        )
+
+
+def _run_merge(
+    config: MergeConfig,
+    dest: Destination,
+    *,
+    modules: list[Module] | None = None,
+    on_layer: Callable[[LayerResult], None] | None = None,
+    calibration: object = None,
+    report: dict | None = None,
+) -> MergeRun:
     start = time.perf_counter()
     modules = modules if modules is not None else load_modules(config)
     plan = config.plan(calibration)
@@ -96,7 +113,7 @@ def run_merge(
     state = continued_state(config, modules) if config.continue_from is not None else None
     if state is None and continual is not None and continual.sequential:
         state = fold_all(modules, plan.method.name, plan.params, plan.weights)
-    dtype = work_dtype([d for m in modules for d in m.layers.values()])
+    dtype = modules_work_dtype(modules)
     merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan)
     kept: dict[str, AnyDelta] = {}
     with atomic_dir(dest) as tmp:

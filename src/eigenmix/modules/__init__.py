@@ -1,7 +1,7 @@
 """Module types: one layer's delta in low-rank, spectral or dense form, and a module."""
 
 from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta, delta_dtype
-from eigenmix.modules.factors import factor_pair, layer_spectra, work_dtype
+from eigenmix.modules.factors import factor_pair, layer_spectra, modules_work_dtype, work_dtype
 from eigenmix.modules.module import MergeRecord, Module, PeftSource
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "delta_dtype",
     "factor_pair",
     "layer_spectra",
+    "modules_work_dtype",
     "work_dtype",
 ]

@@ -8,12 +8,13 @@ to ``dense_energy`` of their spectral energy and to their numerical rank).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from eigenmix.modules.delta import AnyDelta, LowRankDelta, SpectralDelta, delta_dtype
+from eigenmix.modules.module import Module
 from eigenmix.spectral import LayerSpectra, decompose, default_rtol, numerical_rank, rank_for_energy, svd
 
 
@@ -33,10 +34,21 @@ def factor_pair(delta: AnyDelta, *, dense_rank: int | None = None, dense_energy:
 
 def work_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:
     """float32, or float64 if any delta is float64: the dtype of the m-sized products and results."""
+    return promoted_dtype(delta_dtype(d) for d in deltas)
+
+
+def promoted_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """float32, or float64 if any of ``dtypes`` is float64 (half precision computes in float32)."""
     dtype = torch.float32
-    for d in deltas:
-        dtype = torch.promote_types(dtype, delta_dtype(d))
+    for d in dtypes:
+        dtype = torch.promote_types(dtype, d)
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def modules_work_dtype(modules: Iterable[Module]) -> torch.dtype:
+    """:func:`work_dtype` over every layer of ``modules``, from headers where the layers are
+    read lazily (no layer is read)."""
+    return promoted_dtype(d for m in modules for d in m.dtypes())
 
 
 def layer_spectra(

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta
+from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta, delta_dtype
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ class Module:
         if known is not None:
             return dict(known)
         return {name: tuple(d.shape) for name, d in self.layers.items()}
+
+    def dtypes(self) -> set[torch.dtype]:
+        """The stored dtypes of the layers, without reading lazily stored layers."""
+        known = getattr(self.layers, "dtypes", None)
+        if known is not None:
+            return set(known.values())
+        return {delta_dtype(d) for d in self.layers.values()}
 
     @property
     def is_lowrank(self) -> bool:

@@ -7,6 +7,7 @@
 - :func:`decompose`, :class:`LayerSpectra`, :class:`JointBasis`: the joint-basis engine.
 - :func:`gram_range`: the fast rank-revealing range of a stack of factors.
 - :func:`polar_factor`: orthogonal Procrustes (TSV-M, Iso-CTS).
+- :func:`default_threads`, :func:`torch_threads`, :func:`small_op`: explicit thread use.
 - :func:`principal_angles`, :func:`subspace_overlap`, :func:`range_overlap`: how subspaces overlap.
 """
 
@@ -17,6 +18,7 @@ from eigenmix.spectral.gram import gram_range
 from eigenmix.spectral.joint import ImplicitBasis, JointBasis, LayerSpectra, decompose
 from eigenmix.spectral.procrustes import polar_factor
 from eigenmix.spectral.rank import default_rtol, numerical_rank
+from eigenmix.spectral.threads import default_threads, small_op, torch_threads
 from eigenmix.spectral.truncated import randomized_svd, svd, truncated_svd
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "LayerSpectra",
     "decompose",
     "default_rtol",
+    "default_threads",
     "energy_profile",
     "factored_svd",
     "gram_range",
@@ -37,7 +40,9 @@ __all__ = [
     "range_overlap",
     "rank_for_energy",
     "retained_energy",
+    "small_op",
     "subspace_overlap",
     "svd",
+    "torch_threads",
     "truncated_svd",
 ]

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from eigenmix.spectral.threads import small_op
+
 
 class SVD(NamedTuple):
     """A thin SVD ``M = U diag(S) Vᵀ``.
@@ -58,5 +60,7 @@ def factored_svd(B: Tensor, A: Tensor, *, dtype: torch.dtype | None = None) -> S
     out_dtype = dtype or torch.promote_types(B.dtype, A.dtype)
     Qb, Rb = torch.linalg.qr(B.to(torch.float64))  # (m, p), (p, r), p = min(m, r)
     Qa, Ra = torch.linalg.qr(A.T.to(torch.float64))  # (n, q), (q, r), q = min(n, r)
-    Uc, S, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)  # core (p, q)
+    core = Rb @ Ra.T  # (p, q)
+    with small_op(core):
+        Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
     return SVD(Qb @ Uc, S, Qa @ Vch.T).to(out_dtype)

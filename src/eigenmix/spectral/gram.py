@@ -15,13 +15,15 @@ import torch
 from torch import Tensor
 
 from eigenmix.spectral.rank import numerical_rank
+from eigenmix.spectral.threads import small_op
 
 
 def _eig_basis(G: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
     """Eigenpairs of a Gram matrix above the rank threshold: ``(λ (R,), W (p, R))``, descending.
 
     ``λ`` are squared singular values, so the rule is :func:`numerical_rank` on ``√λ``."""
-    lam, W = torch.linalg.eigh(G)
+    with small_op(G):
+        lam, W = torch.linalg.eigh(G)
     lam, W = lam.flip(0), W.flip(1)
     keep = numerical_rank(lam.clamp(min=0).sqrt(), rtol)
     return lam[:keep], W[:, :keep]

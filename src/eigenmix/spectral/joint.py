@@ -26,6 +26,7 @@ from torch import Tensor
 from eigenmix.spectral.factored import SVD, factored_svd
 from eigenmix.spectral.gram import gram_range
 from eigenmix.spectral.rank import numerical_rank
+from eigenmix.spectral.threads import small_op
 
 
 class JointBasis(NamedTuple):
@@ -153,7 +154,8 @@ class LayerSpectra:
         ``V`` is returned as the transpose of a contiguous ``(r, n)`` matrix, so that the
         balanced LoRA factor ``A = √σ Vᵀ`` needs no copy.
         """
-        Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
+        with small_op(core):
+            Uc, S, Vch = torch.linalg.svd(core, full_matrices=False)
         keep = numerical_rank(S, self.rtol)
         Vt = self._V.apply_rows(Vch[:keep])  # (r, n), contiguous
         return SVD(self._U.apply(Uc[:, :keep]), S[:keep], Vt.T)

@@ -26,3 +26,8 @@ class ShapeMismatchError(InvalidInputError):
 
 class NonFiniteError(InvalidInputError):
     """A tensor holds NaN or Inf values."""
+
+
+class ExecutorError(EigenmixError):
+    """A distributed executor could not run the work: Ray is missing, a worker crashed or was
+    killed, the cluster is unreachable."""

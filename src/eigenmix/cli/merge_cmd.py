@@ -14,7 +14,7 @@ from eigenmix.errors import InvalidInputError
 from eigenmix.io.atomic import destination
 from eigenmix.io.full_model import parse_shard_size
 from eigenmix.merging import all_methods
-from eigenmix.merging.config import MergeConfig, OutputEntry, load_config
+from eigenmix.merging.config import ExecutorEntry, MergeConfig, OutputEntry, load_config
 from eigenmix.merging.run import REPORT, MergeRun, load_modules, run_merge
 
 
@@ -37,12 +37,17 @@ def merge(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     threads: int | None = described(MergeConfig, "threads", None, "--threads", min=1),
     out_shard_size: str | None = described(OutputEntry, "shard_size", None, "--out-shard-size"),
+    executor: str | None = described(ExecutorEntry, "kind", None, "--executor"),
 ) -> None:
     """Merge adapters or fine-tunes as a YAML config (eigenmix's, or mergekit's) says."""
     console = make_console()
     cfg = load_config(config)
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
+    if executor is not None:
+        if executor not in ("local", "ray"):
+            raise InvalidInputError(f"--executor '{executor}': choose from local, ray")
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"kind": executor})})
     if out_shard_size is not None:
         if cfg.output.kind != "full":
             raise InvalidInputError("--out-shard-size applies to output.kind 'full' only")

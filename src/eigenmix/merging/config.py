@@ -103,6 +103,16 @@ class OutputEntry(BaseModel):
         return self
 
 
+class ExecutorEntry(BaseModel):
+    """Who runs the per-layer work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local", "ray"] = Field("local", description="this process, or Ray tasks (the ray extra); the results are identical")
+    address: str | None = Field(None, description="ray: 'auto' (this machine's cluster) or HOST:PORT; unset: start a local instance")
+    workers: int = Field(2, ge=1, description="ray: CPUs of a local instance, and layers merged at once")
+
+
 class CalibrationRows(BaseModel):
     """One module's unlabeled calibration rows (its task's inputs; labels are never read)."""
 
@@ -151,6 +161,7 @@ class MergeConfig(BaseModel):
     dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
     dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
     extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
+    executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
     threads: int | None = Field(
         None, ge=1, description="threads for the large products (small dense algebra runs on one); default: the cores not already busy"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from eigenmix.merging.registry import LayerContext
 from eigenmix.merging.selection import global_thresholds
 from eigenmix.modules import AnyDelta, DenseDelta, MergeRecord, Module, SpectralDelta, layer_spectra, modules_work_dtype, work_dtype
 from eigenmix.seeds import derived_seed
+
+if TYPE_CHECKING:  # the executor runs this engine's merge_layer in its workers
+    from eigenmix.merging.executor import Executor
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,25 @@ def check_compatible(modules: Sequence[Module]) -> None:
             shapes.setdefault(layer, (shape, m.name))
 
 
-def run_plan(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+def run_plan(modules: Sequence[Module], plan: MergePlan, executor: Executor | None = None) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
     """Merge ``modules`` as ``plan`` says, yielding ``(layer, delta, LayerResult)`` per layer
-    (the modules must fit together: :func:`check_compatible`)."""
-    if plan.method.continual is not None and plan.method.continual.sequential:
+    (the modules must fit together: :func:`check_compatible`); ``executor`` runs the layers
+    elsewhere (Ray tasks), with the same results, in the same order."""
+    sequential = plan.method.continual is not None and plan.method.continual.sequential
+    if sequential and executor is not None:
+        raise InvalidInputError(f"'{plan.method.name}' folds whole modules in order; it runs on the local executor")
+    if sequential:
         yield from _run_sequential(modules, plan)
         return
     thresholds = None
     if plan.method.trims_globally(plan.params):
         thresholds = global_thresholds(lambda: _trim_values(modules, plan), len(modules), plan)
+    if executor is not None:
+        names = list(dict.fromkeys(name for m in modules for name in m.layers))
+        for layer, delta, seconds in executor.run(modules, plan, names, thresholds):
+            rank = delta.rank if isinstance(delta, SpectralDelta) else min(delta.shape) if len(delta.shape) == 2 else 0
+            yield layer, delta, LayerResult(layer, tuple(delta.shape), rank, seconds)
+        return
     source = plan.calibration
     if source is not None:
         source.reset()  # a source that follows the merge starts from the base model

@@ -20,6 +20,7 @@ from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
 from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
+from eigenmix.merging.executor import RayExecutor
 from eigenmix.modules import AnyDelta, Module, modules_work_dtype
 from eigenmix.spectral import SVD, default_threads, torch_threads
 
@@ -114,7 +115,12 @@ def _run_merge(
     if state is None and continual is not None and continual.sequential:
         state = fold_all(modules, plan.method.name, plan.params, plan.weights)
     dtype = modules_work_dtype(modules)
-    merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan)
+    executor = None
+    if config.executor.kind == "ray":
+        if state is not None:
+            raise InvalidInputError(f"'{plan.method.name}' folds modules into a stored state; it runs on the local executor")
+        executor = RayExecutor(config.executor.address, config.executor.workers, threads=config.threads or 1)
+    merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan, executor)
     kept: dict[str, AnyDelta] = {}
     with atomic_dir(dest) as tmp:
         if config.output.kind == "adapter":  # streamed: each layer is written as soon as it is merged

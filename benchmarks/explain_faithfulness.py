@@ -127,7 +127,7 @@ def main() -> None:
     t0 = time.perf_counter()
     full = run_pass(encoder, recorder, batches, record=True)
     explain_seconds = time.perf_counter() - t0
-    probe = tuple(Row(r.line, r.text, r.group, tokens[i]) for i, r in enumerate(rows))
+    probe = tuple(Row(r.line, r.text, r.group, tokens[i], r.text_pair) for i, r in enumerate(rows))
     ex = Explanation("spectral merge of the 8 benchmark adapters", "merged", tuple(names), tuple(layers), directions,
                      recorder.tallies, recorder.tokens, probe, {"scale": chosen})  # fmt: skip
 

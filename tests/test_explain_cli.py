@@ -72,6 +72,36 @@ def test_a_routed_library_and_a_single_adapter(explained, minilm_adapters, tmp_p
     assert all(s["trec"] == pytest.approx(1.0) for s in doc["layer_shares"].values())
 
 
+def test_a_rows_tokens_do_not_depend_on_its_batch(tmp_path):
+    """A single text batched with a sentence pair gets no extra [SEP] (no empty pair), so
+    shares do not change with --batch-size."""
+    from eigenmix.data.inputs import InputRow
+    from eigenmix.harness.library_run import Encoder
+    from eigenmix.train import load_encoder
+
+    _, tokenizer = load_encoder()
+    enc = Encoder(None, tokenizer, 64)
+    rows = [InputRow(1, "a charming journey ."), InputRow(2, "one sentence .", "and its pair .")]
+    together = {
+        i: batch["input_ids"][j][batch["attention_mask"][j].bool()].tolist()
+        for chunk, batch in enc.batches(rows, 2)
+        for j, i in enumerate(chunk)
+    }
+    alone = {i: batch["input_ids"][0].tolist() for r in (0, 1) for chunk, batch in enc.batches([rows[r]], 1) for i in [r]}
+    assert together == alone
+    assert tokenizer.convert_ids_to_tokens(together[0]).count("[SEP]") == 1
+
+
+def test_config_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    from eigenmix.merging.config import load_config
+
+    (tmp_path / "cfg").mkdir()
+    raw_adapter(tmp_path / "cfg" / "a", {"q": (4, 4)})
+    (tmp_path / "cfg" / "m.yaml").write_text("method: linear\nmodules:\n  - {path: a}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path("cfg/m.yaml")).modules[0].path == tmp_path / "cfg" / "a"  # a report read from anywhere finds it
+
+
 def chromium() -> str | None:
     return os.environ.get("EIGENMIX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -135,7 +165,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, t
     other = raw_adapter(
         tmp_path / "other", {"encoder.layer.0.attention.self.query": (10, 12)}, base="sentence-transformers/all-MiniLM-L6-v2"
     )
-    assert "not an nn.Linear of shape" in fails(eigenmix("explain", other, "--inputs", rows, "--out", tmp_path / "o"))
+    assert "the model's nn.Linear is (384, 384)" in fails(eigenmix("explain", other, "--inputs", rows, "--out", tmp_path / "o"))
     # a merge whose modules are gone
     moved = tmp_path / "moved"
     shutil.copytree(merged, moved)
@@ -143,4 +173,27 @@ def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, t
     report["config"]["modules"][0]["path"] = str(tmp_path / "gone")
     (moved / "merge_report.json").write_text(json.dumps(report))
     assert "holds no adapter now" in fails(eigenmix("explain", moved, "--inputs", rows, "--out", tmp_path / "o"))
+    # a merge whose module folder now holds another adapter
+    shutil.copytree(minilm_adapters / "adapters" / "cola", tmp_path / "swapped" / "trec")  # same name, other weights
+    report["config"]["modules"][0]["path"] = str(tmp_path / "swapped" / "trec")
+    (moved / "merge_report.json").write_text(json.dumps(report))
+    assert "is not the adapter this output was made from" in fails(eigenmix("explain", moved, "--inputs", rows, "--out", tmp_path / "o"))
+    assert "reads at most 512 tokens" in fails(
+        eigenmix("explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--max-length", "1000")
+    )
+    assert "only a library is routed" in fails(
+        eigenmix("explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--router", "uniform")
+    )
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
+
+
+def test_a_tuned_composition_is_explained_at_its_learned_coefficients(explained, minilm_adapters, tmp_path):
+    from test_tune_text import write_config
+
+    write_config(minilm_adapters, tmp_path / "tune.yaml")
+    ok(eigenmix("tune", tmp_path / "tune.yaml", "--out", tmp_path / "tuned"))
+    ok(eigenmix("explain", tmp_path / "tuned", "--inputs", explained / "probe.jsonl", "--out", tmp_path / "et"))
+    doc = json.loads((tmp_path / "et" / "explain.json").read_text())
+    assert doc["kind"] == "tuned" and doc["parts"] == ["trec", "cola"]  # a tune at level lambda reweights: no residual
+    for shares in doc["layer_shares"].values():
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)

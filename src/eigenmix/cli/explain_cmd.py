@@ -27,7 +27,7 @@ def explain(
         "task", "--group-field", help="The rows' field that groups them (the task × module matrix); rows without it form one group."
     ),
     text_field: str = typer.Option("text", "--text-field", help="The rows' text field."),
-    router: str = typer.Option("spectral", "--router", help="A library only: spectral, arrow, learned or uniform (as eigenmix route)."),
+    router: str | None = typer.Option(None, "--router", help="A library only: spectral (default), arrow, learned or uniform, as route."),
     base_model: Path | None = typer.Option(
         None, "--base-model", help="The base model folder (default: the one the target names; all-MiniLM-L6-v2 is bundled)."
     ),
@@ -44,16 +44,18 @@ def explain(
     from eigenmix.harness.library_run import ROUTERS, make_router
     from eigenmix.io.atomic import atomic_dir, destination
 
-    if router not in ROUTERS:
+    if router is not None and router not in ROUTERS:
         raise InvalidInputError(f"--router '{router}': choose from {', '.join(ROUTERS)}")
     dest = destination(out, overwrite=force, inputs=[target, inputs], marker=REPORT)
     rows = read_inputs(inputs, text_field=text_field, group_field=group_field)
     chosen = load_target(target)
+    if router is not None and chosen.kind != "library":
+        raise InvalidInputError(f"--router: {target} is a {chosen.kind} adapter, not a library; only a library is routed")
     encoder = base_for(chosen, base_model, max_length)
-    routing = make_router(router, chosen.library, encoder) if chosen.kind == "library" else None
+    routing = make_router(router or "spectral", chosen.library, encoder) if chosen.kind == "library" else None
     console = make_console()
     columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    extra = {"inputs": str(inputs), "router": router if routing is not None else None}
+    extra = {"inputs_file": str(inputs), "router": (router or "spectral") if routing is not None else None}
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("explain", total=len(rows))
         ex = explain_rows(chosen, encoder, rows, router=routing, batch_size=batch_size, extra=extra,

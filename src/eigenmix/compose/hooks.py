@@ -19,8 +19,11 @@ def linear_at(model: nn.Module, name: str, shape: tuple[int, int]) -> nn.Linear:
         linear = model.get_submodule(name)
     except AttributeError as err:
         raise InvalidInputError(f"the model has no layer '{name}'") from err
-    if not isinstance(linear, nn.Linear) or tuple(linear.weight.shape) != tuple(shape):
-        raise InvalidInputError(f"layer '{name}' is not an nn.Linear of shape {tuple(shape)}")
+    if not isinstance(linear, nn.Linear):
+        raise InvalidInputError(f"layer '{name}' of the model is a {type(linear).__name__}, not an nn.Linear")
+    if tuple(linear.weight.shape) != tuple(shape):
+        have = tuple(linear.weight.shape)
+        raise InvalidInputError(f"layer '{name}': the module's update is {tuple(shape)} (out, in), the model's nn.Linear is {have}")
     return linear
 
 

@@ -18,12 +18,14 @@ from eigenmix.explain.live import LayerTally
 
 @dataclass(frozen=True)
 class Row:
-    """One probe row: its line in the inputs file, text, group (e.g. its task) and tokens."""
+    """One probe row: its line in the inputs file, text, group (e.g. its task), tokens and
+    the second text of a sentence pair."""
 
     line: int
     text: str
     group: str | None
     tokens: tuple[str, ...]
+    pair: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Explanation:
             row, at = self.rows[i], int(t.peak_token[i, j])
             token = row.tokens[at] if at < len(row.tokens) else "?"
             top.append({"line": row.line, "group": row.group, "token": token, "response": round(float(t.signed_peak[i, j]), 6),
-                        "context": _context(row.tokens, at), "text": row.text[:200]})  # fmt: skip
+                        "context": _context(row.tokens, at), "text": _text(row)})  # fmt: skip
         return {
             "layer": layer, "part": self.parts[int(d.owner[j])], "index": int(d.index[j]),
             "sigma": round(float(d.sigma[j]), 6), "lambda": round(float(d.lam[j]), 6),
@@ -153,7 +155,7 @@ class Explanation:
             "layer_update_norm": {layer: round(float(e) ** 0.5, 6) for layer, e in zip(self.layers, self.layer_energy(), strict=True)},
             "group_shares": {g: dict(zip(self.parts, [round(float(v), 6) for v in row], strict=True))
                              for g, row in zip(self.groups(), self.group_shares(), strict=True)},
-            "inputs": [{"line": r.line, "group": r.group, "top_part": self.parts[int(R[i].argmax())],
+            "inputs": [{"line": r.line, "group": r.group or "all", "top_part": self.parts[int(R[i].argmax())],
                         "shares": dict(zip(self.parts, [round(float(v), 6) for v in R[i]], strict=True))}
                        for i, r in enumerate(self.rows)],
             "tokens": [{"line": self.rows[i].line, "tokens": list(self.rows[i].tokens), "shares": rnd(self.token_shares(i))}
@@ -165,6 +167,12 @@ class Explanation:
         from eigenmix.explain.report import report_body
 
         return report_body(self)
+
+
+def _text(row: Row, limit: int = 200) -> str:
+    """The row's text (and its pair, after ``||``), cut at ``limit`` characters."""
+    text = row.text if row.pair is None else f"{row.text} || {row.pair}"
+    return text[:limit]
 
 
 def _context(tokens: Sequence[str], at: int, width: int = 4) -> str:

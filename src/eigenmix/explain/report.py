@@ -56,7 +56,8 @@ def report_body(ex: Explanation, token_rows: int = 3) -> str:
                "Rows: layers; columns: parts; each cell the part's share of the layer's update over every probe token."),
         "<h2>Per input</h2>",
         figure(figures.input_part(ex), "input by part shares", "Each input's shares over every layer."),
-        *(figure(figures.token_parts(ex, i), f"token shares of line {ex.rows[i].line}", "Per token: which part's update dominates.")
+        *(figure(figures.token_parts(ex, i), f"token shares of line {ex.rows[i].line}",
+                 f"Line {ex.rows[i].line} ({ex.rows[i].group or 'no group'}), per token: each part's share of every layer's update.")
           for i in range(min(token_rows, len(ex.rows)))),
         "<h2>Which part responds to which group of inputs</h2>",
         figure(figures.group_part(ex), "group by part shares", "Rows: groups of inputs (their 'task' field); columns: parts."),

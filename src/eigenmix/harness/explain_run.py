@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose import Library, RoutedModel, Router, load_library
+from eigenmix.compose.hooks import linear_at
 from eigenmix.data.inputs import InputRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.explain import RESIDUAL, Explanation, LayerDirections, Recorder, Row, from_library, from_merge, record_rows
 from eigenmix.harness.library_run import Encoder, add_adapter, load_base
 from eigenmix.io import read_lora_adapter
+from eigenmix.io.peft_lora import adapter_digest
 
 REPORTS = {"merge_report.json": "merged", "tune_report.json": "tuned"}
 
@@ -46,7 +48,9 @@ def load_target(path: Path) -> Target:
         library = load_library(path)
         return Target(path, "library", library, from_library(library), library.names)
     if not (path / "adapter_config.json").is_file():
-        raise InvalidInputError(f"{path}: not an adapter, library or tuned folder (no adapter_config.json or library.json)")
+        raise InvalidInputError(
+            f"{path}: not an adapter, library or tuned folder (no adapter_config.json or library.json; a merged or tuned output has one)"
+        )
     merged = read_lora_adapter(path)
     report = next((name for name in REPORTS if (path / name).is_file()), None)
     if report is None:
@@ -68,13 +72,23 @@ def _plain(name: str) -> str:
 def _report_modules(report: Path) -> list[tuple[str, Path]]:
     """The modules a merge or tune report names: ``(name, folder)`` each, checked to exist."""
     try:
-        entries = json.loads(report.read_text())["config"]["modules"]
+        document = json.loads(report.read_text())
+        entries = document["config"]["modules"]
         out = [(str(e.get("name") or e.get("task") or Path(e["path"]).name), Path(e["path"])) for e in entries]
+        digests = document.get("module_digests") or {}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InvalidInputError(f"{report}: not a merge or tune report (no config.modules with paths)") from None
     for name, folder in out:
         if not (folder / "adapter_config.json").is_file():
-            raise InvalidInputError(f"{report}: module '{name}' was read from {folder}, which holds no adapter now; explaining needs it")
+            where = "" if folder.is_absolute() else f" (relative to the folder the merge ran in, not {Path.cwd()})"
+            raise InvalidInputError(
+                f"{report}: module '{name}' was read from {folder}{where}, which holds no adapter now; explaining needs it"
+            )
+        recorded = digests.get(name) or digests.get(folder.name)
+        if recorded is not None and recorded != adapter_digest(folder):
+            raise InvalidInputError(
+                f"{report}: module '{name}' at {folder} is not the adapter this output was made from (its weights changed)"
+            )
     if RESIDUAL in {name for name, _ in out}:
         raise InvalidInputError(f"{report}: a module named '{RESIDUAL}' would clash with the residual part")
     return [(_plain(name), folder) for name, folder in out]
@@ -124,11 +138,15 @@ def explain_rows(
         if routed is not None:
             routed.detach_hooks()
     order = [layer for layer, _ in encoder.model.named_modules() if layer in target.directions]
-    probe = tuple(Row(r.line, r.text, r.group, tokens[i]) for i, r in enumerate(rows))
+    probe = tuple(Row(r.line, r.text, r.group, tokens[i], r.text_pair) for i, r in enumerate(rows))
     return Explanation(str(target.path), target.kind, target.parts, tuple(order), target.directions, recorder.tallies,
                        recorder.tokens, probe, extra or {})  # fmt: skip
 
 
 def base_for(target: Target, base_model: Path | None, max_length: int) -> Encoder:
-    """The target's base model (or ``base_model``), loaded offline."""
-    return load_base(target.library, base_model, max_length)
+    """The target's base model (or ``base_model``), loaded offline, and checked to have every
+    layer the target updates, of the target's shape (one line naming the first that is not)."""
+    encoder = load_base(target.library, base_model, max_length)
+    for layer, d in target.directions.items():
+        linear_at(encoder.model, layer, d.shape)
+    return encoder

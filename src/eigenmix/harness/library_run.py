@@ -77,16 +77,15 @@ class Encoder:
     max_length: int = 128
 
     def batches(self, rows: Sequence[InputRow], batch_size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
-        """Length-sorted padded batches: (row indices, tokenised batch)."""
-        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].text) + len(rows[i].text_pair or ""), i))
+        """Length-sorted padded batches: (row indices, tokenised batch). Each row is tokenised
+        on its own (a single text never gets an empty pair's extra ``[SEP]`` from a neighbour
+        that has one), so a row's tokens do not depend on the batch it falls in."""
+        ids = [self.tokenizer(r.text, r.text_pair, truncation=True, max_length=self.max_length) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: (len(ids[i]["input_ids"]), i))
         out = []
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            texts = [rows[i].text for i in chunk]
-            pairs = [rows[i].text_pair or "" for i in chunk] if any(rows[i].text_pair is not None for i in chunk) else None
-            out.append(
-                (chunk, self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"))
-            )
+            out.append((chunk, self.tokenizer.pad([dict(ids[i]) for i in chunk], return_tensors="pt")))
         return out
 
 
@@ -96,6 +95,9 @@ def load_base(library: Library, base_model: Path | None, max_length: int = 128) 
     if where is None:
         raise InvalidInputError("the library does not name its base model; give --base-model")
     model, tokenizer = load_encoder(where)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise InvalidInputError(f"--max-length {max_length}: the base model reads at most {positions} tokens a row")
     return Encoder(model.eval().requires_grad_(False), tokenizer, max_length)
 
 

@@ -23,7 +23,7 @@ from eigenmix.harness.tuning import tune_text
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.heads import head_meta, write_heads
-from eigenmix.io.peft_lora import write_lora_files
+from eigenmix.io.peft_lora import adapter_digest, write_lora_files
 from eigenmix.merging import check_compatible
 from eigenmix.modules import Module
 from eigenmix.train.encoder import MINILM_ID, encoder_path
@@ -84,7 +84,9 @@ def run_tune(
             write_lora_files(module, tmp)
             write_heads({task: entry.path for entry, task in zip(config.modules, names, strict=True)}, tmp)
             save_coefficients(comp, tmp, extra={"tune": config.tune.model_dump(mode="json")})
-            report = {"config": config.model_dump(mode="json"), "result": asdict(result), "seconds": round(time.perf_counter() - start, 2)}
+            digests = {task: adapter_digest(entry.path) for entry, task in zip(config.modules, names, strict=True)}
+            report = {"config": config.model_dump(mode="json"), "result": asdict(result), "seconds": round(time.perf_counter() - start, 2),
+                      "module_digests": digests}  # fmt: skip
             (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     finally:
         comp.detach_hooks()

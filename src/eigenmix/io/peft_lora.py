@@ -11,6 +11,7 @@ become ``extras``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -38,6 +39,13 @@ _REFUSED_KEYS = {
     ".lora_A.bias": "LoRA with a bias (lora_A.bias)",
     ".lora_B.bias": "LoRA with a bias (lora_B.bias)",
 }
+
+
+def adapter_digest(folder: Path | str) -> str:
+    """The SHA-256 of an adapter's weights file: what a report records, so that a later
+    reader can tell the adapter it names from another one put in its place."""
+    with (Path(folder) / WEIGHTS_NAME).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _weights_file(folder: Path) -> Path:

@@ -143,7 +143,9 @@ def read_yaml_config(path: Path | str, model: type[M], path_keys: tuple[str, ...
     try:
         if translate is not None:
             raw = translate(raw, path.parent)
-        return model.model_validate(resolve_paths(raw, path.parent, path_keys))
+        return model.model_validate(
+            resolve_paths(raw, path.parent.absolute(), path_keys)
+        )  # absolute: reports name inputs wherever they are read
     except ValidationError as err:
         problems = describe(err, model)
         lead = f"{len(problems)} problems: " if len(problems) > 1 else ""

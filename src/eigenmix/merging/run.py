@@ -17,6 +17,7 @@ from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.full_model import OUT_DTYPES, parse_shard_size, stream_full_model
 from eigenmix.io.heads import check_head, has_head, write_heads
 from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_report
+from eigenmix.io.peft_lora import adapter_digest
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
 from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
@@ -145,7 +146,13 @@ def _run_merge(
             write_extras(extras, tmp)
             outputs = [LayerOutput(layer, min(shapes[layer]), 1.0, min(shapes[layer])) for layer in written]
         write_heads(heads, tmp, config.continue_from)
-        entries = {"config": config.model_dump(mode="json"), "seconds": time.perf_counter() - start, **(report or {})}
+        digests = {e.label: adapter_digest(e.path) for e in config.modules if e.is_adapter}
+        entries = {
+            "config": config.model_dump(mode="json"),
+            "seconds": time.perf_counter() - start,
+            "module_digests": digests,
+            **(report or {}),
+        }
         write_report(tmp / REPORT, entries, outputs)
     return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
 

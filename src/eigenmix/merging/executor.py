@@ -12,6 +12,7 @@ constraints.txt -e ".[ray]"``).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -102,6 +103,7 @@ class RayExecutor:
         }  # fmt: skip
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a merge
+            logging.getLogger("ray").setLevel(logging.ERROR)  # its start-up notes are not the merge's output
             kwargs: dict[str, Any] = {"address": self.address} if self.address else {"num_cpus": self.workers}
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
         task = ray.remote(num_cpus=1, max_retries=0)(merge_remote)

@@ -89,13 +89,15 @@ def test_a_corrupt_head_beside_an_adapter_is_refused_before_merging(two, monkeyp
     assert "head.safetensors" in one_line(capsys)
 
 
-def test_a_fine_tune_equal_to_its_base_is_one_line(tmp_path, monkeypatch, capsys):
+def test_the_base_given_as_a_fine_tune_is_one_line(tmp_path, monkeypatch, capsys):
+    """Fine-tunes are read lazily, so an unchanged copy merges as zero task vectors (as in
+    mergekit); the base itself given as a fine-tune is refused before any work."""
     save_file({"w": torch.ones(3, 4)}, str(tmp_path / "base.safetensors"))
-    save_file({"w": torch.ones(3, 4)}, str(tmp_path / "ft.safetensors"))
     cfg = tmp_path / "merge.yaml"
-    cfg.write_text(yaml.safe_dump({"method": "tsv", "modules": [{"path": "ft.safetensors"}], "base_model": "base.safetensors"}))
+    cfg.write_text(yaml.safe_dump({"method": "tsv", "modules": [{"path": "base.safetensors"}], "base_model": "base.safetensors"}))
     assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / "out") == 2
-    assert "no layer to merge" in one_line(capsys)
+    assert "is the base model itself" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_paths_are_reported_together_with_the_other_problems(two, monkeypatch, capsys):

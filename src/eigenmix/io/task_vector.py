@@ -92,6 +92,8 @@ def load_task_vector(
         InvalidInputError: no shared tensor, an unreadable or pickled checkpoint.
         ShapeMismatchError: a shared tensor of another shape.
     """
+    if Path(base).resolve() == Path(finetuned).resolve():
+        raise InvalidInputError(f"{finetuned}: is the base model itself; a fine-tune's task vector is taken against its base")
     rb, rf = CheckpointReader(base), CheckpointReader(finetuned)
     try:
         ft_to_base = align_names(rb.keys(), rf.keys())

@@ -92,10 +92,14 @@ def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = N
     """Merge one layer's deltas as ``plan`` says; a result that is not finite is an error."""
     if plan.method.continual is not None and plan.method.continual.sequential:
         raise InvalidInputError(f"'{plan.method.name}' is sequential: it merges whole modules in order (merge, iter_merge), not one layer")
-    ctx = context(plan, item, thresholds)
     dtype, p = work_dtype(item.deltas), plan.params
-    inputs = method_inputs(plan, item)
     rule = plan.method.vector_rule(p)
+    if plan.method.linear_map and all(isinstance(d, DenseDelta) for d in item.deltas):  # dense task vectors: no SVD
+        summed = DenseDelta(linear_combination(item, rule, p.scale, dtype))
+        _check_finite(item.layer, summed)
+        return summed
+    ctx = context(plan, item, thresholds)
+    inputs = method_inputs(plan, item)
     if plan.method.kind == "elementwise" or (not item.is_matrix and rule == "method"):
         out: AnyDelta = DenseDelta(plan.method.fn(*inputs, p, ctx).to(dtype))
     elif not item.is_matrix:
@@ -107,6 +111,18 @@ def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = N
         out = SpectralDelta(result.U.to(dtype), result.S.to(dtype), result.V.to(dtype))
     _check_finite(item.layer, out)
     return out
+
+
+def linear_combination(item: LayerInput, rule: str, scale: float, dtype: torch.dtype) -> Tensor:
+    """``scale · Σ_k w_k ΔW_k`` (divided as ``rule`` says), accumulated one delta at a time in
+    ``dtype`` (float32 unless an input is float64): one layer's sum and one delta in memory."""
+    total: Tensor | None = None
+    for delta, weight in zip(item.deltas, item.weights, strict=True):
+        term = delta.dense().to(dtype) * weight
+        total = term if total is None else total.add_(term)
+    assert total is not None
+    divisor = {"sum": 1.0, "mean": float(len(item.deltas)), "weighted_mean": float(sum(item.weights))}[rule]
+    return total.mul_(scale / divisor)
 
 
 def _check_finite(layer: str, delta: AnyDelta) -> None:

@@ -82,6 +82,9 @@ class MergeMethod:
         continual: for methods that can fold one more module into an earlier result
             (:class:`eigenmix.merging.continual.Continual`); a ``sequential`` one merges
             all at once by folding the modules in, in order (OPCM).
+        linear_map: its matrices merge by its vector rule too (a fixed linear combination of
+            the deltas: ``linear``, ``task_arithmetic``), so dense deltas are summed directly,
+            with no SVD.
         calibration: the layer-input statistics the method needs (``"own"``: each task's
             inputs to its own model; ``"merged"``: to the merged model's earlier blocks),
             or None (:mod:`eigenmix.merging.calibration`).
@@ -99,6 +102,7 @@ class MergeMethod:
     keep_count: Callable[[int, Any], int] | None = None
     continual: Any = None  # eigenmix.merging.continual.Continual: folds one more module into a stored state
     calibration: CalibrationKind | None = None
+    linear_map: bool = False
 
     def vector_rule(self, params: MergeParams) -> VectorRule:
         return self.vectors(params) if callable(self.vectors) else self.vectors
@@ -150,6 +154,7 @@ def register(
     keep_count: Callable[[int, Any], int] | None = None,
     continual: Any = None,
     calibration: CalibrationKind | None = None,
+    linear_map: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Class-free registration of a per-layer merge function under ``name``.
 
@@ -160,7 +165,7 @@ def register(
             raise ValueError(f"merge method '{name}' is already registered")
         rule = vectors if vectors is not None else ("method" if kind == "elementwise" else "sum")
         _REGISTRY[name] = MergeMethod(
-            name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual, calibration
+            name, fn, params, kind, description, paper, url, rule, trim_values, keep_count, continual, calibration, linear_map
         )
         return fn
 

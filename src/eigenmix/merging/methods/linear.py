@@ -22,6 +22,7 @@ class LinearParams(MergeParams):
     url="https://arxiv.org/abs/2203.05482",
     vectors=lambda p: "weighted_mean" if p.normalize else "sum",  # as its matrices
     continual=SUM,
+    linear_map=True,
 )
 def linear(layer: LayerSpectra, p: LinearParams, ctx: LayerContext) -> SVD:
     core = layer.weighted_sum()

@@ -22,6 +22,7 @@ class TaskArithmeticParams(MergeParams):
     url="https://arxiv.org/abs/2212.04089",
     vectors="sum",
     continual=SUM,
+    linear_map=True,
 )
 def task_arithmetic(layer: LayerSpectra, p: TaskArithmeticParams, ctx: LayerContext) -> SVD:
     return layer.lift(p.scale * layer.weighted_sum())

@@ -4,6 +4,7 @@ pickle file, and for NaN / Inf values. eigenmix never unpickles."""
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -92,6 +93,32 @@ def read_safetensors(path: Path | str) -> dict[str, Tensor]:
     return tensors
 
 
+class _Layout:
+    """Where each tensor's bytes lie in one safetensors file (from its header, which
+    ``safe_open`` has already validated)."""
+
+    def __init__(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        self.start = 8 + size
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+
+    def read(self, fh: Any, name: str) -> Tensor:
+        """The tensor's bytes read straight into a fresh tensor (no memory map: the pages stay
+        in the page cache, not in this process's resident memory)."""
+        entry = self.entries[name]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        out = torch.empty(tuple(entry["shape"]), dtype=dtype)
+        if end > begin:
+            fh.seek(self.start + begin)
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            if fh.readinto(view) != end - begin:
+                raise ValueError(f"tensor '{name}' is truncated")
+        return out
+
+
 class CheckpointReader:
     """Lazy, tensor-at-a-time reader of a full checkpoint in safetensors.
 
@@ -105,11 +132,15 @@ class CheckpointReader:
         self._files = self._resolve(self.path)
         self._stack = ExitStack()
         self._handles = {}
+        self._layouts: dict[Path, _Layout] = {}
+        self._files_open: dict[Path, Any] = {}
         self._where: dict[str, Path] = {}
         try:
             for file in self._files:
-                handle = self._stack.enter_context(safe_open(str(file), framework="pt"))
+                handle = self._stack.enter_context(safe_open(str(file), framework="pt"))  # validates the header
                 self._handles[file] = handle
+                self._layouts[file] = _Layout(file)
+                self._files_open[file] = self._stack.enter_context(file.open("rb"))
                 for name in handle.keys():  # noqa: SIM118
                     self._where[name] = file
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -159,11 +190,11 @@ class CheckpointReader:
             raise InvalidInputError(f"{self._where[name]}: tensor '{name}' has dtype {code}, which eigenmix does not read") from None
 
     def get(self, name: str) -> Tensor:
-        """Read one tensor, checked for NaN / Inf."""
+        """Read one tensor (plain reads, no memory map), checked for NaN / Inf."""
         file = self._where[name]
         try:
-            tensor = self._handles[file].get_tensor(name)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            tensor = self._layouts[file].read(self._files_open[file], name)
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
             raise _bad_file(file, err) from err
         check_finite(name, tensor, file)
         return tensor

@@ -166,6 +166,7 @@ def main() -> None:
         row["time_ratio_eigenmix_over_mergekit"] = round(row["eigenmix"]["seconds"] / row["mergekit"]["seconds"], 3)
         row["rss_ratio_eigenmix_over_mergekit"] = round(row["eigenmix"]["peak_rss_gb"] / row["mergekit"]["peak_rss_gb"], 3)
         results["methods"][method] = row
+        write_result(args.json, {**results, "partial": True})  # each method as soon as it is measured
         for tool in ("mergekit", "eigenmix"):
             shutil.rmtree(root / f"out-{tool}-{method}", ignore_errors=True)
     native = {"base_model": str((root / "base").resolve()), "modules": [{"path": str((root / f"ft{k}").resolve())} for k in range(3)],
@@ -193,7 +194,7 @@ def main() -> None:
             shutil.rmtree(root / "out-ray", ignore_errors=True)
         results["ray"]["speed_up_2_over_1"] = round(results["ray"]["1"]["seconds"] / results["ray"]["2"]["seconds"], 2)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
-    results["command"] = f"python benchmarks/merge_scale.py --json {args.json} --size {args.size} --threads {args.threads}"
+    results["command"] = "python benchmarks/merge_scale.py " + " ".join(sys.argv[1:])
     write_result(args.json, results)
 
 

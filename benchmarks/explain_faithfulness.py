@@ -42,7 +42,7 @@ from eigenmix.bench.runner import ensure_adapters, load_bench_tasks
 from eigenmix.bench.settings import make_settings
 from eigenmix.compose import Library
 from eigenmix.data.inputs import InputRow
-from eigenmix.explain import Explanation, Recorder, Row, figures, from_library, from_merge
+from eigenmix.explain import Explanation, Recorder, Row, figures, from_library, from_merge, shares
 from eigenmix.explain.report import report_html
 from eigenmix.harness.evaluator import load_head
 from eigenmix.harness.library_run import Encoder
@@ -119,11 +119,7 @@ def main() -> None:
     layers = [name for name, _ in model.named_modules() if name in directions]
 
     recorder = Recorder(model, directions, len(names), len(rows))
-    tokens = {}
-    for chunk, batch in batches:
-        for j, i in enumerate(chunk):
-            n = int(batch["attention_mask"][j].sum())
-            tokens[i] = tuple(tokenizer.convert_ids_to_tokens(batch["input_ids"][j][:n].tolist()))
+    tokens = encoder.tokens(batches)
     t0 = time.perf_counter()
     full = run_pass(encoder, recorder, batches, record=True)
     explain_seconds = time.perf_counter() - t0
@@ -133,7 +129,8 @@ def main() -> None:
 
     # every direction of every layer, per row: its share of its layer's update on that row
     sizes = [int(directions[layer].sigma.shape[0]) for layer in layers]
-    share = torch.cat([shares_of(recorder.tallies[layer]) for layer in layers], 1)  # (R, Σ D)
+    numerators = [recorder.tallies[layer].directions for layer in layers]  # (R, D) each
+    share = torch.cat([shares(n, n.sum(1, keepdim=True)).float() for n in numerators], 1)  # (R, Σ D): of its layer's update
     g = torch.Generator().manual_seed(args.seed)
     random_order = torch.stack([torch.randperm(share.shape[1], generator=g) for _ in range(len(rows))])
     orders = {
@@ -221,12 +218,6 @@ def main() -> None:
         "module_identification_relative_mean": round(sum(relative_identification.values()) / len(relative_identification), 4),
         "direction_meanings": meanings,
     })  # fmt: skip
-
-
-def shares_of(tally) -> torch.Tensor:
-    """``(R, D)`` each direction's share of its layer's update on each row."""
-    energy = tally.directions.sum(1, keepdim=True)
-    return torch.where(energy > 0, tally.directions / energy.clamp(min=1e-300), torch.zeros_like(tally.directions)).float()
 
 
 def screenshot(page: Path, out: Path) -> None:

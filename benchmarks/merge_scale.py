@@ -64,20 +64,12 @@ def write_checkpoint(folder: Path, c: dict, seed: int, base: Path | None) -> Non
     from transformers import LlamaConfig
 
     from eigenmix.io import CheckpointReader
-    from eigenmix.io.full_model import INDEX, shard_names
+    from eigenmix.io.full_model import INDEX, plan_shards, shard_names
     from eigenmix.io.stream_writer import StreamWriter
 
     folder.mkdir(parents=True)
     names = shapes(c)
-    groups: list[list[str]] = [[]]
-    count = 0
-    for name, shape in names.items():
-        n = int(torch.Size(shape).numel())
-        if groups[-1] and count + n > 1_000_000_000:
-            groups.append([])
-            count = 0
-        groups[-1].append(name)
-        count += n
+    groups = plan_shards(names, 1_000_000_000)
     files = shard_names(len(groups))
     g = torch.Generator().manual_seed(seed)
     reader = CheckpointReader(base) if base is not None else None

@@ -41,11 +41,8 @@ def responses(x: Tensor, parts: LayerDirections, gate: Tensor | None = None) -> 
     return a if gate is None else a * gate.to(torch.float64)
 
 
-def moments(a: Tensor, mask: Tensor | None = None) -> Tensor:
-    """``S`` ``(rows, D, D)``: ``Σ_t a_t a_tᵀ`` over each row's real tokens (``mask``
-    ``(rows, tokens)``, 1 = real)."""
-    if mask is not None:
-        a = a * mask.to(a.dtype).unsqueeze(-1)
+def moments(a: Tensor) -> Tensor:
+    """``S`` ``(rows, D, D)``: ``Σ_t a_t a_tᵀ`` over each row's tokens (padding masked to 0 by the caller)."""
     return torch.einsum("rtd,rte->rde", a, a)
 
 

@@ -17,7 +17,7 @@ own directions (TIES, RegMean, TSV rotate or cut them). Three sources give these
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -110,23 +110,22 @@ def from_composition(comp: Composition) -> dict[str, LayerDirections]:
     return from_factors(comp.factors, {layer: comp.lambdas(layer) for layer in comp.factors})
 
 
-def fit_coefficients(delta: AnyDelta, parts: LayerDirections) -> Tensor:
-    """The λ ``(D,)`` that make ``Σ_d λ_d σ_d u_d v_dᵀ`` closest to ``delta`` in Frobenius norm.
+def fit_coefficients(f: SVD, parts: LayerDirections) -> Tensor:
+    """The λ ``(D,)`` that make ``Σ_d λ_d σ_d u_d v_dᵀ`` closest to ``ΔW = U diag(S) Vᵀ``
+    (``f``, float64) in Frobenius norm.
 
     The normal equations are D×D: ``H_de = σ_d σ_e (u_dᵀu_e)(v_dᵀv_e)`` and
-    ``b_d = σ_d u_dᵀ ΔW v_d``, with ``u_dᵀ ΔW v_d`` from the delta's factors (no m×n
-    matrix). Least-norm where directions repeat (``lstsq``)."""
-    f = delta.svd64()
+    ``b_d = σ_d u_dᵀ ΔW v_d``, with ``u_dᵀ ΔW v_d`` from the factors (no m×n matrix).
+    Least-norm where directions repeat (``lstsq``)."""
     G = (parts.U.T @ parts.U) * (parts.V.T @ parts.V)  # (D, D)
     H = parts.sigma[:, None] * G * parts.sigma[None, :]
     b = parts.sigma * (((parts.U.T @ f.U) * f.S) * (parts.V.T @ f.V)).sum(1)  # σ_d u_dᵀ U S Vᵀ v_d
     return torch.linalg.lstsq(H, b[:, None], driver="gelsd").solution[:, 0]
 
 
-def residual_form(delta: AnyDelta, parts: LayerDirections) -> SVD:
-    """The exact SVD of ``ΔW − Σ_d w_d u_d v_dᵀ``, from stacked factors, cut at the
-    numerical rank of ``ΔW`` (its parts below float64 roundoff of ``‖ΔW‖`` are noise)."""
-    f = delta.svd64()
+def residual_form(f: SVD, parts: LayerDirections) -> SVD:
+    """The exact SVD of ``ΔW − Σ_d w_d u_d v_dᵀ`` (``ΔW = U diag(S) Vᵀ``: ``f``, float64),
+    from stacked factors, cut where ``ΔW``'s float32 storage leaves only noise."""
     B = torch.cat([f.U * f.S, -parts.U * parts.weight], 1)  # (m, r + D)
     A = torch.cat([f.V, parts.V], 1).T  # (r + D, n)
     r = factored_svd(B, A, dtype=torch.float64)
@@ -145,13 +144,13 @@ def from_merge(merged: Mapping[str, AnyDelta], library: Library) -> dict[str, La
         parts = modules[layer]
         if tuple(delta.shape) != parts.shape:
             raise ShapeMismatchError(f"layer '{layer}': the merged adapter is {tuple(delta.shape)}, its modules {parts.shape}")
-        fitted = LayerDirections(parts.U, parts.V, parts.sigma, fit_coefficients(delta, parts), parts.owner, parts.index)
-        rest = residual_form(delta, fitted)
+        f = delta.svd64()
+        fitted = replace(parts, lam=fit_coefficients(f, parts))
+        rest = residual_form(f, fitted)
         if rest.S.numel() == 0:
             out[layer] = fitted
             continue
         extra = _join([(len(library), rest, torch.ones_like(rest.S))])
-        out[layer] = LayerDirections(*(torch.cat([a, b]) if a.ndim == 1 else torch.cat([a, b], 1) for a, b in zip(
-            (fitted.U, fitted.V, fitted.sigma, fitted.lam, fitted.owner, fitted.index),
-            (extra.U, extra.V, extra.sigma, extra.lam, extra.owner, extra.index), strict=True)))  # fmt: skip
+        # side by side: directions are the last dimension of every field
+        out[layer] = LayerDirections(*(torch.cat([getattr(fitted, k.name), getattr(extra, k.name)], -1) for k in fields(LayerDirections)))
     return out

@@ -69,14 +69,18 @@ class Explanation:
         return torch.stack([self.tallies[layer].parts.sum((0, 1, 2)) for layer in self.layers]) / max(count, 1)
 
     # --- per row -----------------------------------------------------------------------
+    def _row_layer_numerators(self) -> Tensor:
+        """``(R, L, P)`` each part's share numerator per row and layer (``Σ_l ⟨y_k, y_l⟩``)."""
+        return torch.stack([self.tallies[layer].parts.sum(-1) for layer in self.layers], 1)
+
     def row_layer_shares(self) -> Tensor:
         """``(R, L, P)`` each part's share of each layer's update on each row."""
-        X = torch.stack([self.tallies[layer].parts.sum(-1) for layer in self.layers], 1)  # (R, L, P)
+        X = self._row_layer_numerators()
         return shares(X, X.sum(-1, keepdim=True))
 
     def row_shares(self) -> Tensor:
         """``(R, P)`` each part's share of the updates of every layer on each row."""
-        X = torch.stack([self.tallies[layer].parts.sum(-1) for layer in self.layers], 1).sum(1)  # (R, P)
+        X = self._row_layer_numerators().sum(1)  # (R, P)
         return shares(X, X.sum(-1, keepdim=True))
 
     def token_shares(self, row: int) -> Tensor:
@@ -91,7 +95,7 @@ class Explanation:
 
     def group_shares(self) -> Tensor:
         """``(groups, P)``: each part's share of every layer's update over each group's rows."""
-        X = torch.stack([self.tallies[layer].parts.sum(-1) for layer in self.layers], 1).sum(1)  # (R, P)
+        X = self._row_layer_numerators().sum(1)  # (R, P)
         names = self.groups()
         index = torch.tensor([names.index(r.group or "all") for r in self.rows])
         G = X.new_zeros(len(names), X.shape[1]).index_add_(0, index, X)

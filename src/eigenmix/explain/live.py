@@ -102,24 +102,20 @@ class Recorder:
         return change
 
     def _tally(self, layer: str, a: Tensor) -> None:
-        t, G, rows, mask = self.tallies[layer], self.grams[layer], self._rows, self._mask
+        t, G, rows, owner = self.tallies[layer], self.grams[layer], self._rows, self.directions[layer].owner
         assert rows is not None
-        S = moments(a, mask)  # (rows, D, D)
+        real = a if self._mask is None else a * self._mask.to(a.dtype).unsqueeze(-1)  # padding responds 0
+        S = moments(real)  # (rows, D, D)
         t.S += S.sum(0)
-        t.parts[rows] += part_matrix(S, G, self.directions[layer].owner, self.parts)
+        t.parts[rows] += part_matrix(S, G, owner, self.parts)
         t.directions[rows] += numerators(S, G)
-        real = a if mask is None else a * mask.to(a.dtype).unsqueeze(-1)
         peak, where = real.abs().max(1)  # (rows, D)
         t.peak[rows], t.peak_token[rows] = peak, where
         t.signed_peak[rows] = real.gather(1, where.unsqueeze(1)).squeeze(1)
-        num, energy = token_numerators(a, G, self.directions[layer].owner, self.parts)
+        num, energy = token_numerators(real, G, owner, self.parts)
         for j, row in enumerate(rows.tolist()):
-            n_j, e_j = num[j], energy[j]
-            if mask is not None:
-                n_j, e_j = n_j * mask[j].unsqueeze(-1), e_j * mask[j]
-            if row in self.tokens:
-                n_j, e_j = n_j + self.tokens[row][0], e_j + self.tokens[row][1]
-            self.tokens[row] = (n_j, e_j)
+            before = self.tokens.get(row)
+            self.tokens[row] = (num[j], energy[j]) if before is None else (num[j] + before[0], energy[j] + before[1])
 
     @torch.no_grad()
     def run(self, model: nn.Module, batch: Mapping[str, Tensor], rows: Sequence[int], *, keep: Mapping[str, Tensor] | None = None,

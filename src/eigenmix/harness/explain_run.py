@@ -126,11 +126,7 @@ def explain_rows(
     gate = routed_gate(routed, target.directions) if routed is not None else None
     recorder = Recorder(encoder.model, target.directions, len(target.parts), len(rows), apply=routed is None, gate=gate)
     batches = encoder.batches(rows, batch_size)
-    tokens: dict[int, tuple[str, ...]] = {}
-    for chunk, batch in batches:
-        for j, i in enumerate(chunk):
-            n = int(batch["attention_mask"][j].sum())
-            tokens[i] = tuple(encoder.tokenizer.convert_ids_to_tokens(batch["input_ids"][j][:n].tolist()))
+    tokens = encoder.tokens(batches)
     try:
         record_rows(routed or encoder.model, recorder, batches, on_batch)
     finally:

@@ -88,6 +88,15 @@ class Encoder:
             out.append((chunk, self.tokenizer.pad([dict(ids[i]) for i in chunk], return_tensors="pt")))
         return out
 
+    def tokens(self, batches: Sequence[tuple[list[int], dict[str, Tensor]]]) -> dict[int, tuple[str, ...]]:
+        """Each row's tokens (its real ones, as strings) in ``batches`` of :meth:`batches`."""
+        out = {}
+        for chunk, batch in batches:
+            for j, i in enumerate(chunk):
+                n = int(batch["attention_mask"][j].sum())
+                out[i] = tuple(self.tokenizer.convert_ids_to_tokens(batch["input_ids"][j][:n].tolist()))
+        return out
+
 
 def load_base(library: Library, base_model: Path | None, max_length: int = 128) -> Encoder:
     """The library's base model (or ``base_model``), loaded offline."""

@@ -8,6 +8,7 @@ one tensor of the output at a time, whatever the model size.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -73,15 +74,13 @@ def base_targets(shapes: Mapping[str, tuple[int, ...]], reader: CheckpointReader
     return out
 
 
-def plan_shards(reader: CheckpointReader, shard_size: int) -> list[list[str]]:
-    """The base tensors in the base's order, cut into shards of at most ``shard_size``
-    parameters (a larger tensor gets a shard of its own)."""
+def plan_shards(shapes: Mapping[str, tuple[int, ...]], shard_size: int) -> list[list[str]]:
+    """Tensor names, in order, cut into shards of at most ``shard_size`` parameters (a
+    larger tensor gets a shard of its own)."""
     shards: list[list[str]] = [[]]
     count = 0
-    for name in reader.keys():  # noqa: SIM118 - a reader, not a dict
-        n = 1
-        for d in reader.shape(name):
-            n *= d
+    for name, shape in shapes.items():
+        n = math.prod(shape)
         if shards[-1] and count + n > shard_size:
             shards.append([])
             count = 0
@@ -113,7 +112,7 @@ def stream_full_model(
     with CheckpointReader(base) as reader:
         targets = base_targets(shapes, reader)
         by_tensor = {t: layer for layer, t in targets.items()}
-        shards = plan_shards(reader, shard_size)
+        shards = plan_shards({name: reader.shape(name) for name in reader.keys()}, shard_size)  # noqa: SIM118 - a reader
         files = shard_names(len(shards))
         where = {name: i for i, names in enumerate(shards) for name in names}
         writers = [StreamWriter(folder / f, names, metadata={"format": "pt"}) for f, names in zip(files, shards, strict=True)]

@@ -131,17 +131,16 @@ class CheckpointReader:
         self.path = Path(path)
         self._files = self._resolve(self.path)
         self._stack = ExitStack()
-        self._handles = {}
         self._layouts: dict[Path, _Layout] = {}
         self._files_open: dict[Path, Any] = {}
         self._where: dict[str, Path] = {}
         try:
             for file in self._files:
-                handle = self._stack.enter_context(safe_open(str(file), framework="pt"))  # validates the header
-                self._handles[file] = handle
+                with safe_open(str(file), framework="pt") as handle:  # validates the header; its order of names
+                    names = list(handle.keys())
                 self._layouts[file] = _Layout(file)
                 self._files_open[file] = self._stack.enter_context(file.open("rb"))
-                for name in handle.keys():  # noqa: SIM118
+                for name in names:
                     self._where[name] = file
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             self._stack.close()
@@ -179,11 +178,11 @@ class CheckpointReader:
         return name in self._where
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+        return tuple(self._layouts[self._where[name]].entries[name]["shape"])
 
     def dtype(self, name: str) -> torch.dtype:
         """The stored dtype of ``name`` (from the header)."""
-        code = self._handles[self._where[name]].get_slice(name).get_dtype()
+        code = self._layouts[self._where[name]].entries[name]["dtype"]
         try:
             return SAFETENSORS_DTYPES[code]
         except KeyError:

@@ -104,13 +104,18 @@ def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = N
         out: AnyDelta = DenseDelta(plan.method.fn(*inputs, p, ctx).to(dtype))
     elif not item.is_matrix:
         stacked, w = inputs
-        divisor = {"sum": 1.0, "mean": float(len(item.deltas)), "weighted_mean": float(w.sum())}[rule]
+        divisor = vector_divisor(rule, item.weights)
         out = DenseDelta((p.scale * weighted(stacked, w).sum(0) / divisor).to(dtype))
     else:
         result = plan.method.fn(*inputs, p, ctx)
         out = SpectralDelta(result.U.to(dtype), result.S.to(dtype), result.V.to(dtype))
     _check_finite(item.layer, out)
     return out
+
+
+def vector_divisor(rule: str, weights: Sequence[float]) -> float:
+    """What a vector rule divides the weighted sum by: 1 (sum), K (mean) or ``Σ w`` (weighted mean)."""
+    return {"sum": 1.0, "mean": float(len(weights)), "weighted_mean": float(sum(weights))}[rule]
 
 
 def linear_combination(item: LayerInput, rule: str, scale: float, dtype: torch.dtype) -> Tensor:
@@ -121,7 +126,7 @@ def linear_combination(item: LayerInput, rule: str, scale: float, dtype: torch.d
         term = delta.dense().to(dtype) * weight
         total = term if total is None else total.add_(term)
     assert total is not None
-    divisor = {"sum": 1.0, "mean": float(len(item.deltas)), "weighted_mean": float(sum(item.weights))}[rule]
+    divisor = vector_divisor(rule, item.weights)
     return total.mul_(scale / divisor)
 
 

@@ -74,6 +74,19 @@ def from_mergekit(raw: dict[str, Any], root: Path = Path()) -> dict[str, Any]:
     if source not in (None, "base"):
         raise InvalidInputError(f"mergekit key 'tokenizer_source': '{source}'; eigenmix copies the base model's tokenizer (use 'base')")
     top = _plain(raw.get("parameters") or {}, "parameters")
+    params = _parameters(top, defaults, name)
+    modules, base_weight = _models(raw.get("models") or [], base, top, params, name, root)
+    if method == "linear" and params.pop("normalize"):  # base + Σ w τ / (w_base + Σ w): the weighted average of every listed model
+        total = base_weight + sum(float(m["weight"]) for m in modules)
+        if abs(total) < 1e-8:
+            raise InvalidInputError("mergekit key 'models[].parameters.weight': the weights add up to 0; linear divides by their sum")
+        modules = [{**m, "weight": m["weight"] / total} for m in modules]
+        params["normalize"] = False
+    return {"method": method, "base_model": base, "parameters": params, "modules": modules, "output": _output(raw)}
+
+
+def _parameters(top: dict[str, Any], defaults: dict[str, Any], name: str) -> dict[str, Any]:
+    """The method's parameters: mergekit's defaults, then the top-level ``parameters``."""
     params = dict(defaults)
     shared = {"lambda": "scale", "normalize": "normalize", "density": "density", "rescale": "rescale"}
     for key, value in top.items():
@@ -82,10 +95,18 @@ def from_mergekit(raw: dict[str, Any], root: Path = Path()) -> dict[str, Any]:
         if key not in shared or shared[key] not in params:
             raise InvalidInputError(f"mergekit key 'parameters.{key}': not a parameter of {name} that eigenmix reads")
         params[shared[key]] = ("l1" if value else "none") if key == "rescale" else value
+    return params
+
+
+def _models(
+    entries: list[Any], base: str, top: dict[str, Any], params: dict[str, Any], name: str, root: Path
+) -> tuple[list[dict[str, Any]], float]:
+    """``modules`` entries (path, weight) of every model but the base, and the base's own
+    weight (0 where it is not listed); the one density goes into ``params``."""
     modules: list[dict[str, Any]] = []
     densities: set[float] = set()
     base_weight = 0.0
-    for i, entry in enumerate(raw.get("models") or []):
+    for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
             raise InvalidInputError(f"mergekit key 'models[{i}]': give {{model: PATH, parameters: {{...}}}}")
         path = _local(entry["model"], f"models[{i}].model", root)
@@ -109,20 +130,18 @@ def from_mergekit(raw: dict[str, Any], root: Path = Path()) -> dict[str, Any]:
         )
     if densities:
         params["density"] = densities.pop()
-    if method == "linear" and params.pop("normalize"):  # base + Σ w τ / (w_base + Σ w): the weighted average of every listed model
-        total = base_weight + sum(float(m["weight"]) for m in modules)
-        if abs(total) < 1e-8:
-            raise InvalidInputError("mergekit key 'models[].parameters.weight': the weights add up to 0; linear divides by their sum")
-        modules = [{**m, "weight": m["weight"] / total} for m in modules]
-        params["normalize"] = False
+    return modules, base_weight
+
+
+def _output(raw: dict[str, Any]) -> dict[str, Any]:
+    """A full model (all mergekit writes), in ``out_dtype`` or ``dtype`` where given."""
     dtype = raw.get("out_dtype") or raw.get("dtype")
-    output: dict[str, Any] = {"kind": "full"}
-    if dtype is not None:
-        if dtype not in DTYPES:
-            key = "out_dtype" if raw.get("out_dtype") else "dtype"
-            raise InvalidInputError(f"mergekit key '{key}': '{dtype}' (eigenmix writes float32, bfloat16 or float16)")
-        output["dtype"] = DTYPES[dtype]
-    return {"method": method, "base_model": base, "parameters": params, "modules": modules, "output": output}
+    if dtype is None:
+        return {"kind": "full"}
+    if dtype not in DTYPES:
+        key = "out_dtype" if raw.get("out_dtype") else "dtype"
+        raise InvalidInputError(f"mergekit key '{key}': '{dtype}' (eigenmix writes float32, bfloat16 or float16)")
+    return {"kind": "full", "dtype": DTYPES[dtype]}
 
 
 def _local(ref: str, key: str, root: Path) -> str:

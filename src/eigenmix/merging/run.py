@@ -85,76 +85,63 @@ def run_merge(
     (default: the cores not already busy; small dense algebra always runs on one)."""
     threads = config.threads or default_threads()
     with torch_threads(threads):
-        return _run_merge(
-            config, dest, modules=modules, on_layer=on_layer, calibration=calibration, report={**(report or {}), "threads": threads}
-        )
+        start = time.perf_counter()
+        modules = modules if modules is not None else load_modules(config)
+        plan = config.plan(calibration)
+        extras = merged_extras(modules, config.extras)
+        heads = side_heads(config)
+        results: list[LayerResult] = []
 
+        def record(result: LayerResult) -> None:
+            results.append(result)
+            if on_layer is not None:
+                on_layer(result)
 
-def _run_merge(
-    config: MergeConfig,
-    dest: Destination,
-    *,
-    modules: list[Module] | None = None,
-    on_layer: Callable[[LayerResult], None] | None = None,
-    calibration: object = None,
-    report: dict | None = None,
-) -> MergeRun:
-    start = time.perf_counter()
-    modules = modules if modules is not None else load_modules(config)
-    plan = config.plan(calibration)
-    extras = merged_extras(modules, config.extras)
-    heads = side_heads(config)
-    results: list[LayerResult] = []
-
-    def record(result: LayerResult) -> None:
-        results.append(result)
-        if on_layer is not None:
-            on_layer(result)
-
-    continual = plan.method.continual
-    state = continued_state(config, modules) if config.continue_from is not None else None
-    if state is None and continual is not None and continual.sequential:
-        state = fold_all(modules, plan.method.name, plan.params, plan.weights)
-    dtype = modules_work_dtype(modules)
-    executor = None
-    if config.executor.kind == "ray":
-        if state is not None:
-            raise InvalidInputError(f"'{plan.method.name}' folds modules into a stored state; it runs on the local executor")
-        executor = RayExecutor(config.executor.address, config.executor.workers, threads=config.threads or 1)
-    merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan, executor)
-    kept: dict[str, AnyDelta] = {}
-    with atomic_dir(dest) as tmp:
-        if config.output.kind == "adapter":  # streamed: each layer is written as soon as it is merged
-            names = list(state.layers) if state is not None else list(dict.fromkeys(name for m in modules for name in m.layers))
-            outputs = stream_merged_adapter(
-                _reporting(merged, record, kept if continual is not None and state is None else None), names, tmp,
-                config.output.rank, base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
-            )  # fmt: skip
-            write_extras(extras, tmp)
-            if continual is not None:  # what a later merge folds more modules into
-                save_state(state or from_merged(plan.method.name, plan.params, [e.label for e in config.modules], plan.weights, kept,
-                                                base_model=modules[0].base_model), tmp)  # fmt: skip
-        else:
-            if config.base_model is None:
-                raise InvalidInputError("output.kind 'full' needs 'base_model'")
-            shapes = {layer: _state_shape(d) for layer, d in state.layers.items()} if state is not None else _shapes(modules)
-            out = config.output
-            written = stream_full_model(
-                _reporting(merged, record), shapes, config.base_model, tmp, shard_size=parse_shard_size(out.shard_size),
-                dtype=OUT_DTYPES[out.dtype] if out.dtype != "base" else None,
-            )  # fmt: skip
-            write_extras(extras, tmp)
-            outputs = [LayerOutput(layer, min(shapes[layer]), 1.0, min(shapes[layer])) for layer in written]
-        write_heads(heads, tmp, config.continue_from)
-        digests = {e.label: adapter_digest(e.path) for e in config.modules if e.is_adapter}
-        entries = {
-            "config": config.model_dump(mode="json"),
-            "seconds": time.perf_counter() - start,
-            "module_digests": digests,
-            **(report or {}),
-        }
-        write_report(tmp / REPORT, entries, outputs)
-    return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
+        continual = plan.method.continual
+        state = continued_state(config, modules) if config.continue_from is not None else None
+        if state is None and continual is not None and continual.sequential:
+            state = fold_all(modules, plan.method.name, plan.params, plan.weights)
+        dtype = modules_work_dtype(modules)
+        executor = None
+        if config.executor.kind == "ray":
+            if state is not None:
+                raise InvalidInputError(f"'{plan.method.name}' folds modules into a stored state; it runs on the local executor")
+            executor = RayExecutor(config.executor.address, config.executor.workers, threads=config.threads or 1)
+        merged = state_layers(state, dtype) if state is not None else run_plan(modules, plan, executor)
+        kept: dict[str, AnyDelta] = {}
+        with atomic_dir(dest) as tmp:
+            if config.output.kind == "adapter":  # streamed: each layer is written as soon as it is merged
+                names = list(state.layers) if state is not None else list(dict.fromkeys(name for m in modules for name in m.layers))
+                outputs = stream_merged_adapter(
+                    _reporting(merged, record, kept if continual is not None and state is None else None), names, tmp,
+                    config.output.rank, base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
+                )  # fmt: skip
+                write_extras(extras, tmp)
+                if continual is not None:  # what a later merge folds more modules into
+                    save_state(state or from_merged(plan.method.name, plan.params, [e.label for e in config.modules], plan.weights, kept,
+                                                    base_model=modules[0].base_model), tmp)  # fmt: skip
+            else:
+                if config.base_model is None:
+                    raise InvalidInputError("output.kind 'full' needs 'base_model'")
+                shapes = {layer: _state_shape(d) for layer, d in state.layers.items()} if state is not None else _shapes(modules)
+                out = config.output
+                written = stream_full_model(
+                    _reporting(merged, record), shapes, config.base_model, tmp, shard_size=parse_shard_size(out.shard_size),
+                    dtype=OUT_DTYPES[out.dtype] if out.dtype != "base" else None,
+                )  # fmt: skip
+                write_extras(extras, tmp)
+                outputs = [LayerOutput(layer, min(shapes[layer]), 1.0, min(shapes[layer])) for layer in written]
+            write_heads(heads, tmp, config.continue_from)
+            digests = {e.label: adapter_digest(e.path) for e in config.modules if e.is_adapter}
+            entries = {
+                "config": config.model_dump(mode="json"),
+                "seconds": time.perf_counter() - start,
+                "module_digests": digests,
+                "threads": threads,
+                **(report or {}),
+            }
+            write_report(tmp / REPORT, entries, outputs)
+        return MergeRun(dest.path, results, outputs, time.perf_counter() - start)
 
 
 def _reporting(

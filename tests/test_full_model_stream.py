@@ -128,13 +128,24 @@ def test_half_precision_fine_tunes_in_and_out_against_a_float64_reference(tmp_pa
 def test_task_vectors_are_read_one_layer_at_a_time(tmp_path, bert, monkeypatch):
     _, folders = bert
     reads: list[str] = []
-    get = CheckpointReader.get
-    monkeypatch.setattr(CheckpointReader, "get", lambda self, name: (reads.append(name), get(self, name))[1])
+    from eigenmix.io import safetensors_io
+
+    read = safetensors_io._Layout.read
+    monkeypatch.setattr(safetensors_io._Layout, "read", lambda self, fh, name: (reads.append(name), read(self, fh, name))[1])
+    layer = "encoder.layer.0.attention.self.query.weight"
     module = load_task_vector(tmp_path / "base", folders[0])
     assert isinstance(module.layers, LazyTaskVector) and reads == []  # headers only
-    assert module.shapes()["encoder.layer.0.attention.self.query.weight"] == (16, 16) and reads == []
-    module.layers["encoder.layer.0.attention.self.query.weight"]
-    assert reads == ["encoder.layer.0.attention.self.query.weight"] * 2  # that layer of the base and of the fine-tune
+    assert module.shapes()[layer] == (16, 16) and layer in module.layers and reads == []
+    delta = module.layers[layer]
+    assert delta.shape == (16, 16) and delta.dtype == torch.float32 and reads == []  # a delta is read when used
+    delta.dense()
+    assert reads == [layer] * 2  # that layer of the base and of the fine-tune, not kept
+    reads.clear()
+    base = CheckpointReader(tmp_path / "base", keep_last=True)  # one reader of the base for every fine-tune
+    modules = [load_task_vector(base, folder) for folder in folders[:2]]
+    first, _ = (m.layers[layer].dense() for m in modules)
+    assert reads == [layer] * 3  # the base once, each fine-tune once
+    torch.testing.assert_close(first, load_task_vector(tmp_path / "base", folders[0]).layers[layer].dense(), rtol=0, atol=0)
 
 
 def test_output_settings_are_checked(tmp_path, bert, monkeypatch, capsys):

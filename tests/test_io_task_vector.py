@@ -85,7 +85,7 @@ def test_nan_in_checkpoint(tmp_path):
     save_file(ft, str(tmp_path / "ft.safetensors"))
     module = load_task_vector(tmp_path / "base.safetensors", tmp_path / "ft.safetensors")  # headers only: found when the layer is read
     with pytest.raises(NonFiniteError, match=r"encoder\.layer\.0\.bias"):
-        module.layers["encoder.layer.0.bias"]
+        module.layers["encoder.layer.0.bias"].dense()
     with pytest.raises(NonFiniteError):
         eigenmix.merge([module], "task_arithmetic")
 

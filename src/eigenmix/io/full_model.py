@@ -96,7 +96,7 @@ def shard_names(count: int) -> list[str]:
 def stream_full_model(
     merged: Iterable[tuple[str, AnyDelta]],
     shapes: Mapping[str, tuple[int, ...]],
-    base: Path,
+    base: Path | CheckpointReader,
     folder: Path,
     *,
     shard_size: int = DEFAULT_SHARD,
@@ -107,9 +107,13 @@ def stream_full_model(
     ``folder``; the base folder's other files (config, tokenizer) are copied.
 
     Sums are taken in float32 (float64 for float64 weights) and written in the base tensor's
-    dtype, or ``dtype`` for floating tensors. Returns the layers written.
+    dtype, or ``dtype`` for floating tensors. ``base`` may be a reader the merge's task
+    vectors share (opened with ``keep_last``: the layer they just read is not read again);
+    it stays open. Returns the layers written.
     """
-    with CheckpointReader(base) as reader:
+    owned = not isinstance(base, CheckpointReader)
+    reader = base if isinstance(base, CheckpointReader) else CheckpointReader(base)
+    try:
         targets = base_targets(shapes, reader)
         by_tensor = {t: layer for layer, t in targets.items()}
         shards = plan_shards({name: reader.shape(name) for name in reader.keys()}, shard_size)  # noqa: SIM118 - a reader
@@ -122,12 +126,13 @@ def stream_full_model(
                 if layer not in targets:
                     raise InvalidInputError(f"the merge yielded layer '{layer}', which was not planned")
                 name = targets[layer]
-                W = reader.get(name)
+                W = reader.get(name)  # possibly the shared reader's kept tensor: not modified
                 step = torch.float64 if W.dtype == torch.float64 else torch.float32
-                d = delta.dense().to(step)
+                d = delta.dense()
                 if d.shape != W.shape:  # fan_in_fan_out: the base stores (in, out)
                     d = d.T
-                writers[where[name]].add(name, (W.to(step) + d).to(_out(W.dtype, dtype)))
+                writers[where[name]].add(name, W.to(step, copy=True).add_(d).to(_out(W.dtype, dtype)))
+                del d, delta
                 done.add(name)
             missing = sorted(set(by_tensor) - done)
             if missing:
@@ -146,7 +151,10 @@ def stream_full_model(
             total = sum((folder / f).stat().st_size for f in files)
             index = {"metadata": {"total_size": total}, "weight_map": {n: files[where[n]] for n in reader.keys()}}  # noqa: SIM118
             (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    copy_side_files(base, folder)
+    finally:
+        if owned:
+            reader.close()
+    copy_side_files(reader.path, folder)
     return list(targets)
 
 

@@ -75,6 +75,9 @@ class LazyLoraLayers(Mapping[str, LowRankDelta]):
         check_finite(key_b, B, self._path)
         return LowRankDelta(B, A, self._scales[layer])
 
+    def __contains__(self, layer: object) -> bool:  # Mapping's default reads the layer
+        return layer in self._keys
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 

@@ -34,12 +34,10 @@ def refuse_pickle(path: Path) -> InvalidInputError:
 
 def check_finite(name: str, tensor: Tensor, where: Path | str) -> None:
     """Raise :class:`NonFiniteError` if a floating tensor holds NaN or Inf."""
-    # One reduction pass: NaN and Inf propagate through a sum (so do finite values large
-    # enough to overflow it, ~1e38, which are no sane weights either); count only on failure.
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+    # One pass, no copy and no overflow: NaN propagates into the min and max, ±Inf shows as one of them.
+    if tensor.is_floating_point() and tensor.numel() and not all(bool(torch.isfinite(x)) for x in torch.aminmax(tensor.reshape(-1))):
         n_bad = int((~torch.isfinite(tensor)).sum())
-        what = f"{n_bad} NaN/Inf value(s)" if n_bad else "values so large that they overflow (NaN/Inf in sums)"
-        raise NonFiniteError(f"{where}: tensor '{name}' holds {what}")
+        raise NonFiniteError(f"{where}: tensor '{name}' holds {n_bad} NaN/Inf value(s)")
 
 
 def _bad_file(path: Path, err: Exception) -> InvalidInputError:
@@ -124,11 +122,15 @@ class CheckpointReader:
 
     Accepts a ``.safetensors`` file, or a folder holding ``model.safetensors`` or a
     sharded ``model.safetensors.index.json``. Only the header is read up front; each
-    :meth:`get` reads one tensor.
+    :meth:`get` reads one tensor. With ``keep_last`` the last tensor read is kept and
+    handed out again (read-only) while the same name is asked for: a base checkpoint
+    shared by K fine-tunes and the writer is read once per layer.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, keep_last: bool = False) -> None:
         self.path = Path(path)
+        self._keep_last = keep_last
+        self._last: tuple[str, Tensor] | None = None
         self._files = self._resolve(self.path)
         self._stack = ExitStack()
         self._layouts: dict[Path, _Layout] = {}
@@ -189,13 +191,18 @@ class CheckpointReader:
             raise InvalidInputError(f"{self._where[name]}: tensor '{name}' has dtype {code}, which eigenmix does not read") from None
 
     def get(self, name: str) -> Tensor:
-        """Read one tensor (plain reads, no memory map), checked for NaN / Inf."""
+        """Read one tensor (plain reads, no memory map), checked for NaN / Inf (with
+        ``keep_last``, the kept tensor again when it is the one asked for: do not modify it)."""
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
         file = self._where[name]
         try:
             tensor = self._layouts[file].read(self._files_open[file], name)
         except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
             raise _bad_file(file, err) from err
         check_finite(name, tensor, file)
+        if self._keep_last:
+            self._last = (name, tensor)
         return tensor
 
     def items(self) -> Iterator[tuple[str, Tensor]]:
@@ -203,6 +210,7 @@ class CheckpointReader:
             yield name, self.get(name)
 
     def close(self) -> None:
+        self._last = None
         self._stack.close()
 
     def __enter__(self) -> CheckpointReader:

@@ -12,7 +12,7 @@ too (its delta is zero), as mergekit merges every tensor of every model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
 from eigenmix.io.safetensors_io import CheckpointReader
-from eigenmix.modules import DenseDelta, Module
+from eigenmix.modules import DenseDelta, Module, ReadDelta
 
 
 def align_names(base: list[str], finetuned: list[str]) -> dict[str, str]:
@@ -42,16 +42,18 @@ def align_names(base: list[str], finetuned: list[str]) -> dict[str, str]:
     return best
 
 
-def task_delta(base: Tensor, finetuned: Tensor) -> DenseDelta:
+def task_delta(base: Tensor, finetuned: Tensor) -> Tensor:
     """``W_ft − W_base`` in float32 (float64 for float64 weights): half-precision checkpoints
-    do not lose small updates to rounding, and one layer in float32 is all a merge holds."""
+    do not lose small updates to rounding. ``finetuned`` is a fresh read and is reused (when
+    it is already float32) for the result; ``base`` is left as it is."""
     dtype = torch.float64 if finetuned.dtype == torch.float64 else torch.float32
-    return DenseDelta(finetuned.to(dtype) - base.to(dtype))
+    return finetuned.to(dtype).sub_(base)
 
 
 class LazyTaskVector(Mapping[str, DenseDelta]):
-    """Base tensor name → ``W_ft − W_base``, read from the two open checkpoints when asked
-    (each read checked for NaN/Inf); shapes and dtypes come from the headers."""
+    """Base tensor name → ``W_ft − W_base`` as a :class:`ReadDelta`: both tensors are read
+    from the open checkpoints (checked for NaN/Inf) each time the delta is used, and not
+    kept; shapes and dtypes come from the headers."""
 
     def __init__(self, base: CheckpointReader, finetuned: CheckpointReader, mapping: dict[str, str]) -> None:
         self.base, self.finetuned, self._names = base, finetuned, mapping  # base name → fine-tune name
@@ -60,7 +62,13 @@ class LazyTaskVector(Mapping[str, DenseDelta]):
         self.dtypes = {name: torch.float64 if finetuned.dtype(f) == torch.float64 else torch.float32 for name, f in mapping.items()}
 
     def __getitem__(self, name: str) -> DenseDelta:
-        return task_delta(self.base.get(name), self.finetuned.get(self._names[name]))
+        if name not in self._names:
+            raise KeyError(name)
+        return ReadDelta(lambda: task_delta(self.base.get(name), self.finetuned.get(self._names[name])), self.shapes[name],
+                         self.dtypes[name])  # fmt: skip
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default reads the tensors
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -70,7 +78,7 @@ class LazyTaskVector(Mapping[str, DenseDelta]):
 
 
 def load_task_vector(
-    base: Path | str,
+    base: Path | str | CheckpointReader,
     finetuned: Path | str,
     *,
     name: str | None = None,
@@ -80,7 +88,9 @@ def load_task_vector(
 
     Args:
         base: the base checkpoint (``.safetensors`` file, or a folder with
-            ``model.safetensors`` or a sharded index).
+            ``model.safetensors`` or a sharded index), or a reader of it that several
+            fine-tunes share (:func:`shared_base`; opened with ``keep_last``, each base
+            tensor is read once for all of them).
         finetuned: the fine-tuned checkpoint, same forms.
         name: module name (default: the fine-tuned path's name).
 
@@ -92,9 +102,16 @@ def load_task_vector(
         InvalidInputError: no shared tensor, an unreadable or pickled checkpoint.
         ShapeMismatchError: a shared tensor of another shape.
     """
-    if Path(base).resolve() == Path(finetuned).resolve():
+    base_path = base.path if isinstance(base, CheckpointReader) else Path(base)
+    if base_path.resolve() == Path(finetuned).resolve():
         raise InvalidInputError(f"{finetuned}: is the base model itself; a fine-tune's task vector is taken against its base")
-    rb, rf = CheckpointReader(base), CheckpointReader(finetuned)
+    rb = base if isinstance(base, CheckpointReader) else CheckpointReader(base)
+    try:
+        rf = CheckpointReader(finetuned)
+    except BaseException:
+        if rb is not base:
+            rb.close()
+        raise
     try:
         ft_to_base = align_names(rb.keys(), rf.keys())
         if not ft_to_base:
@@ -109,8 +126,16 @@ def load_task_vector(
                 mapping[base_name] = ft_name
         extras = {n: rf.get(n) for n in rf.keys() if n not in ft_to_base}  # noqa: SIM118 - a reader, not a dict
     except BaseException:
-        rb.close()
+        if rb is not base:
+            rb.close()
         rf.close()
         raise
-    return Module(name=name or Path(finetuned).stem, layers=LazyTaskVector(rb, rf, mapping), base_model=str(base),
+    return Module(name=name or Path(finetuned).stem, layers=LazyTaskVector(rb, rf, mapping), base_model=str(base_path),
                   source=str(finetuned), extras=extras)  # fmt: skip
+
+
+def shared_base(modules: Sequence[Module]) -> CheckpointReader | None:
+    """The base reader the modules' task vectors share (one reader for all of them), if any:
+    a full-model writer reads the base through it too."""
+    readers = {id(m.layers.base): m.layers.base for m in modules if isinstance(m.layers, LazyTaskVector)}
+    return next(iter(readers.values())) if len(readers) == 1 else None

@@ -73,8 +73,11 @@ def method_inputs(plan: MergePlan, item: LayerInput) -> tuple[Any, ...]:
     dense deltas and weights (element-wise methods, and every method's vectors), or the
     layer's joint-basis decomposition (spectral methods' matrices)."""
     if plan.method.kind == "elementwise" or not item.is_matrix:
-        stacked = torch.stack([d.dense().to(torch.float64) for d in item.deltas])  # (K, *shape): this layer only
-        return stacked, torch.tensor(item.weights, dtype=torch.float64)
+        dtype = work_dtype(item.deltas)  # float32 (float64 for float64 inputs): element-wise maths needs no more
+        stacked = torch.empty((len(item.deltas), *item.deltas[0].shape), dtype=dtype)  # (K, *shape): this layer only
+        for k, d in enumerate(item.deltas):  # one read at a time
+            stacked[k] = d.dense()
+        return stacked, torch.tensor(item.weights, dtype=dtype)
     seed = derived_seed(plan.seed, item.layer)
     return (layer_spectra(item.deltas, item.weights, dense_rank=plan.dense_rank, dense_energy=plan.dense_energy, seed=seed),)
 
@@ -120,19 +123,18 @@ def vector_divisor(rule: str, weights: Sequence[float]) -> float:
 
 def linear_combination(item: LayerInput, rule: str, scale: float, dtype: torch.dtype) -> Tensor:
     """``scale · Σ_k w_k ΔW_k`` (divided as ``rule`` says), accumulated one delta at a time in
-    ``dtype`` (float32 unless an input is float64): one layer's sum and one delta in memory."""
-    total: Tensor | None = None
+    ``dtype`` (float32 unless an input is float64): the sum and one delta in memory (a
+    :class:`ReadDelta` is read here, once)."""
+    total = torch.zeros(item.deltas[0].shape, dtype=dtype)
     for delta, weight in zip(item.deltas, item.weights, strict=True):
-        term = delta.dense().to(dtype) * weight
-        total = term if total is None else total.add_(term)
-    assert total is not None
+        total.add_(delta.dense(), alpha=weight)
     divisor = vector_divisor(rule, item.weights)
     return total.mul_(scale / divisor)
 
 
 def _check_finite(layer: str, delta: AnyDelta) -> None:
     tensors = (delta.U, delta.S, delta.V) if isinstance(delta, SpectralDelta) else (delta.dense(),)
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    if not all(bool(torch.isfinite(x)) for t in tensors if t.numel() for x in torch.aminmax(t.reshape(-1))):  # no copy
         raise NonFiniteError(f"layer '{layer}': the merged delta is not finite in {tensors[0].dtype} (a weight or scale too large?)")
 
 

@@ -51,11 +51,13 @@ def source_of(module: Module) -> Source:
 
 @lru_cache(maxsize=4)
 def _open(sources: tuple[Source, ...]) -> list[Module]:
-    """The modules, reopened lazily (once per worker process)."""
-    from eigenmix.io import load_task_vector, read_lora_adapter
+    """The modules, reopened lazily (once per worker process; fine-tunes share one reader
+    of their base, as locally)."""
+    from eigenmix.io import CheckpointReader, load_task_vector, read_lora_adapter
 
+    bases = {base: CheckpointReader(base, keep_last=True) for kind, _, base, _ in sources if kind == "finetune" and base is not None}
     return [
-        read_lora_adapter(path, name=name, lazy=True) if kind == "adapter" else load_task_vector(str(base), path, name=name)
+        read_lora_adapter(path, name=name, lazy=True) if kind == "adapter" else load_task_vector(bases[str(base)], path, name=name)
         for kind, path, base, name in sources
     ]
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.io import load_task_vector, read_lora_adapter
+from eigenmix.io import CheckpointReader, load_task_vector, read_lora_adapter
 from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.full_model import OUT_DTYPES, parse_shard_size, stream_full_model
 from eigenmix.io.heads import check_head, has_head, write_heads
 from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_extras, write_report
 from eigenmix.io.peft_lora import adapter_digest
+from eigenmix.io.task_vector import shared_base
 from eigenmix.merging.config import MergeConfig
 from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
 from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
@@ -42,13 +43,16 @@ def load_modules(config: MergeConfig) -> list[Module]:
     """Read every input module (adapters lazily, fine-tunes as task vectors) and check
     that they fit together."""
     modules = []
+    base: CheckpointReader | None = None  # one reader of the base for every fine-tune (each base tensor read once)
     for entry in config.modules:
         if entry.is_adapter:
             modules.append(read_lora_adapter(entry.path, name=entry.label, lazy=True))
         else:
             if config.base_model is None:
                 raise InvalidInputError(f"{entry.path}: a fine-tune needs 'base_model'")
-            modules.append(load_task_vector(config.base_model, entry.path, name=entry.label))
+            if base is None:
+                base = CheckpointReader(config.base_model, keep_last=True)
+            modules.append(load_task_vector(base, entry.path, name=entry.label))
     for module in modules:
         if not module.layers:
             raise InvalidInputError(f"module {module.name}: no layer to merge (a fine-tune equal to its base model?)")
@@ -125,8 +129,9 @@ def run_merge(
                     raise InvalidInputError("output.kind 'full' needs 'base_model'")
                 shapes = {layer: _state_shape(d) for layer, d in state.layers.items()} if state is not None else _shapes(modules)
                 out = config.output
+                base = shared_base(modules) or config.base_model  # the reader the fine-tunes share reads each layer once
                 written = stream_full_model(
-                    _reporting(merged, record), shapes, config.base_model, tmp, shard_size=parse_shard_size(out.shard_size),
+                    _reporting(merged, record), shapes, base, tmp, shard_size=parse_shard_size(out.shard_size),
                     dtype=OUT_DTYPES[out.dtype] if out.dtype != "base" else None,
                 )  # fmt: skip
                 write_extras(extras, tmp)

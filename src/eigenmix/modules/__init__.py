@@ -1,6 +1,6 @@
 """Module types: one layer's delta in low-rank, spectral or dense form, and a module."""
 
-from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, SpectralDelta, delta_dtype
+from eigenmix.modules.delta import AnyDelta, DenseDelta, LowRankDelta, ReadDelta, SpectralDelta, delta_dtype
 from eigenmix.modules.factors import factor_pair, layer_spectra, modules_work_dtype, work_dtype
 from eigenmix.modules.module import MergeRecord, Module, PeftSource
 
@@ -11,6 +11,7 @@ __all__ = [
     "MergeRecord",
     "Module",
     "PeftSource",
+    "ReadDelta",
     "SpectralDelta",
     "delta_dtype",
     "factor_pair",

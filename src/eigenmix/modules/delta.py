@@ -11,6 +11,7 @@ All three use the maths orientation ``(out, in)`` = ``(m, n)``: the layer comput
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,6 +125,10 @@ class DenseDelta:
         return tuple(self.W.shape)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.W.dtype
+
+    @property
     def is_matrix(self) -> bool:
         return self.W.ndim == 2
 
@@ -161,6 +166,43 @@ class DenseDelta:
         return self.spectral(rank, energy=energy).lowrank()
 
 
+class ReadDelta(DenseDelta):
+    """A dense delta read from storage each time it is used, and not kept: ``read()``
+    returns a fresh tensor of ``shape`` and ``dtype`` (known beforehand, from headers). A
+    merge that uses each delta once (a weighted sum, a stack) holds one read at a time,
+    and a layer's members cost nothing until then."""
+
+    __eq__ = object.__eq__  # identity: comparing two reads of a checkpoint is no equality test
+    __hash__ = object.__hash__
+    _read: Callable[[], Tensor]
+    _shape: tuple[int, ...]
+    _dtype: torch.dtype
+
+    def __init__(self, read: Callable[[], Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        object.__setattr__(self, "_read", read)
+        object.__setattr__(self, "_shape", tuple(shape))
+        object.__setattr__(self, "_dtype", dtype)
+
+    @property  # a read-only view of the parent's field
+    def W(self) -> Tensor:
+        return self._read()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self._shape) == 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def __repr__(self) -> str:
+        return f"ReadDelta(shape={self._shape}, dtype={self._dtype})"
+
+
 AnyDelta = LowRankDelta | SpectralDelta | DenseDelta
 
 
@@ -170,4 +212,4 @@ def delta_dtype(delta: AnyDelta) -> torch.dtype:
         return delta.A.dtype
     if isinstance(delta, SpectralDelta):
         return delta.U.dtype
-    return delta.W.dtype
+    return delta.dtype

@@ -28,8 +28,8 @@ def factor_pair(delta: AnyDelta, *, dense_rank: int | None = None, dense_energy:
     f = svd(W, dense_rank, randomized=dense_rank is not None and 10 * dense_rank < min(W.shape), seed=seed)
     if dense_energy < 1.0:
         f = f.truncate(rank_for_energy(f.S, dense_energy))
-    f = f.truncate(numerical_rank(f.S, default_rtol(delta.W.dtype)))  # zero directions are undefined
-    return (f.U * f.S).to(delta.W.dtype), f.V.to(delta.W.dtype)
+    f = f.truncate(numerical_rank(f.S, default_rtol(delta.dtype)))  # zero directions are undefined
+    return (f.U * f.S).to(delta.dtype), f.V.to(delta.dtype)
 
 
 def work_dtype(deltas: Sequence[AnyDelta]) -> torch.dtype:

@@ -3,6 +3,7 @@ typed records of where it came from."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -100,7 +101,7 @@ class Module:
             elif isinstance(d, SpectralDelta):
                 total += d.U.numel() + d.S.numel() + d.V.numel()
             else:
-                total += d.W.numel()
+                total += math.prod(d.shape)
         return total
 
     def spectral(self) -> Module:

@@ -9,11 +9,14 @@ runs in a child process under ``/usr/bin/time -v`` (wall time, peak RSS = the ch
 VmHWM): ``task_arithmetic``, ``ties`` and ``dare_ties`` from one mergekit YAML through
 ``mergekit-yaml`` (``--lazy-unpickle``, ``--out-shard-size 1B``, ``--no-copy-tokenizer``, the
 same threads) and through ``eigenmix merge`` (the same file, read as mergekit's), both
-computing in float32 (``dtype: float32``: mergekit computes in the dtype it is given); the
-outputs are compared tensor by tensor (max relative difference; ``dare_ties`` draws its own masks in
-each tool, so its outputs are not comparable and only time and memory are reported). Then
-``tsv`` at a randomized rank (mergekit has no such method) and the Ray executor with 1 and 2
-workers on the same set.
+computing in float32 (``dtype: float32``: mergekit computes in the dtype it is given) and
+writing bf16 like their inputs (``out_dtype: bfloat16``); the outputs are compared tensor by
+tensor (max relative difference; ``dare_ties`` draws its own masks in each tool, so its
+outputs are not comparable and only time and memory are reported). Then ``tsv`` at a
+randomized rank (mergekit has no such method) and the Ray executor with 1 and 2 workers on
+the same set. The page cache is dropped before every run where this process may (root), so
+each tool reads its inputs from the disk, as it must for a model larger than memory; the
+disk's cold sequential read speed is measured once (``cat`` of one shard).
 """
 
 from __future__ import annotations
@@ -91,8 +94,28 @@ def write_checkpoint(folder: Path, c: dict, seed: int, base: Path | None) -> Non
     config.save_pretrained(str(folder))
 
 
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only): the next run reads from the disk."""
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_speed(file: Path) -> float:
+    """Cold sequential read speed of ``file`` in MB/s (the cache dropped first, where allowed)."""
+    drop_caches()
+    start = time.perf_counter()
+    subprocess.run(["cat", str(file)], stdout=subprocess.DEVNULL, check=True)
+    return round(file.stat().st_size / 1e6 / (time.perf_counter() - start), 1)
+
+
 def timed(cmd: list[str], threads: int) -> dict:
-    """Run ``cmd`` in a child under GNU time: wall seconds and peak RSS (GB)."""
+    """Run ``cmd`` in a child under GNU time (after dropping the page cache): wall seconds
+    and peak RSS (GB)."""
+    drop_caches()
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PATH": str(BIN) + ":/usr/bin:/bin"}  # fmt: skip
     start = time.perf_counter()
@@ -135,10 +158,12 @@ def main() -> None:
             write_checkpoint(root / f"ft{k}", c, 100 + k, root / "base")
     setup = round(time.perf_counter() - start, 1)
     params = sum(int(torch.Size(s).numel()) for s in shapes(c).values())
-    results: dict = {"size": args.size, "parameters": params, "threads": args.threads, "setup_seconds": setup, "methods": {}}
-    for method in args.methods.split(","):
+    shard = sorted((root / "ft0").glob("*.safetensors"))[0]
+    results: dict = {"size": args.size, "parameters": params, "threads": args.threads, "setup_seconds": setup,
+                     "page_cache_dropped_before_each_run": drop_caches(), "disk_read_mb_per_s": read_speed(shard), "methods": {}}  # fmt: skip
+    for method in [m for m in args.methods.split(",") if m]:
         model_params = {"weight": 1.0, **({"density": 0.5} if method != "task_arithmetic" else {})}
-        config = {"merge_method": method, "base_model": str((root / "base").resolve()), "dtype": "float32",  # compute, write in float32
+        config = {"merge_method": method, "base_model": str((root / "base").resolve()), "dtype": "float32", "out_dtype": "bfloat16",
                   "parameters": {"lambda": 0.5} if method == "task_arithmetic" else {},
                   "models": [{"model": str((root / f"ft{k}").resolve()), "parameters": model_params} for k in range(3)]}  # fmt: skip
         cfg = root / f"{method}.yml"

@@ -155,10 +155,10 @@ def test_output_settings_are_checked(tmp_path, bert, monkeypatch, capsys):
     assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / "o") == 2
     assert "shard size 'lots'" in capsys.readouterr().err
     config = yaml.safe_load(cfg.read_text())
-    config["output"] = {"kind": "adapter", "dtype": "bfloat16"}
+    config["output"] = {"kind": "adapter", "shard_size": "1B"}
     cfg.write_text(yaml.safe_dump(config))
     assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / "o") == 2
-    assert "output.dtype applies to output.kind 'full' only" in capsys.readouterr().err
+    assert "output.shard_size applies to output.kind 'full' only" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

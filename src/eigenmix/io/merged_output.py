@@ -71,11 +71,13 @@ def stream_merged_adapter(
     *,
     base_model: str | None = None,
     fan_in_fan_out: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> list[LayerOutput]:
     """Write merged layers as a PEFT LoRA adapter into ``folder`` as they arrive.
 
     Each layer is cut to ``rank`` (or kept at its exact rank), written as balanced
-    factors, and dropped, so memory holds one layer of output at a time.
+    factors (in ``dtype``; default: the merge's own), and dropped, so memory holds one
+    layer of output at a time.
 
     Args:
         layers: ``(name, delta)`` pairs, e.g. from :func:`eigenmix.merging.iter_merge`.
@@ -88,8 +90,8 @@ def stream_merged_adapter(
         for name, delta in layers:
             spec, row = spectral_form(name, delta, rank)
             low = spec.lowrank()
-            writer.add(f"{PREFIX}{name}.lora_A.weight", low.A)
-            writer.add(f"{PREFIX}{name}.lora_B.weight", low.B)
+            writer.add(f"{PREFIX}{name}.lora_A.weight", low.A if dtype is None else low.A.to(dtype))
+            writer.add(f"{PREFIX}{name}.lora_B.weight", low.B if dtype is None else low.B.to(dtype))
             ranks[name] = (low.rank, low.scale)
             report.append(row)
     config = lora_config(ranks, fan_in_fan_out=fan_in_fan_out, base_model=base_model)

@@ -25,7 +25,7 @@ from torch import Tensor
 from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAdapterError
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config, targets_layer
-from eigenmix.io.safetensors_io import check_finite, open_safetensors, read_tensor, refuse_pickle
+from eigenmix.io.safetensors_io import SAFETENSORS_DTYPES, check_finite, open_safetensors, read_tensor, refuse_pickle
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, PeftSource, SpectralDelta
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -67,6 +67,7 @@ class LazyLoraLayers(Mapping[str, LowRankDelta]):
     ) -> None:
         self._handle, self._path, self._keys, self._scales = handle, path, keys, scales
         self.shapes = shapes  # (out, in) per layer, from the file header: no data read
+        self.dtypes = {layer: SAFETENSORS_DTYPES[handle.get_slice(a).get_dtype()] for layer, (a, _) in keys.items()}  # lora_A's
 
     def __getitem__(self, layer: str) -> LowRankDelta:
         key_a, key_b = self._keys[layer]

@@ -83,7 +83,8 @@ class OutputEntry(BaseModel):
         "5B", description="full only: parameters per safetensors shard, as mergekit's --out-shard-size (5B, 500M, or a number)"
     )
     dtype: Literal["base", "float32", "bfloat16", "float16"] = Field(
-        "base", description="full only: the dtype of the written floating tensors (base: each base tensor's own)"
+        "base",
+        description="the dtype written; base: each base tensor's own (full), the input modules' own where they share one (adapter)",
     )
 
     @field_validator("shard_size")
@@ -97,9 +98,8 @@ class OutputEntry(BaseModel):
 
     @model_validator(mode="after")
     def _full_only(self) -> OutputEntry:
-        given = sorted(self.model_fields_set & {"shard_size", "dtype"})
-        if self.kind == "adapter" and given:
-            raise ValueError(f"output.{given[0]} applies to output.kind 'full' only")
+        if self.kind == "adapter" and "shard_size" in self.model_fields_set:
+            raise ValueError("output.shard_size applies to output.kind 'full' only")
         return self
 
 

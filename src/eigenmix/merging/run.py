@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError
@@ -119,6 +120,7 @@ def run_merge(
                 outputs = stream_merged_adapter(
                     _reporting(merged, record, kept if continual is not None and state is None else None), names, tmp,
                     config.output.rank, base_model=modules[0].base_model, fan_in_fan_out=any(m.fan_in_fan_out for m in modules),
+                    dtype=adapter_dtype(modules, config.output.dtype),
                 )  # fmt: skip
                 write_extras(extras, tmp)
                 if continual is not None:  # what a later merge folds more modules into
@@ -159,6 +161,15 @@ def _reporting(
         if keep is not None:
             keep[name] = delta
         yield name, delta
+
+
+def adapter_dtype(modules: list[Module], asked: str) -> torch.dtype | None:
+    """The dtype of a merged adapter's factors: as asked, or (``base``) the input modules'
+    stored dtype where they all share one (bf16 in → bf16 out); else the merge's own."""
+    if asked != "base":
+        return OUT_DTYPES[asked]
+    stored = {d for m in modules for d in m.dtypes()}
+    return stored.pop() if len(stored) == 1 else None
 
 
 def _shapes(modules: list[Module]) -> dict[str, tuple[int, ...]]:

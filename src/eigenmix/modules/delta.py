@@ -47,7 +47,10 @@ class LowRankDelta:
         return self.A.shape[0]
 
     def dense(self) -> Tensor:
-        """``scale · B A``, shape ``(m, n)``."""
+        """``scale · B A``, shape ``(m, n)``, in float32 for half-precision factors (a rank-r
+        sum of products rounded to bf16 loses ~3 digits, and fp16 products can overflow)."""
+        if self.A.dtype in (torch.float16, torch.bfloat16):
+            return (self.B.float() @ self.A.float()) * self.scale
         return (self.B @ self.A) * self.scale
 
     def svd64(self) -> SVD:

@@ -112,10 +112,18 @@ def read_speed(file: Path) -> float:
     return round(file.stat().st_size / 1e6 / (time.perf_counter() - start), 1)
 
 
-def timed(cmd: list[str], threads: int) -> dict:
-    """Run ``cmd`` in a child under GNU time (after dropping the page cache): wall seconds
-    and peak RSS (GB)."""
+def warm(folders: list[Path]) -> None:
+    """Read every input file once, so the next run finds them in the page cache."""
+    for file in sorted(f for folder in folders for f in folder.glob("*.safetensors")):
+        subprocess.run(["cat", str(file)], stdout=subprocess.DEVNULL, check=True)
+
+
+def timed(cmd: list[str], threads: int, inputs: list[Path] | None = None) -> dict:
+    """Run ``cmd`` in a child under GNU time: wall seconds and peak RSS (GB). The page cache
+    is dropped first, or with ``inputs`` filled with them (a warm run)."""
     drop_caches()
+    if inputs is not None:
+        warm(inputs)
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PATH": str(BIN) + ":/usr/bin:/bin"}  # fmt: skip
     start = time.perf_counter()
@@ -138,6 +146,14 @@ def max_rel_diff(a: Path, b: Path) -> float:
     return worst
 
 
+def identical(a: Path, b: Path) -> bool:
+    """Every tensor of the two outputs equal, bit for bit."""
+    from eigenmix.io import CheckpointReader
+
+    with CheckpointReader(a) as ra, CheckpointReader(b) as rb:
+        return ra.keys() == rb.keys() and all(torch.equal(ra.get(n), rb.get(n)) for n in ra.keys())  # noqa: SIM118
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
@@ -147,6 +163,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/merge_scale"))
     parser.add_argument("--tsv-rank", type=int, default=64)
     parser.add_argument("--skip", default="", help="parts to skip: tsv,ray")
+    parser.add_argument(
+        "--cache", choices=("cold", "warm"), default="cold", help="drop the page cache before each run, or fill it with the inputs"
+    )
     args = parser.parse_args()
     c = SIZES[args.size]
     root = args.workdir / args.size
@@ -159,8 +178,9 @@ def main() -> None:
     setup = round(time.perf_counter() - start, 1)
     params = sum(int(torch.Size(s).numel()) for s in shapes(c).values())
     shard = sorted((root / "ft0").glob("*.safetensors"))[0]
-    results: dict = {"size": args.size, "parameters": params, "threads": args.threads, "setup_seconds": setup,
-                     "page_cache_dropped_before_each_run": drop_caches(), "disk_read_mb_per_s": read_speed(shard), "methods": {}}  # fmt: skip
+    results: dict = {"size": args.size, "parameters": params, "threads": args.threads, "setup_seconds": setup, "cache": args.cache,
+                     "page_cache_dropped": drop_caches(), "disk_read_mb_per_s": read_speed(shard), "methods": {}}  # fmt: skip
+    inputs = [root / "base", *(root / f"ft{k}" for k in range(3))] if args.cache == "warm" else None
     for method in [m for m in args.methods.split(",") if m]:
         model_params = {"weight": 1.0, **({"density": 0.5} if method != "task_arithmetic" else {})}
         config = {"merge_method": method, "base_model": str((root / "base").resolve()), "dtype": "float32", "out_dtype": "bfloat16",
@@ -176,7 +196,7 @@ def main() -> None:
                     "--num-threads", str(args.threads)] if tool == "mergekit"
                    else [str(BIN / "eigenmix"), "merge", str(cfg), "--out", str(out), "--out-shard-size", "1B",
                          "--threads", str(args.threads)])  # fmt: skip
-            row[tool] = timed(cmd, args.threads)
+            row[tool] = timed(cmd, args.threads, inputs)
             print(method, tool, row[tool], flush=True)
         if method != "dare_ties":
             row["max_relative_difference"] = max_rel_diff(root / f"out-mergekit-{method}", root / f"out-eigenmix-{method}")
@@ -192,23 +212,30 @@ def main() -> None:
         cfg = root / "tsv.yaml"
         cfg.write_text(yaml.safe_dump({**native, "method": "tsv", "dense_rank": args.tsv_rank}))
         results["tsv"] = {"dense_rank": args.tsv_rank, **timed([str(BIN / "eigenmix"), "merge", str(cfg), "--out", str(root / "out-tsv"),
-                                                                "--threads", str(args.threads)], args.threads)}  # fmt: skip
+                                                                "--threads", str(args.threads)], args.threads, inputs)}  # fmt: skip
         print("tsv", results["tsv"], flush=True)
+        write_result(args.json, {**results, "partial": True})
         shutil.rmtree(root / "out-tsv", ignore_errors=True)
-    if "ray" not in args.skip:
-        results["ray"] = {}
-        for workers in (1, 2):
-            cfg = root / f"ray{workers}.yaml"
-            cfg.write_text(
-                yaml.safe_dump(
-                    {**native, "method": "ties", "parameters": {"density": 0.5}, "executor": {"kind": "ray", "workers": workers}}
-                )
+    if "ray" not in args.skip:  # ties, one thread per layer: the local executor, then Ray with 1 and 2 workers
+        results["ray"] = {"method": "ties", "threads_per_layer": 1}
+        cfg = root / "ray.yaml"
+        cfg.write_text(yaml.safe_dump({**native, "method": "ties", "parameters": {"density": 0.5}}))
+        for workers in (0, 1, 2):
+            executor = ["--executor", "local"] if workers == 0 else ["--executor", "ray"]
+            if workers:
+                cfg.write_text(yaml.safe_dump({**native, "method": "ties", "parameters": {"density": 0.5},
+                                               "executor": {"kind": "ray", "workers": workers}}))  # fmt: skip
+            out = root / f"out-ray{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            key = "local" if workers == 0 else str(workers)
+            results["ray"][key] = timed(
+                [str(BIN / "eigenmix"), "merge", str(cfg), "--out", str(out), "--threads", "1", *executor], 1, inputs
             )
-            results["ray"][str(workers)] = timed(
-                [str(BIN / "eigenmix"), "merge", str(cfg), "--out", str(root / "out-ray"), "--threads", "1"], 1
-            )
-            print("ray", workers, results["ray"][str(workers)], flush=True)
-            shutil.rmtree(root / "out-ray", ignore_errors=True)
+            if workers:
+                results["ray"][key]["bit_identical_to_local"] = identical(root / "out-ray0", out)
+                shutil.rmtree(out, ignore_errors=True)
+            print("ray", key, results["ray"][key], flush=True)
+        shutil.rmtree(root / "out-ray0", ignore_errors=True)
         results["ray"]["speed_up_2_over_1"] = round(results["ray"]["1"]["seconds"] / results["ray"]["2"]["seconds"], 2)
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     results["command"] = "python benchmarks/merge_scale.py " + " ".join(sys.argv[1:])

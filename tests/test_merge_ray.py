@@ -1,20 +1,26 @@
 """The Ray executor (``eigenmix merge --executor ray``) through the installed script: a local
 Ray instance (2 CPUs), workers reading their layers from the input files; the output is
 bit-identical to the local executor's for a spectral and an element-wise method, a failing
-worker fails the merge cleanly, and without Ray the command says how to install it."""
+worker fails the merge cleanly, a worker killed mid-merge (SIGKILL) leaves nothing at
+``--out``, and without Ray the command says how to install it."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from common import run_cli
-from test_cli_smoke import eigenmix, ok
+from common import eigenmix_script, run_cli
+from test_cli_smoke import ENV, eigenmix, ok
 from test_full_model_stream import fine_tunes, tiny_bert
 
 
@@ -57,6 +63,44 @@ def test_a_failing_worker_fails_the_merge_and_leaves_nothing(finetuned, tmp_path
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "encoder.layer.1.output.dense.weight" in done.stderr and "NaN" in done.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def running_tasks(name: str) -> list[int]:
+    """The processes of Ray workers running task ``name`` now (Ray titles them ``ray::NAME``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_a_worker_killed_mid_merge_leaves_nothing(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = {f"blocks.{i}.weight": torch.randn(640, 640, generator=g) for i in range(40)}  # exact SVDs: seconds of work
+    save_file(base, str(tmp_path / "base.safetensors"))
+    for k in range(2):
+        save_file({n: w + 0.01 * torch.randn(w.shape, generator=g) for n, w in base.items()}, str(tmp_path / f"ft{k}.safetensors"))
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(yaml.safe_dump({"method": "tsv", "base_model": str(tmp_path / "base.safetensors"), "output": {"kind": "full"},
+                                   "modules": [{"path": str(tmp_path / f"ft{k}.safetensors")} for k in range(2)],
+                                   "executor": {"kind": "ray", "workers": 2}}))  # fmt: skip
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(eigenmix_script()), "merge", str(cfg), "--out", str(out), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    victims: list[int] = []
+    deadline = time.monotonic() + 240
+    while not victims and proc.poll() is None and time.monotonic() < deadline:
+        victims = running_tasks("merge_remote")
+        time.sleep(0.02)
+    assert victims, "no Ray worker was seen merging a layer"
+    os.kill(victims[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "a Ray worker died mid-merge" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
 def test_without_ray_the_command_says_how_to_install_it(finetuned, tmp_path, monkeypatch, capsys):

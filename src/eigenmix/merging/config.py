@@ -158,7 +158,9 @@ class MergeConfig(BaseModel):
     base_model: Path | None = Field(None, description="the base checkpoint: needed for full-model output and fine-tunes")
     output: OutputEntry = Field(default_factory=OutputEntry)
     seed: int = Field(0, description="seed of the random methods (per layer)")
-    dense_rank: int | None = Field(None, ge=1, description="randomized-SVD rank for dense task vectors (exact SVD when unset)")
+    dense_rank: int | None = Field(
+        None, ge=1, description="randomized-SVD rank for dense task vectors (default: output.rank where given, else the exact SVD)"
+    )
     dense_energy: float = Field(1.0, gt=0, le=1, description="share of each dense delta's energy kept by spectral methods")
     extras: Literal["per_task", "refuse"] = Field("per_task", description="keep each module's heads per task, or refuse them")
     executor: ExecutorEntry = Field(default_factory=ExecutorEntry)
@@ -260,7 +262,7 @@ class MergeConfig(BaseModel):
         statistics a calibrated method runs on."""
         return make_plan(
             self.method, len(self.modules), weights=[e.weight for e in self.modules], params=self.parameters,
-            seed=self.seed, dense_rank=self.dense_rank, dense_energy=self.dense_energy, calibration=calibration,
+            seed=self.seed, dense_rank=self.dense_rank or self.output.rank, dense_energy=self.dense_energy, calibration=calibration,
         )  # fmt: skip
 
     def inputs(self) -> list[Path]:

@@ -22,6 +22,7 @@ disk's cold sequential read speed is measured once (``cat`` of one shard).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -146,6 +147,14 @@ def max_rel_diff(a: Path, b: Path) -> float:
     return worst
 
 
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every tensor's bytes (``--compare digests``: one output on disk at a time)."""
+    from eigenmix.io import CheckpointReader
+
+    with CheckpointReader(folder) as reader:
+        return {n: hashlib.sha256(reader.get(n).view(torch.uint8).numpy()).hexdigest() for n in reader.keys()}  # noqa: SIM118
+
+
 def identical(a: Path, b: Path) -> bool:
     """Every tensor of the two outputs equal, bit for bit."""
     from eigenmix.io import CheckpointReader
@@ -198,11 +207,20 @@ def main() -> None:
                          "--threads", str(args.threads)])  # fmt: skip
             row[tool] = timed(cmd, args.threads, inputs)
             print(method, tool, row[tool], flush=True)
-        if method != "dare_ties":
+            if args.compare == "digests":
+                row[f"{tool}_digests"] = digests(out)
+                shutil.rmtree(out)
+        if method != "dare_ties" and args.compare == "values":
             row["max_relative_difference"] = max_rel_diff(root / f"out-mergekit-{method}", root / f"out-eigenmix-{method}")
+        elif method != "dare_ties":
+            a, b = row.pop("mergekit_digests"), row.pop("eigenmix_digests")
+            differing = sorted(n for n in a if a[n] != b.get(n))
+            row["identical_tensors"] = f"{len(a) - len(differing)} of {len(a)}"
+            row["max_relative_difference"] = 0.0 if not differing and a.keys() == b.keys() else None  # unknown unless all are equal
+            row["differing_tensors"] = differing[:5]
         row["time_ratio_eigenmix_over_mergekit"] = round(row["eigenmix"]["seconds"] / row["mergekit"]["seconds"], 3)
         row["rss_ratio_eigenmix_over_mergekit"] = round(row["eigenmix"]["peak_rss_gb"] / row["mergekit"]["peak_rss_gb"], 3)
-        results["methods"][method] = row
+        results["methods"][method] = {k: v for k, v in row.items() if not k.endswith("_digests")}
         write_result(args.json, {**results, "partial": True})  # each method as soon as it is measured
         for tool in ("mergekit", "eigenmix"):
             shutil.rmtree(root / f"out-{tool}-{method}", ignore_errors=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import eigenmix
@@ -184,3 +185,40 @@ def test_what_eigenmix_cannot_honour_in_a_mergekit_yaml_is_one_line(checkpoints,
         done = run_eigenmix("merge", cfg, "--out", tmp_path / "o")
         assert done.returncode == 2 and expect in done.stderr and len(done.stderr.strip().splitlines()) == 1, (expect, done.stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_ties_on_bf16_fine_tunes_differs_from_mergekit_only_where_magnitudes_tie_at_the_threshold(checkpoints, tmp_path):
+    """bf16 checkpoints make many task-vector entries equal in magnitude; which of those tied
+    at the k-th largest a trim keeps is arbitrary in both libraries (mergekit: ``argsort``;
+    eigenmix: ``topk``). Every entry where the two outputs differ is such a tie."""
+    from test_cli_smoke import eigenmix as run_eigenmix
+    from test_cli_smoke import ok
+
+    base, fts = checkpoints
+    folders = []
+    for folder in (base, *fts):  # the same checkpoints in bf16
+        with CheckpointReader(folder) as reader:
+            tensors = {n: t.to(torch.bfloat16) for n, t in reader.items()}
+        (tmp_path / folder.name).mkdir()
+        save_file(tensors, str(tmp_path / folder.name / "model.safetensors"), metadata={"format": "pt"})
+        (tmp_path / folder.name / "config.json").write_text((folder / "config.json").read_text())
+        folders.append(tmp_path / folder.name)
+    cfg = tmp_path / "ties.yml"
+    models = [{"model": str(f), "parameters": {"weight": 1.0, "density": 0.5}} for f in folders[1:]]
+    cfg.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(folders[0]), "dtype": "float32", "out_dtype": "bfloat16",
+                                   "models": models}))  # fmt: skip
+    subprocess.run([str(Path(sys.executable).parent / "mergekit-yaml"), str(cfg), str(tmp_path / "mk"), "--no-copy-tokenizer"],
+                   check=True, capture_output=True)  # fmt: skip
+    ok(run_eigenmix("merge", str(cfg), "--out", tmp_path / "em"))
+    readers = [CheckpointReader(f) for f in (*folders, tmp_path / "mk", tmp_path / "em")]
+    differing = tied = 0
+    for name in readers[0].keys():  # noqa: SIM118
+        got, expected = readers[-1].get(name), readers[-2].get(name)
+        assert got.dtype == expected.dtype == torch.bfloat16
+        differs = (got != expected).reshape(-1)
+        at_threshold = torch.zeros_like(differs)
+        for ft in readers[1:3]:
+            tau = (ft.get(name).float() - readers[0].get(name).float()).abs().reshape(-1)
+            at_threshold |= tau == torch.topk(tau, max(1, int(0.5 * tau.numel()))).values[-1]
+        differing, tied = differing + int(differs.sum()), tied + int((differs & at_threshold).sum())
+    assert differing > 0 and tied == differing  # ties exist in bf16, and they are the only differences

@@ -31,8 +31,8 @@ def magnitude_mask(delta: Tensor, density: float) -> Tensor:
 
 
 def bernoulli_mask(shape: torch.Size, density: float, generator: torch.Generator) -> Tensor:
-    """DARE's random keep-mask: each entry kept with probability ``density``."""
-    return torch.bernoulli(torch.full(shape, float(density)), generator=generator)
+    """DARE's random keep-mask: each entry kept with probability ``density`` (bool: a byte per entry)."""
+    return torch.bernoulli(torch.full(shape, float(density)), generator=generator).bool()
 
 
 def drop_and_rescale(delta: Tensor, mask: Tensor, density: float, rescale: Rescale) -> Tensor:
@@ -55,14 +55,18 @@ def elect_sign(weighted: Tensor, method: Literal["sum", "count"] = "sum") -> Ten
 
 def disjoint_merge(weighted: Tensor, weights: Tensor, sign: Tensor, *, normalize: bool) -> Tensor:
     """Sum the entries that agree with the elected sign; with ``normalize``, divide by the
-    summed weights of those entries (the "disjoint mean")."""
-    agree = (weighted.sign() == sign).to(weighted.dtype)  # (K, *shape); zeros never agree
-    merged = (weighted * agree).sum(0)
-    if not normalize:
+    summed weights of those entries (the "disjoint mean"). One module at a time: no
+    ``(K, *shape)`` temporaries beyond the input."""
+    merged = torch.zeros_like(sign)
+    divisor = torch.zeros_like(sign) if normalize else None
+    for k in range(weighted.shape[0]):
+        agree = weighted[k].sign() == sign  # zeros never agree
+        merged.add_(torch.where(agree, weighted[k], 0.0))
+        if divisor is not None:
+            divisor.add_(agree.to(sign.dtype), alpha=float(weights[k]))
+    if divisor is None:
         return merged
-    w = weights.reshape(-1, *([1] * (weighted.ndim - 1))).to(weighted.dtype)
-    divisor = (w * agree).sum(0)
-    return merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return merged.div_(torch.where(divisor == 0, 1.0, divisor))
 
 
 def weighted(deltas: Tensor, weights: Tensor) -> Tensor:
@@ -70,30 +74,41 @@ def weighted(deltas: Tensor, weights: Tensor) -> Tensor:
     return deltas * weights.reshape(-1, *([1] * (deltas.ndim - 1))).to(deltas.dtype)
 
 
+def _weigh_(deltas: Tensor, weights: Tensor) -> Tensor:
+    """:func:`weighted` in place, for a stack this module made itself."""
+    return deltas.mul_(weights.reshape(-1, *([1] * (deltas.ndim - 1))).to(deltas.dtype))
+
+
 def trim(deltas: Tensor, density: float, thresholds: Tensor | None = None) -> Tensor:
     """Each delta ``(K, *shape)`` trimmed: to its own top ``density`` entries (per tensor), or,
     given per-module ``thresholds`` ``(K,)`` from a whole-model pass, to the entries whose
-    magnitude reaches its module's threshold."""
-    if thresholds is None:
-        return torch.stack([d * magnitude_mask(d, density) for d in deltas])
-    keep = deltas.abs() >= thresholds.to(deltas.dtype).reshape(-1, *([1] * (deltas.ndim - 1)))
-    return deltas * keep
+    magnitude reaches its module's threshold. A new tensor, filled one module at a time."""
+    out = torch.empty_like(deltas)
+    for k, d in enumerate(deltas):
+        keep = magnitude_mask(d, density) if thresholds is None else d.abs() >= thresholds[k].to(d.dtype)
+        torch.mul(d, keep, out=out[k])
+    return out
 
 
 def ties_merge(deltas: Tensor, weights: Tensor, *, density: float, normalize: bool = True, thresholds: Tensor | None = None) -> Tensor:
     """TIES: trim each delta (:func:`trim`), elect the sign, disjoint merge."""
-    w_deltas = weighted(trim(deltas, density, thresholds), weights)
+    w_deltas = _weigh_(trim(deltas, density, thresholds), weights)
     return disjoint_merge(w_deltas, weights, elect_sign(w_deltas), normalize=normalize)
 
 
 def dare_ties_merge(deltas: Tensor, weights: Tensor, masks: Tensor, *, density: float, rescale: Rescale, normalize: bool) -> Tensor:
     """DARE-TIES with given keep-masks ``(K, *shape)``: drop and rescale, then sign election."""
-    dropped = torch.stack([drop_and_rescale(d, m, density, rescale) for d, m in zip(deltas, masks, strict=True)])
-    w_deltas = weighted(dropped, weights)
+    w_deltas = _weigh_(_dropped(deltas, masks, density, rescale), weights)
     return disjoint_merge(w_deltas, weights, elect_sign(w_deltas), normalize=normalize)
 
 
 def dare_linear_merge(deltas: Tensor, weights: Tensor, masks: Tensor, *, density: float, rescale: Rescale) -> Tensor:
     """DARE with given keep-masks: drop and rescale each delta, then the weighted sum."""
-    dropped = torch.stack([drop_and_rescale(d, m, density, rescale) for d, m in zip(deltas, masks, strict=True)])
-    return weighted(dropped, weights).sum(0)
+    return _weigh_(_dropped(deltas, masks, density, rescale), weights).sum(0)
+
+
+def _dropped(deltas: Tensor, masks: Tensor, density: float, rescale: Rescale) -> Tensor:
+    out = torch.empty_like(deltas)
+    for k, (d, m) in enumerate(zip(deltas, masks, strict=True)):
+        out[k] = drop_and_rescale(d, m, density, rescale)
+    return out

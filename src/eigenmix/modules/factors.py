@@ -24,8 +24,10 @@ def factor_pair(delta: AnyDelta, *, dense_rank: int | None = None, dense_energy:
         return delta.B * delta.scale, delta.A.T
     if isinstance(delta, SpectralDelta):
         return delta.U * delta.S, delta.V
-    W = delta.W.to(torch.float64)
-    f = svd(W, dense_rank, randomized=dense_rank is not None and 10 * dense_rank < min(W.shape), seed=seed)
+    randomized = dense_rank is not None and 10 * dense_rank < min(delta.shape)
+    # the exact SVD in float64; a randomized one (an approximation at rank k) in float32 or the inputs' wider dtype
+    W = delta.W.to(torch.promote_types(delta.dtype, torch.float32) if randomized else torch.float64)
+    f = svd(W, dense_rank, randomized=randomized, seed=seed)
     if dense_energy < 1.0:
         f = f.truncate(rank_for_energy(f.S, dense_energy))
     f = f.truncate(numerical_rank(f.S, default_rtol(delta.dtype)))  # zero directions are undefined

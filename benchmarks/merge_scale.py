@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/merge_scale"))
     parser.add_argument("--tsv-rank", type=int, default=64)
     parser.add_argument("--skip", default="", help="parts to skip: tsv,ray")
+    parser.add_argument("--compare", choices=("values", "digests"), default="values",
+                        help="outputs compared tensor by tensor, or by per-tensor digests (one output on disk at a time)")  # fmt: skip
     parser.add_argument(
         "--cache", choices=("cold", "warm"), default="cold", help="drop the page cache before each run, or fill it with the inputs"
     )

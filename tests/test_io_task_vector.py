@@ -102,3 +102,17 @@ def test_pickle_and_missing_checkpoints_are_refused(tmp_path):
         load_task_vector(tmp_path / "base.safetensors", folder)
     with pytest.raises(InvalidInputError, match="no such checkpoint"):
         load_task_vector(tmp_path / "base.safetensors", tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("base_dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ft_dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_task_delta_in_every_dtype_pair_leaves_the_base_alone(base_dtype, ft_dtype):
+    """The base may be a reader's kept tensor (shared by every fine-tune): never modified."""
+    from eigenmix.io.task_vector import task_delta
+
+    g = torch.Generator().manual_seed(0)
+    base, ft = torch.randn(4, 5, generator=g).to(base_dtype), torch.randn(4, 5, generator=g).to(ft_dtype)
+    expected, kept = ft.double() - base.double(), base.clone()
+    delta = task_delta(base, ft)
+    assert delta.dtype == (torch.float64 if ft_dtype == torch.float64 else torch.float32) and torch.equal(base, kept)
+    torch.testing.assert_close(delta.double(), expected.to(delta.dtype).double(), rtol=1e-6, atol=1e-7)

@@ -47,7 +47,8 @@ def task_delta(base: Tensor, finetuned: Tensor) -> Tensor:
     do not lose small updates to rounding. ``finetuned`` is a fresh read and is reused (when
     it is already float32) for the result; ``base`` is left as it is."""
     dtype = torch.float64 if finetuned.dtype == torch.float64 else torch.float32
-    return finetuned.to(dtype).sub_(base)
+    narrower = torch.promote_types(base.dtype, dtype) == dtype  # bf16/fp16/float32 subtract in place; a float64 base is cast first
+    return finetuned.to(dtype).sub_(base if narrower else base.to(dtype))
 
 
 class LazyTaskVector(Mapping[str, DenseDelta]):

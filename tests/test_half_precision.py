@@ -48,15 +48,14 @@ def half_adapters(request, tmp_path_factory):
     return dtype, folders
 
 
-def stored_deltas(folder) -> dict[str, torch.Tensor]:
-    """Each layer's ``scale · B A`` from the stored half-precision factors, in float64."""
-    module = read_lora_adapter(folder)
-    return {n: d.B.double() @ d.A.double() * d.scale for n, d in module.layers.items()}
-
-
-def written_deltas(folder) -> dict[str, torch.Tensor]:
+def deltas(folder) -> dict[str, tuple[torch.Tensor, torch.dtype]]:
+    """Each layer's ``scale · B A`` from the stored factors in float64, and their stored dtype."""
     module = read_lora_adapter(folder)
     return {n: (d.B.double() @ d.A.double() * d.scale, d.A.dtype) for n, d in module.layers.items()}
+
+
+def stored_deltas(folder) -> dict[str, torch.Tensor]:
+    return {n: delta for n, (delta, _) in deltas(folder).items()}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,6 +87,6 @@ def test_the_command_writes_the_adapters_dtype_or_the_one_asked(half_adapters, m
         cfg = tmp_path / f"{out_dtype}.yaml"
         cfg.write_text(yaml.safe_dump({**body, "output": {"kind": "adapter", "dtype": out_dtype}}))
         ok(eigenmix_script("merge", cfg, "--out", tmp_path / out_dtype))
-        for layer, (got, stored) in written_deltas(tmp_path / out_dtype).items():
+        for layer, (got, stored) in deltas(tmp_path / out_dtype).items():
             expected = REFERENCES[method]([m[layer] for m in per_module], list(WEIGHTS))
             assert stored == expected_dtype and rel(got, expected) < tolerance, (out_dtype, layer, rel(got, expected))

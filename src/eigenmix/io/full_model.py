@@ -111,8 +111,8 @@ def stream_full_model(
     vectors share (opened with ``keep_last``: the layer they just read is not read again);
     it stays open. Returns the layers written.
     """
-    owned = not isinstance(base, CheckpointReader)
     reader = base if isinstance(base, CheckpointReader) else CheckpointReader(base)
+    owned = reader is not base
     try:
         targets = base_targets(shapes, reader)
         by_tensor = {t: layer for layer, t in targets.items()}

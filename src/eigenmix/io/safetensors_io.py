@@ -32,10 +32,15 @@ def refuse_pickle(path: Path) -> InvalidInputError:
     return InvalidInputError(f"{path}: is a pickle file; " + CONVERT_HINT.format(src=path.name, dst=dst))
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """No NaN or Inf in a floating tensor, in one pass without a copy or an overflow: NaN
+    propagates into the min and the max, and ±Inf is one of them."""
+    return tensor.numel() == 0 or all(bool(torch.isfinite(x)) for x in torch.aminmax(tensor.reshape(-1)))
+
+
 def check_finite(name: str, tensor: Tensor, where: Path | str) -> None:
     """Raise :class:`NonFiniteError` if a floating tensor holds NaN or Inf."""
-    # One pass, no copy and no overflow: NaN propagates into the min and max, ±Inf shows as one of them.
-    if tensor.is_floating_point() and tensor.numel() and not all(bool(torch.isfinite(x)) for x in torch.aminmax(tensor.reshape(-1))):
+    if tensor.is_floating_point() and not all_finite(tensor):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(f"{where}: tensor '{name}' holds {n_bad} NaN/Inf value(s)")
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
+from eigenmix.io.safetensors_io import all_finite
 from eigenmix.merging.elementwise import weighted
 from eigenmix.merging.plan import MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext
@@ -134,7 +135,7 @@ def linear_combination(item: LayerInput, rule: str, scale: float, dtype: torch.d
 
 def _check_finite(layer: str, delta: AnyDelta) -> None:
     tensors = (delta.U, delta.S, delta.V) if isinstance(delta, SpectralDelta) else (delta.dense(),)
-    if not all(bool(torch.isfinite(x)) for t in tensors if t.numel() for x in torch.aminmax(t.reshape(-1))):  # no copy
+    if not all(all_finite(t) for t in tensors):
         raise NonFiniteError(f"layer '{layer}': the merged delta is not finite in {tensors[0].dtype} (a weight or scale too large?)")
 
 

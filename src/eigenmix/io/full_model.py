@@ -128,7 +128,7 @@ def stream_full_model(
                 name = targets[layer]
                 W = reader.get(name)  # possibly the shared reader's kept tensor: not modified
                 step = torch.float64 if W.dtype == torch.float64 else torch.float32
-                d = delta.dense()
+                d = delta.tensor()  # a conv kernel in its own shape
                 if d.shape != W.shape:  # fan_in_fan_out: the base stores (in, out)
                     d = d.T
                 writers[where[name]].add(name, W.to(step, copy=True).add_(d).to(_out(W.dtype, dtype)))

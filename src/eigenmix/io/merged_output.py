@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.peft_config import CONFIG_NAME
-from eigenmix.io.peft_lora import PREFIX, WEIGHTS_NAME, lora_config
+from eigenmix.io.peft_lora import PREFIX, WEIGHTS_NAME, lora_config, peft_factors
 from eigenmix.io.stream_writer import StreamWriter
 from eigenmix.modules import AnyDelta, DenseDelta, SpectralDelta
 from eigenmix.spectral import default_rtol, numerical_rank, retained_energy
@@ -44,7 +44,7 @@ def spectral_form(name: str, delta: AnyDelta, rank: int | None) -> tuple[Spectra
     exact = numerical_rank(S, default_rtol(spec.S.dtype))
     if exact == 0:  # a layer merged to zero: PEFT needs r ≥ 1, so one zero direction
         m, n = delta.shape
-        zero = SpectralDelta(spec.U.new_zeros(m, 1), spec.U.new_zeros(1), spec.U.new_zeros(n, 1))
+        zero = SpectralDelta(spec.U.new_zeros(m, 1), spec.U.new_zeros(1), spec.U.new_zeros(n, 1), spec.kernel)
         return zero, LayerOutput(name, 1, 1.0, 0)
     keep = exact if rank is None else min(rank, exact)
     return spec.truncate(keep), LayerOutput(name, keep, retained_energy(S, keep), exact)
@@ -90,8 +90,9 @@ def stream_merged_adapter(
         for name, delta in layers:
             spec, row = spectral_form(name, delta, rank)
             low = spec.lowrank()
-            writer.add(f"{PREFIX}{name}.lora_A.weight", low.A if dtype is None else low.A.to(dtype))
-            writer.add(f"{PREFIX}{name}.lora_B.weight", low.B if dtype is None else low.B.to(dtype))
+            lora_A, lora_B = peft_factors(low, dtype)
+            writer.add(f"{PREFIX}{name}.lora_A.weight", lora_A)
+            writer.add(f"{PREFIX}{name}.lora_B.weight", lora_B)
             ranks[name] = (low.rank, low.scale)
             report.append(row)
     config = lora_config(ranks, fan_in_fan_out=fan_in_fan_out, base_model=base_model)

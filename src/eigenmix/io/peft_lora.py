@@ -7,6 +7,13 @@ prefix removed); deltas are ``scale · B A`` in ``(out, in)`` orientation. PEFT 
 layers (GPT-2 ``Conv1D``), so only a full-model writer needs that flag
 (``Module.fan_in_fan_out``). Tensors that are not LoRA factors (``modules_to_save`` heads, trained biases)
 become ``extras``.
+
+A conv LoRA (PEFT's ``Conv1d/2d/3d``: ``lora_A`` a conv with the base's kernel and stride,
+``(r, in, *k)``; ``lora_B`` a 1×1 conv ``(out, r, 1, …)``) is the low-rank delta
+``B.flatten(1) @ A.flatten(1) · scale`` on the kernel's matrix view ``(out, in·∏k)``, with the
+kernel shape ``(out, in, *k)`` kept (:class:`LowRankDelta.kernel`) and written back the same
+way. A LoRA on a grouped conv (``lora_B`` with ``r/groups`` input channels) has no single
+matrix delta — PEFT cannot merge it either — and is refused with one line.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -26,7 +34,7 @@ from eigenmix.errors import InvalidInputError, ShapeMismatchError, UnsupportedAd
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.io.peft_config import CONFIG_NAME, layer_rank_alpha, lora_scale, read_config, targets_layer
 from eigenmix.io.safetensors_io import SAFETENSORS_DTYPES, check_finite, open_safetensors, read_tensor, refuse_pickle
-from eigenmix.modules import DenseDelta, LowRankDelta, Module, PeftSource, SpectralDelta
+from eigenmix.modules import DenseDelta, LowRankDelta, Module, PeftSource, SpectralDelta, tensor_kind
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors' names of the float dtypes
@@ -66,7 +74,7 @@ class LazyLoraLayers(Mapping[str, LowRankDelta]):
         self, handle: Any, path: Path, keys: dict[str, tuple[str, str]], scales: dict[str, float], shapes: dict[str, tuple[int, int]]
     ) -> None:
         self._handle, self._path, self._keys, self._scales = handle, path, keys, scales
-        self.shapes = shapes  # (out, in) per layer, from the file header: no data read
+        self.shapes = shapes  # (out, in) or a conv's (out, in, *k) per layer, from the file header: no data read
         self.dtypes = {layer: SAFETENSORS_DTYPES[handle.get_slice(a).get_dtype()] for layer, (a, _) in keys.items()}  # lora_A's
 
     def __getitem__(self, layer: str) -> LowRankDelta:
@@ -74,7 +82,8 @@ class LazyLoraLayers(Mapping[str, LowRankDelta]):
         A, B = self._handle.get_tensor(key_a), self._handle.get_tensor(key_b)
         check_finite(key_a, A, self._path)
         check_finite(key_b, B, self._path)
-        return LowRankDelta(B, A, self._scales[layer])
+        kernel = self.shapes[layer] if A.ndim > 2 else None
+        return LowRankDelta(B.flatten(1), A.flatten(1), self._scales[layer], kernel)
 
     def __contains__(self, layer: object) -> bool:  # Mapping's default reads the layer
         return layer in self._keys
@@ -133,7 +142,7 @@ def read_lora_adapter(path: Path | str, *, name: str | None = None, lazy: bool =
     shapes = {k: tuple(handle.get_slice(k).get_shape()) for pair in factors.values() for k in pair.values()}
     scales = {layer: _layer_scale(layer, pair, shapes, config, weights_path) for layer, pair in sorted(factors.items())}
     keys = {layer: (factors[layer]["A"], factors[layer]["B"]) for layer in scales}
-    delta_shapes = {layer: (shapes[b][0], shapes[a][1]) for layer, (a, b) in keys.items()}
+    delta_shapes = {layer: (shapes[b][0], *shapes[a][1:]) for layer, (a, b) in keys.items()}
     lazy_layers = LazyLoraLayers(handle, weights_path, keys, scales, delta_shapes)
     layers: Mapping[str, LowRankDelta] = lazy_layers if lazy else {layer: lazy_layers[layer] for layer in keys}
     return Module(
@@ -153,12 +162,34 @@ def _layer_scale(layer: str, pair: dict[str, str], shapes: dict[str, tuple[int, 
         missing = "lora_B" if "A" in pair else "lora_A"
         raise ShapeMismatchError(f"{where}: layer '{layer}' has no {missing}.weight")
     a, b = shapes[pair["A"]], shapes[pair["B"]]
-    if len(a) != 2 or len(b) != 2:
-        raise UnsupportedAdapterError(f"{where}: layer '{layer}' has {len(a)}-D LoRA factors; LoRA on convolutions is not supported")
+    if len(a) != len(b) or tensor_kind(a) == "vector":
+        raise ShapeMismatchError(
+            f"{where}: layer '{layer}' has lora_A {a} and lora_B {b}; LoRA factors are 2-D (linear) or 3- to 5-D (conv)"
+        )
+    if any(x != 1 for x in b[2:]):
+        raise UnsupportedAdapterError(f"{where}: layer '{layer}': lora_B {b} is no 1×1 conv, as PEFT's conv LoRA has")
     r, alpha = layer_rank_alpha(config, layer)
+    if len(a) > 2 and a[0] == r and b[1] != r and b[1] > 0 and r % b[1] == 0:
+        raise UnsupportedAdapterError(
+            f"{where}: layer '{layer}' is a LoRA on a grouped conv (groups = {r // b[1]}): it has no single matrix delta "
+            "(PEFT cannot merge it either)"
+        )
     if a[0] != r or b[1] != r:
         raise ShapeMismatchError(f"{where}: layer '{layer}': lora_A {a} and lora_B {b} disagree with r={r} from the config")
     return lora_scale(alpha, r, rslora=bool(config.get("use_rslora", False)))
+
+
+def peft_factors(delta: LowRankDelta, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """``(lora_A, lora_B)`` as PEFT stores them: ``(r, n)`` and ``(m, r)``, or for a conv
+    kernel ``(m, in, *k)`` the conv factors ``(r, in, *k)`` and ``(m, r, 1, …)``; contiguous,
+    in ``dtype`` (default: the delta's own)."""
+    A, B = delta.A, delta.B
+    if delta.kernel is not None:
+        A = A.reshape(delta.rank, *delta.kernel[1:])
+        B = B.reshape(*B.shape, *([1] * (len(delta.kernel) - 2)))
+    if dtype is not None:
+        A, B = A.to(dtype), B.to(dtype)
+    return A.contiguous(), B.contiguous()
 
 
 def _as_lowrank(name: str, delta: object) -> LowRankDelta:
@@ -247,8 +278,7 @@ def write_lora_files(module: Module, folder: Path) -> None:
     config = build_config(module, layers)
     tensors: dict[str, Tensor] = {}
     for name, d in layers.items():
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = d.A.contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = d.B.contiguous()
+        tensors[f"{PREFIX}{name}.lora_A.weight"], tensors[f"{PREFIX}{name}.lora_B.weight"] = peft_factors(d)
     for name, t in module.extras.items():
         tensors[f"{PREFIX}{name}"] = t.contiguous()
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

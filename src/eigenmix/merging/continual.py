@@ -5,7 +5,8 @@ A method that can do this declares a :class:`Continual`: how one module's layer 
 into the layer's state (``step``), an optional pass over all layers after each module
 (``rescale``: OPCM's λ_t), and how the written delta follows from the state (``output``).
 States are exact: per matrix layer an SVD in float64 (never truncated, whatever
-``output.rank`` says), per vector layer a float64 tensor.
+``output.rank`` says; a conv kernel's of its matrix view, its kernel shape kept beside),
+per vector layer a float64 tensor.
 
 - ``task_arithmetic`` and ``linear`` keep ``S = Σ_k w_k ΔW_k`` and write ``scale · S`` (divided
   by ``Σ_k w_k`` with ``normalize``): folding module by module equals merging all at once.
@@ -31,7 +32,7 @@ from torch import Tensor
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
 from eigenmix.io.safetensors_io import read_safetensors
 from eigenmix.merging.registry import MergeMethod, MergeParams, get_method
-from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta, factor_pair
+from eigenmix.modules import AnyDelta, DenseDelta, Module, SpectralDelta, factor_pair, with_kernel
 from eigenmix.spectral import SVD, decompose, default_rtol, factored_svd, numerical_rank
 
 Layer = SVD | Tensor
@@ -69,6 +70,7 @@ class MergeState:
     info: dict[str, Any] = field(default_factory=dict)
     base_model: str | None = None
     fan_in_fan_out: bool = False
+    kernels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # conv layers' kernel shapes
 
     @property
     def spec(self) -> MergeMethod:
@@ -164,14 +166,18 @@ def fold(state: MergeState, module: Module, weight: float = 1.0, name: str | Non
     if module.base_model and state.base_model and module.base_model != state.base_model:
         raise InvalidInputError(f"module '{name}' is for base model {module.base_model}; the merge is of {state.base_model}")
     for layer, delta in module.layers.items():
-        if layer in state.layers and _shape(state.layers[layer]) != tuple(delta.shape):
-            raise ShapeMismatchError(
-                f"module '{name}': layer '{layer}' has shape {tuple(delta.shape)}, the merge's {_shape(state.layers[layer])}"
-            )
+        kernel = getattr(delta, "kernel", None)
+        if layer in state.layers and (_shape(state.layers[layer]) != tuple(delta.shape) or state.kernels.get(layer) != kernel):
+            had = state.kernels.get(layer) or _shape(state.layers[layer])
+            raise ShapeMismatchError(f"module '{name}': layer '{layer}' has shape {tuple(delta.tensor_shape)}, the merge's {had}")
     info = dict(state.info)
     layers = dict(state.layers)
+    kernels = dict(state.kernels)
     for layer, delta in module.layers.items():
         layers[layer] = spec.continual.step(layers.get(layer), delta, weight, p, info)
+        kernel = getattr(delta, "kernel", None)
+        if kernel is not None:
+            kernels[layer] = kernel
     info["steps"] = int(info.get("steps", 0)) + 1
     if spec.continual.rescale is not None:
         info["module_norm"] = abs(weight) * sum(delta_norm_sq(d) for d in module.layers.values()) ** 0.5
@@ -179,6 +185,7 @@ def fold(state: MergeState, module: Module, weight: float = 1.0, name: str | Non
     return replace(
         state, modules=(*state.modules, name), weights=(*state.weights, float(weight)), layers=layers, info=info,
         base_model=state.base_model or module.base_model, fan_in_fan_out=state.fan_in_fan_out or module.fan_in_fan_out,
+        kernels=kernels,
     )  # fmt: skip
 
 
@@ -206,7 +213,7 @@ def outputs(state: MergeState) -> Iterator[tuple[str, AnyDelta]]:
     spec, p = state.spec, state.parsed
     assert spec.continual is not None
     for layer, s in state.layers.items():
-        yield layer, as_delta(spec.continual.output(s, p, state.info, state.weights))
+        yield layer, with_kernel(as_delta(spec.continual.output(s, p, state.info, state.weights)), state.kernels.get(layer))
 
 
 def from_merged(
@@ -216,9 +223,11 @@ def from_merged(
     ``S = merged / scale`` (times ``Σ w`` with ``normalize``)."""
     factor = (float(sum(weights)) if getattr(params, "normalize", False) else 1.0) / params.scale
     layers = {layer: scaled(as_layer(d), factor) for layer, d in merged.items()}
+    kernels = {layer: d.kernel for layer, d in merged.items() if getattr(d, "kernel", None) is not None}
     return MergeState(
-        method, params.model_dump(mode="json"), tuple(modules), tuple(float(w) for w in weights), layers, {"steps": len(modules)}, **kw
-    )
+        method, params.model_dump(mode="json"), tuple(modules), tuple(float(w) for w in weights), layers, {"steps": len(modules)},
+        kernels=kernels, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 # --- on disk --------------------------------------------------------------------------
@@ -236,7 +245,7 @@ def save_state(state: MergeState, folder: Path) -> None:
     index = {
         "format": FORMAT, "version": VERSION, "method": state.method, "params": state.params, "modules": list(state.modules),
         "weights": list(state.weights), "info": state.info, "base_model": state.base_model, "fan_in_fan_out": state.fan_in_fan_out,
-        "layers": list(state.layers),
+        "layers": list(state.layers), "kernels": {layer: list(k) for layer, k in state.kernels.items()},
     }  # fmt: skip
     (folder / STATE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
@@ -276,7 +285,24 @@ def load_state(folder: Path) -> MergeState:
         layers[layer] = SVD(U, S, V)
     if len(modules) != len(weights):
         raise InvalidInputError(f"{path}: {len(modules)} modules but {len(weights)} weights")
+    kernels = _kernels(index.get("kernels") or {}, layers, path)
     return MergeState(
         method, params, tuple(modules), tuple(float(w) for w in weights), layers, dict(index.get("info") or {}),
-        index.get("base_model"), bool(index.get("fan_in_fan_out", False)),
+        index.get("base_model"), bool(index.get("fan_in_fan_out", False)), kernels,
     )  # fmt: skip
+
+
+def _kernels(given: Any, layers: dict[str, Layer], path: Path) -> dict[str, tuple[int, ...]]:
+    """The conv layers' kernel shapes of a stored state, each checked against its layer."""
+    if not isinstance(given, dict):
+        raise InvalidInputError(f"{path}: 'kernels' is not a mapping of layer → kernel shape")
+    kernels: dict[str, tuple[int, ...]] = {}
+    for layer, shape in given.items():
+        if layer not in layers or not isinstance(shape, list) or not all(isinstance(x, int) for x in shape):
+            raise InvalidInputError(f"{path}: kernel entry '{layer}' names no stored layer or is no list of sizes")
+        try:
+            with_kernel(as_delta(layers[layer]), tuple(shape))
+        except ValueError as err:
+            raise InvalidInputError(f"{path}: layer '{layer}': {err}") from None
+        kernels[layer] = tuple(shape)
+    return kernels

@@ -2,8 +2,11 @@
 
 Per layer, a spectral method gets the joint-basis decomposition of the K deltas
 (:func:`eigenmix.modules.layer_spectra`) and returns a factored result; an element-wise
-method gets the K dense deltas of that one layer. Tensors that are not matrices (biases,
-norms) follow the method's declared vector rule (:mod:`eigenmix.merging.registry`).
+method gets the K dense deltas of that one layer. Every tensor is classified by what it is
+(:func:`eigenmix.modules.tensor_kind`): matrices, and conv kernels as their matrix view
+``(out, in/g·∏k)`` (the merged delta keeps the kernel's shape for the writers), go to the
+method; vectors (biases, norms) follow the method's declared vector rule
+(:mod:`eigenmix.merging.registry`).
 Methods with ``trim: global`` first make one pass over every layer for each module's
 magnitude threshold (:mod:`eigenmix.merging.selection`).
 
@@ -27,7 +30,17 @@ from eigenmix.merging.elementwise import weighted
 from eigenmix.merging.plan import MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext
 from eigenmix.merging.selection import global_thresholds
-from eigenmix.modules import AnyDelta, DenseDelta, MergeRecord, Module, SpectralDelta, layer_spectra, modules_work_dtype, work_dtype
+from eigenmix.modules import (
+    AnyDelta,
+    DenseDelta,
+    MergeRecord,
+    Module,
+    SpectralDelta,
+    layer_spectra,
+    modules_work_dtype,
+    with_kernel,
+    work_dtype,
+)
 from eigenmix.seeds import derived_seed
 
 if TYPE_CHECKING:  # the executor runs this engine's merge_layer in its workers
@@ -55,7 +68,13 @@ class LayerInput:
 
     @property
     def is_matrix(self) -> bool:
+        """A matrix, or a conv kernel (the deltas hold its matrix view)."""
         return len(self.deltas[0].shape) == 2
+
+    @property
+    def kernel(self) -> tuple[int, ...] | None:
+        """The conv kernel shape of the layer (None for a matrix or a vector)."""
+        return getattr(self.deltas[0], "kernel", None)
 
 
 def layer_inputs(
@@ -99,7 +118,7 @@ def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = N
     dtype, p = work_dtype(item.deltas), plan.params
     rule = plan.method.vector_rule(p)
     if plan.method.linear_map and all(isinstance(d, DenseDelta) for d in item.deltas):  # dense task vectors: no SVD
-        summed = DenseDelta(linear_combination(item, rule, p.scale, dtype))
+        summed = DenseDelta(linear_combination(item, rule, p.scale, dtype), item.kernel)
         _check_finite(item.layer, summed)
         return summed
     ctx = context(plan, item, thresholds)
@@ -113,6 +132,7 @@ def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = N
     else:
         result = plan.method.fn(*inputs, p, ctx)
         out = SpectralDelta(result.U.to(dtype), result.S.to(dtype), result.V.to(dtype))
+    out = with_kernel(out, item.kernel)
     _check_finite(item.layer, out)
     return out
 
@@ -206,6 +226,7 @@ def state_layers(state: Any, dtype: torch.dtype, seconds: float = 0.0) -> Iterat
             out = SpectralDelta(delta.U.to(dtype), delta.S.to(dtype), delta.V.to(dtype))
         else:
             out = DenseDelta(delta.dense().to(dtype))
+        out = with_kernel(out, getattr(delta, "kernel", None))
         _check_finite(layer, out)
         rank = out.rank if isinstance(out, SpectralDelta) else min(out.shape) if len(out.shape) == 2 else 0
         yield layer, out, LayerResult(layer, tuple(out.shape), rank, per_layer)

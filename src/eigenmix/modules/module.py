@@ -74,11 +74,12 @@ class Module:
         return len(self.layers)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Layer name → delta shape, without reading lazily stored layers."""
+        """Layer name → the updated tensor's stored shape (a conv kernel's own shape, not its
+        matrix view), without reading lazily stored layers."""
         known = getattr(self.layers, "shapes", None)
         if known is not None:
             return dict(known)
-        return {name: tuple(d.shape) for name, d in self.layers.items()}
+        return {name: tuple(d.tensor_shape) for name, d in self.layers.items()}
 
     def dtypes(self) -> set[torch.dtype]:
         """The stored dtypes of the layers, without reading lazily stored layers."""

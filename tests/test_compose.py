@@ -250,15 +250,14 @@ def test_routed_update_equals_the_dense_sum_on_every_path(rows, tokens, per_toke
 def test_scope_all_decides_from_every_layers_scores(adapters):
     """Two passes: the spectral scores of every layer on the base model, averaged per module,
     then one mix for all layers — the same output as those coefficients given per row."""
-    from eigenmix.compose.hooks import linear_at
+    from eigenmix.compose.hooks import on_input
 
     library, x = library_of(adapters), inputs()
     router = SpectralRouter(scope="all", temperature=0.5)
     base = base_model().eval()
     seen = {}
     hooks = [
-        linear_at(base, layer, library.view(layer).shape).register_forward_hook(lambda m, i, o, layer=layer: seen.__setitem__(layer, i[0]))
-        for layer in library.layers
+        on_input(base, layer, library.view(layer).shape, lambda x, layer=layer: seen.__setitem__(layer, x)) for layer in library.layers
     ]
     with torch.no_grad():
         base(x)
@@ -281,7 +280,7 @@ def test_calibration_statistics_by_hand_and_without_side_effects(adapters):
     """calibrate: each module's own mean/std of its score on its own rows; stream_statistics:
     every module's over all rows; neither changes the model's outputs."""
     from eigenmix.compose.calibrate import calibrate, stream_statistics
-    from eigenmix.compose.hooks import linear_at
+    from eigenmix.compose.hooks import on_input
     from eigenmix.compose.routers import module_energy
 
     library = library_of(adapters)
@@ -295,7 +294,7 @@ def test_calibration_statistics_by_hand_and_without_side_effects(adapters):
     assert torch.equal(before, after)
     layer = library.layers[0]
     seen = {}
-    hook = linear_at(model, layer, library.view(layer).shape).register_forward_hook(lambda m, i, o: seen.__setitem__("x", i[0]))
+    hook = on_input(model, layer, library.view(layer).shape, lambda x: seen.__setitem__("x", x))
     all_scores = []
     for k, name in enumerate(library.names):
         with torch.no_grad():

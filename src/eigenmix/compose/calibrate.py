@@ -17,28 +17,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import linear_at
+from eigenmix.compose.hooks import on_input
 from eigenmix.compose.library import Library
 from eigenmix.compose.routers.spectral import Score, sequence_scores
 from eigenmix.compose.routing import pooled
 from eigenmix.errors import InvalidInputError
 
 
-def _record(seen: dict[str, Tensor], layer: str) -> Callable[..., None]:
-    """A forward hook keeping a layer's input as ``(rows, tokens, n)`` (2-D inputs are one
-    token), returning None: the output is left alone."""
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        x = inputs[0]
-        seen.setdefault(layer, x.reshape(x.shape[0], -1, x.shape[-1]))
-
-    return hook
-
-
 def layer_inputs(model: nn.Module, library: Library, layers: Iterable[str], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """One forward pass of ``model`` on ``inputs``; the input of each of ``layers``."""
     seen: dict[str, Tensor] = {}
-    hooks = [linear_at(model, layer, library.view(layer).shape).register_forward_hook(_record(seen, layer)) for layer in layers]
+    def keep(layer: str) -> Callable[[Tensor], None]:
+        return lambda x: seen.__setitem__(layer, x) if layer not in seen else None
+
+    hooks = [on_input(model, layer, library.view(layer).shape, keep(layer)) for layer in layers]
     try:
         model(**inputs)
     finally:

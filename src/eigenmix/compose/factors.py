@@ -47,6 +47,7 @@ class LayerFactors:
         mu_left: ``(m, J)`` ``Q_U Um`` (level "lambda+mu" only).
         mu_proj: ``(J, D)`` ``Umᵀ P`` (level "lambda+mu" only).
         mu0: ``(J,)`` the starting μ (float64; level "lambda+mu" only).
+        kernel: a conv layer's kernel shape (its matrix view is ``(m, n)``), for export.
     """
 
     left: Tensor
@@ -57,6 +58,7 @@ class LayerFactors:
     mu_left: Tensor | None = None
     mu_proj: Tensor | None = None
     mu0: Tensor | None = None
+    kernel: tuple[int, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -36,10 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import linear_at, on_output
+from eigenmix.compose.hooks import on_output
+from eigenmix.compose.sites import site_at
 from eigenmix.errors import InvalidInputError
 from eigenmix.merging.calibration import Grams, Kind, LayerGrams
-from eigenmix.modules import Module, factor_pair
+from eigenmix.modules import Module, factor_pair, matrix_view, tensor_kind
 from eigenmix.spectral import default_rtol, orthonormal_range
 
 Batches = Iterable[Mapping[str, Tensor]]
@@ -86,8 +87,8 @@ def _matrix_layers(modules: Sequence[Module]) -> dict[str, tuple[int, int]]:
     shapes: dict[str, tuple[int, int]] = {}
     for m in modules:
         for name, shape in m.shapes().items():
-            if len(shape) == 2:
-                shapes.setdefault(name, (int(shape[0]), int(shape[1])))
+            if tensor_kind(shape) != "vector":  # a matrix, or a conv kernel's matrix view
+                shapes.setdefault(name, matrix_view(shape))
     return shapes
 
 
@@ -164,7 +165,7 @@ def _check(model: nn.Module, modules: Sequence[Module], batches: Sequence[Batche
     if len(batches) != len(modules):
         raise InvalidInputError(f"calibration rows for {len(batches)} modules; the merge has {len(modules)}")
     for name, shape in _matrix_layers(modules).items():
-        linear_at(model, name, shape)
+        site_at(model, name, shape)
     return list(batches)
 
 

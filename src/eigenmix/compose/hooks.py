@@ -1,6 +1,9 @@
-"""The one hook mechanism of live compositions: a target ``nn.Linear`` of a frozen model
-gets a forward hook that changes its output (:func:`on_output`), most often by adding
-``update(x)`` (:func:`add_to_output`: ``y = W0 x + b + update(x)``).
+"""The one hook mechanism of live compositions: a target layer of a frozen model — a
+:class:`~eigenmix.compose.sites.Site` (``nn.Linear``, or an ``nn.Conv1d/2d``) — gets a
+forward hook that changes its output (:func:`on_output`), most often by adding ``update(x)``
+(:func:`add_to_output`: ``y = W0 x + b + update(x)``), or that reads its input
+(:func:`on_input`). The hooked functions see rows: the input ``(batch, tokens, n)``, the
+output ``(batch, tokens, m)`` (a conv's unfolded patches and per-position channels).
 The model is not modified; removing the hook gives it back unchanged."""
 
 from __future__ import annotations
@@ -10,31 +13,35 @@ from collections.abc import Callable, Collection
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from eigenmix.compose.sites import Site, site_at
 from eigenmix.errors import InvalidInputError
 
 
-def linear_at(model: nn.Module, name: str, shape: tuple[int, int]) -> nn.Linear:
-    """The ``nn.Linear`` called ``name`` in ``model``, checked to be ``(out, in) = shape``."""
-    try:
-        linear = model.get_submodule(name)
-    except AttributeError as err:
-        raise InvalidInputError(f"the model has no layer '{name}'") from err
-    if not isinstance(linear, nn.Linear):
-        raise InvalidInputError(f"layer '{name}' of the model is a {type(linear).__name__}, not an nn.Linear")
-    if tuple(linear.weight.shape) != tuple(shape):
-        have = tuple(linear.weight.shape)
-        raise InvalidInputError(f"layer '{name}': the module's update is {tuple(shape)} (out, in), the model's nn.Linear is {have}")
-    return linear
+def on_output(model: nn.Module, name: str, shape: tuple[int, ...], change: Callable[[Tensor, Tensor], Tensor]) -> RemovableHandle:
+    """Hook ``change(x, y) → y'`` onto the site ``name``: its output rows ``y``
+    ``(batch, tokens, m)`` for input rows ``x`` ``(batch, tokens, n)`` become ``y'`` (which may
+    be ``y`` itself, changed in place)."""
+    site = site_at(model, name, shape)
+
+    def hook(_: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return site.back(change(site.rows(inputs[0]), site.out_rows(out)), out)
+
+    return model.get_submodule(name).register_forward_hook(hook)
 
 
-def on_output(model: nn.Module, name: str, shape: tuple[int, int], change: Callable[[Tensor, Tensor], Tensor]) -> RemovableHandle:
-    """Hook ``change(x, y) → y'`` onto the linear ``name``: its output ``y`` for input ``x``
-    becomes ``y'`` (which may be ``y`` itself, changed in place)."""
-    return linear_at(model, name, shape).register_forward_hook(lambda _, inputs, out: change(inputs[0], out))
+def on_input(model: nn.Module, name: str, shape: tuple[int, ...], read: Callable[[Tensor], None]) -> RemovableHandle:
+    """Hook ``read(x)`` onto the site ``name``: it sees the input rows ``(batch, tokens, n)``
+    and leaves the output alone."""
+    site: Site = site_at(model, name, shape)
+
+    def hook(_: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:  # None: the output is kept
+        read(site.rows(inputs[0]))
+
+    return model.get_submodule(name).register_forward_hook(hook)
 
 
-def add_to_output(model: nn.Module, name: str, shape: tuple[int, int], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
-    """Hook ``update(x)`` (``(…, n) → (…, m)``) onto the linear ``name``'s output."""
+def add_to_output(model: nn.Module, name: str, shape: tuple[int, ...], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
+    """Hook ``update(x)`` (rows ``(batch, tokens, n) → (batch, tokens, m)``) onto the site ``name``'s output."""
     return on_output(model, name, shape, lambda x, out: out + update(x))
 
 

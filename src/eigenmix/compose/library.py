@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, ShapeMismatchError
-from eigenmix.modules import AnyDelta, DenseDelta, Module, delta_dtype
+from eigenmix.modules import AnyDelta, DenseDelta, Module, delta_dtype, matrix_view, tensor_kind
 from eigenmix.spectral import SVD, default_rtol, numerical_rank
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -170,7 +170,8 @@ class Library:
         if module.base_model and self.base_model and module.base_model != self.base_model:
             raise InvalidInputError(f"module '{name}' is for base model {module.base_model}, the library for {self.base_model}")
         known = self.shapes()
-        for layer, shape in module.shapes().items():
+        for layer, stored in module.shapes().items():
+            shape = matrix_view(stored) if tensor_kind(stored) != "vector" else tuple(stored)  # a conv kernel as its matrix view
             if layer in known and tuple(shape) != known[layer]:
                 raise ShapeMismatchError(f"module '{name}': layer '{layer}' has shape {tuple(shape)}, the library's has {known[layer]}")
         layers = {layer: spectral_layer(delta) for layer, delta in module.layers.items()}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose import Library, RoutedModel, Router, load_library
-from eigenmix.compose.hooks import linear_at
+from eigenmix.compose.sites import site_at
 from eigenmix.data.inputs import InputRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.explain import RESIDUAL, Explanation, LayerDirections, Recorder, Row, from_library, from_merge, record_rows
@@ -144,5 +144,5 @@ def base_for(target: Target, base_model: Path | None, max_length: int) -> Encode
     layer the target updates, of the target's shape (one line naming the first that is not)."""
     encoder = load_base(target.library, base_model, max_length)
     for layer, d in target.directions.items():
-        linear_at(encoder.model, layer, d.shape)
+        site_at(encoder.model, layer, d.shape)
     return encoder

@@ -75,7 +75,7 @@ def merge_remote(sources: tuple[Source, ...], spec: dict[str, Any], layer: str, 
     item = LayerInput(layer, [modules[i].layers[layer] for i in members], [plan.weights[i] for i in members], members)
     delta = merge_layer(plan, item, None if thresholds is None else thresholds[members])
     if isinstance(delta, SpectralDelta):  # contiguous copies travel lighter than views
-        delta = SpectralDelta(delta.U.contiguous(), delta.S.contiguous(), delta.V.contiguous())
+        delta = SpectralDelta(delta.U.contiguous(), delta.S.contiguous(), delta.V.contiguous(), delta.kernel)
     return layer, delta, time.perf_counter() - start
 
 

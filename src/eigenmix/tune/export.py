@@ -32,7 +32,7 @@ def export_module(comp: Composition, *, name: str = "tuned", base_model: str | N
             svd = factored_svd(L, Rt.T, dtype=torch.float64)
             dtype = f.left.dtype
             svd = svd.truncate(max(numerical_rank(svd.S, default_rtol(dtype)), 1))
-            layers[layer] = SpectralDelta(svd.U.to(dtype), svd.S.to(dtype), svd.V.to(dtype))
+            layers[layer] = SpectralDelta(svd.U.to(dtype), svd.S.to(dtype), svd.V.to(dtype), f.kernel)
     return Module(name, layers, base_model=base_model)
 
 

@@ -6,6 +6,7 @@ directions, each owned by the module whose task's inputs use it most, with λ = 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -64,14 +65,16 @@ def build(
     if len(w) != len(modules):
         raise InvalidInputError(f"{len(w)} weights for {len(modules)} modules")
     factors = {}
+    kernels: dict[str, tuple[int, ...] | None] = {}
     names = sorted({n for m in modules for n in m.layers})
     if calibration is not None:
         calibration.reset()
     for name in calibration.order(names) if calibration is not None else names:
         owners = [k for k, m in enumerate(modules) if name in m.layers]
         deltas = [modules[k].layers[name] for k in owners]
+        kernels[name] = getattr(deltas[0], "kernel", None)
         if len(deltas[0].shape) != 2:
-            raise InvalidInputError(f"layer '{name}' is not a matrix; tuning composes linear layers only")
+            raise InvalidInputError(f"layer '{name}' is not a matrix; tuning composes matrix and conv layers only")
         layer = layer_spectra(deltas, [w[k] for k in owners])
         if calibration is not None:
             factors[name] = _calibrated(layer, calibration.layer(name, owners), init, scale, owners)
@@ -86,6 +89,7 @@ def build(
         if level == "lambda+mu" and mu is None:
             mu = torch.ones(min(layer.rank), dtype=torch.float64)
         factors[name] = layer_factors(layer, lambdas, mu if level == "lambda+mu" else None, owners)
+    factors = {name: replace(f, kernel=kernels[name]) if kernels.get(name) else f for name, f in factors.items()}  # conv layers, for export
     return Composition(model, factors, [m.name for m in modules], granularity, level)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import first_routed_layer, linear_at
+from eigenmix.compose.hooks import first_routed_layer, on_input
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.compose.routing import Batch, Scope, mix, pooled
 from eigenmix.errors import InvalidInputError
@@ -45,9 +45,9 @@ def gate_features(
     seen: dict[str, Tensor] = {}
 
     def keep(layer: str) -> Any:
-        return lambda _, inputs, out: seen.__setitem__(layer, inputs[0].reshape(inputs[0].shape[0], -1, inputs[0].shape[-1]))
+        return lambda x: seen.__setitem__(layer, x)
 
-    hooks = [linear_at(model, layer, library.view(layer).shape).register_forward_hook(keep(layer)) for layer in layers]
+    hooks = [on_input(model, layer, library.view(layer).shape, keep(layer)) for layer in layers]
     features, labels = [], []
     try:
         for k, name in enumerate(library.names):

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-merge bench-tasks browser clean
+.PHONY: demo test lint bench bench-merge bench-tasks browser datasets clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)  # the merge benchmark's --quick run (3 tasks, ~2-3 min), prints the table
 	$(VENV)/bin/eigenmix bench merge --quick --force --out runs/bench-quick
 
-test: $(STAMP) browser
+test: $(STAMP) browser datasets
 	$(PY) -m pytest
 
 browser:  # headless Chromium for the report's browser test (Debian's package; the test says so when it is missing)
@@ -23,6 +23,14 @@ browser:  # headless Chromium for the report's browser test (Debian's package; t
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "could not install chromium (apt-get): the browser test will fail and say so"
+
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+datasets:  # Fashion-MNIST for the image readers' tests (Debian's package; the reader says so when it is missing)
+	@test -f $(FASHION_MNIST) || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "could not install dataset-fashion-mnist (apt-get): the Fashion-MNIST tests will fail and say so"
 
 lint: $(STAMP)  # style, types, and the import layering of ARCHITECTURE.md
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -44,12 +44,13 @@ from eigenmix.compose import Library
 from eigenmix.data.inputs import InputRow
 from eigenmix.explain import Explanation, Recorder, Row, figures, from_library, from_merge, shares
 from eigenmix.explain.report import report_html
+from eigenmix.harness.backbones import Backbone
 from eigenmix.harness.evaluator import load_head
-from eigenmix.harness.library_run import Encoder
+from eigenmix.inputs import TextInputs, mean_pool
 from eigenmix.io import read_lora_adapter
 from eigenmix.merging import merge
 from eigenmix.train import load_encoder
-from eigenmix.train.encoder import mean_pool
+from eigenmix.train.encoder import MINILM_ID
 
 RESULTS = Path(__file__).parent / "results" / "multitask_calibrated" / "results.json"
 MEANINGS = ("sst2", "trec", "ag_news")
@@ -108,7 +109,7 @@ def main() -> None:
     assert all(int(d.owner.max()) < len(names) for d in directions.values()), "the spectral merge is a reweighting: no residual"
 
     model, tokenizer = load_encoder()
-    encoder = Encoder(model.eval().requires_grad_(False), tokenizer, settings.recipe.max_length)
+    encoder = Backbone(MINILM_ID, model.eval().requires_grad_(False), TextInputs(tokenizer, settings.recipe.max_length))
     rows, labels = [], []
     for t in tasks:
         for r in t.task.test[: args.rows]:

@@ -30,10 +30,10 @@ from torch import nn
 from bench_common import write_result
 from eigenmix.bench.settings import FULL_RECIPE
 from eigenmix.data import Task, load_tasks
+from eigenmix.inputs import TextInputs, mean_pool
 from eigenmix.moe import convert
 from eigenmix.seeds import derived_seed
 from eigenmix.train import BERT_LINEARS, load_encoder
-from eigenmix.train.encoder import mean_pool, tokenize
 from eigenmix.train.loop import fit
 
 METHODS = ("lora", "svf", "moe")
@@ -62,8 +62,7 @@ def accuracy(encoder: nn.Module, tokenizer: object, head: nn.Linear, task: Task,
     right = 0
     for i in range(0, len(test), 64):
         batch = test[i : i + 64]
-        pairs = [r.text_pair or "" for r in batch] if task.is_pair else None
-        enc = tokenize(tokenizer, [r.text for r in batch], pairs, FULL_RECIPE.max_length)
+        enc = TextInputs(tokenizer, FULL_RECIPE.max_length).batch(batch)
         right += int((head(pooled(encoder, enc)).argmax(-1) == torch.tensor([r.label for r in batch])).sum())
     return right / len(test)
 

@@ -21,30 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bench_common import write_result
+from bench_common import paired, write_result
 from eigenmix.moe import MoEParams, fast_forward, naive_forward
-
-
-def once(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, run alternately (ABAB…) after one warm-up each,
-    so that both see the same machine load."""
-    a(), b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        times_a.append(once(a))
-        times_b.append(once(b))
-    return statistics.median(times_a), statistics.median(times_b)
 
 
 def params(weight: torch.Tensor, bias: torch.Tensor, svd: tuple, k: int, n_experts: int, seed: int) -> MoEParams:

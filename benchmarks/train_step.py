@@ -20,8 +20,8 @@ import torch
 
 from bench_common import write_result
 from eigenmix.data import load_tasks
+from eigenmix.inputs import TextInputs
 from eigenmix.train import BERT_LINEARS, EncoderClassifier, load_encoder
-from eigenmix.train.encoder import tokenize
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     model = EncoderClassifier(get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, target_modules=BERT_LINEARS)), 384, 4)
     rows = load_tasks(names=["ag_news"])[0].train[: 16 * args.steps]
     batches = [rows[i : i + 16] for i in range(0, len(rows), 16)]
-    encoded = [(tokenize(tokenizer, [r.text for r in b], None, 64), torch.tensor([r.label for r in b])) for b in batches]
+    encoded = [(TextInputs(tokenizer, 64).batch(b), torch.tensor([r.label for r in b])) for b in batches]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def round_time(dropout: bool) -> float:

@@ -55,6 +55,26 @@ def make_adapter(folder: Path, config: LoraConfig, *, kind: str = "tiny", seed: 
     return model
 
 
+def save_random_adapter(
+    base: nn.Module, config: LoraConfig, folder: Path, *, seed: int, scale: float = 0.5, only: str = "lora_", base_id: str | None = None
+) -> Path:
+    """A real PEFT adapter on a copy of ``base`` whose parameters named ``*only*`` are seeded
+    random numbers times ``scale``, saved to ``folder`` (``base_id``: the base model it names)."""
+    import json
+
+    model = get_peft_model(copy.deepcopy(base), config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if only in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    model.save_pretrained(str(folder))
+    if base_id is not None:
+        config_file = folder / "adapter_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": base_id}))
+    return folder
+
+
 def load_adapter(folder: Path, kind: str = "tiny") -> PeftModel:
     model = PeftModel.from_pretrained(copy.deepcopy(base_model(kind)), str(folder))
     model.eval()

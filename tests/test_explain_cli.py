@@ -76,11 +76,12 @@ def test_a_rows_tokens_do_not_depend_on_its_batch(tmp_path):
     """A single text batched with a sentence pair gets no extra [SEP] (no empty pair), so
     shares do not change with --batch-size."""
     from eigenmix.data.inputs import InputRow
-    from eigenmix.harness.library_run import Encoder
+    from eigenmix.harness.backbones import Backbone
+    from eigenmix.inputs import TextInputs
     from eigenmix.train import load_encoder
 
     _, tokenizer = load_encoder()
-    enc = Encoder(None, tokenizer, 64)
+    enc = Backbone("minilm", None, TextInputs(tokenizer, 64))
     rows = [InputRow(1, "a charming journey ."), InputRow(2, "one sentence .", "and its pair .")]
     together = {
         i: batch["input_ids"][j][batch["attention_mask"][j].bool()].tolist()

@@ -13,7 +13,9 @@ import yaml
 
 import eigenmix
 from eigenmix.compose import gram_statistics
+from eigenmix.data.inputs import read_inputs
 from eigenmix.harness.calibration import tokenized
+from eigenmix.inputs import TextInputs
 from eigenmix.io import read_lora_adapter
 from eigenmix.modules import Module
 from eigenmix.train.encoder import load_encoder
@@ -49,11 +51,8 @@ def config(root: Path, adapters: Path, rows: dict[str, Path], method: str, **cha
 def api_merge(adapters: Path, rows: dict[str, Path], method: str) -> Module:
     modules = [read_lora_adapter(adapters / t, name=t) for t in ("trec", "cola")]
     model, tokenizer = load_encoder()
-    texts = {}
-    for task, path in rows.items():
-        objects = [json.loads(line) for line in path.read_text().splitlines()[:6]]
-        texts[task] = [(o["text"], o.get("text_pair")) for o in objects]
-    batches = [tokenized(tokenizer, texts[t], 32, 4) for t in ("trec", "cola")]
+    inputs = TextInputs(tokenizer, 32)
+    batches = [tokenized(inputs, read_inputs(rows[t], limit=6), 4) for t in ("trec", "cola")]
     return eigenmix.merge(modules, method, calibration=gram_statistics(model, modules, batches, sketch_above=2048))
 
 

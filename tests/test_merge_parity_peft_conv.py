@@ -6,7 +6,6 @@ conv is refused in one line."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import eigenmix
-from common import eigenmix_script
+from common import eigenmix_script, save_random_adapter
 from eigenmix.errors import UnsupportedAdapterError
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 
@@ -50,17 +49,8 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft_conv")
-    folders = []
-    for i, (r, alpha) in enumerate([(2, 4), (3, 3), (2, 8)]):
-        model = get_peft_model(copy.deepcopy(base()), LoraConfig(r=r, lora_alpha=alpha, target_modules=list(LAYERS)))
-        g = torch.Generator().manual_seed(10 + i)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        folders.append(root / f"a{i}")
-        model.save_pretrained(str(folders[-1]))
-    return folders
+    configs = [LoraConfig(r=r, lora_alpha=alpha, target_modules=list(LAYERS)) for r, alpha in [(2, 4), (3, 3), (2, 8)]]
+    return [save_random_adapter(base(), config, root / f"a{i}", seed=10 + i) for i, config in enumerate(configs)]
 
 
 def peft_deltas(model, adapter: str) -> dict[str, torch.Tensor]:

@@ -17,9 +17,9 @@ from eigenmix.data import load_tasks
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import carve
 from eigenmix.harness.tuning import TuneSpec, head_logits, task_data, tune_text
+from eigenmix.inputs import mean_pool
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.train import load_encoder
-from eigenmix.train.encoder import mean_pool
 from eigenmix.tune import TuneSettings, export_module
 
 TASKS = ("trec", "cola")

@@ -18,10 +18,12 @@ from eigenmix.errors import InvalidInputError
 app = typer.Typer(help="A library of modules (LoRA adapters) for runtime composition.", no_args_is_help=True)
 
 ROWS_HELP = (
-    "NAME=FILE.jsonl: 16-64 unlabeled rows of module NAME's task; kept as its statistics "
-    "(routers 'spectral --calibration stats' and 'learned')."
+    "NAME=FILE: 16-64 unlabeled rows of module NAME's task (JSONL text; for an image model a folder of PNGs with "
+    "labels.csv or an IDX images file); kept as its statistics (routers 'spectral --calibration stats' and 'learned')."
 )
-BASE_HELP = "The base model folder (default: the one the adapters name; all-MiniLM-L6-v2 is bundled). Needed with --rows only."
+BASE_HELP = (
+    "The base model (default: the one the adapters name; all-MiniLM-L6-v2 and efficientnet-lite0 are bundled). Needed with --rows only."
+)
 
 
 def _load_rows(library: Library, rows: dict[str, Path], base_model: Path | None) -> None:

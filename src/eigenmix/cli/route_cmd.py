@@ -1,4 +1,4 @@
-"""``eigenmix route``: a library on its base model, mixed per input by a router, over rows of text."""
+"""``eigenmix route``: a library on its base model, mixed per input by a router, over rows of text or images."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ REPORT = "route_report.json"
 
 def route(
     library_dir: Path = typer.Argument(..., help="A library folder (eigenmix library build)."),
-    inputs: Path = typer.Option(..., "--inputs", help='A JSONL file of rows: {"text": …} (and "text_pair" for pairs).'),
+    inputs: Path = typer.Option(
+        ...,
+        "--inputs",
+        help='Text: a JSONL file of rows {"text": …} (and "text_pair" for pairs). Images: a folder of PNGs with labels.csv '
+        "(file,label), or an IDX images file (*-images-idx3-ubyte[.gz], labelled by its *-labels-idx1-ubyte file beside it).",
+    ),
     out: Path = typer.Option(
         ..., "--out", help="Output folder: routes.jsonl (per row: weights, module, prediction) and route_report.json."
     ),
@@ -35,16 +40,18 @@ def route(
         None, "--scope", help="spectral, learned: all (default: one decision from every layer's scores, two passes), layer, first."
     ),
     base_model: Path | None = typer.Option(
-        None, "--base-model", help="The base model folder (default: the library's; all-MiniLM-L6-v2 is bundled)."
+        None, "--base-model", help="The base model (default: the library's; all-MiniLM-L6-v2 and efficientnet-lite0 are bundled)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
-    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Route the first N rows only (default: all)."),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
+    image_size: int = typer.Option(64, "--image-size", min=1, help="Side the images are resized to (images; a multiple of 32)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Run a routed library over rows of text: each row's coefficients over the modules, its top module and that module's prediction."""
+    """Run a routed library over rows of text or images: each row's coefficients, its top module and that module's prediction."""
     from eigenmix.compose import load_library
-    from eigenmix.data.inputs import read_inputs
     from eigenmix.errors import InvalidInputError
+    from eigenmix.harness.backbones import read_rows
     from eigenmix.harness.library_run import ROUTERS, load_base, make_router, route_rows
     from eigenmix.io.atomic import atomic_dir, destination
 
@@ -55,8 +62,8 @@ def route(
             raise InvalidInputError(f"{flag} '{value}': choose from {', '.join(allowed)}")
     dest = destination(out, overwrite=force, inputs=[library_dir, inputs], marker=REPORT)
     library = load_library(library_dir)
-    rows = read_inputs(inputs)
-    encoder = load_base(library, base_model, max_length)
+    encoder = load_base(library, base_model, max_length, image_size)
+    rows = read_rows(inputs, encoder, limit=limit)
     stream = lambda: (batch for _, batch in encoder.batches(rows, batch_size))  # noqa: E731
     chosen = make_router(
         router,
@@ -78,6 +85,7 @@ def route(
     report = {
         "format": "eigenmix-route", "library": str(library_dir), "inputs": str(inputs), "rows": len(rows), "router": router,
         "settings": {"calibration": calibration, "temperature": temperature, "top_k": top_k, "level": level, "scope": scope},
+        "base_model": encoder.name, "inputs_kind": encoder.kind, **({"image_size": image_size} if encoder.kind == "image" else {}),
         "rows_per_module": counts,
     }  # fmt: skip
     with atomic_dir(dest) as tmp:

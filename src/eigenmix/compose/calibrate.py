@@ -22,11 +22,13 @@ from eigenmix.compose.library import Library
 from eigenmix.compose.routers.spectral import Score, sequence_scores
 from eigenmix.compose.routing import pooled
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import row_mask
 
 
 def layer_inputs(model: nn.Module, library: Library, layers: Iterable[str], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """One forward pass of ``model`` on ``inputs``; the input of each of ``layers``."""
     seen: dict[str, Tensor] = {}
+
     def keep(layer: str) -> Callable[[Tensor], None]:
         return lambda x: seen.__setitem__(layer, x) if layer not in seen else None
 
@@ -44,7 +46,7 @@ def calibrate(
     model: nn.Module, library: Library, batches: Mapping[str, dict[str, Tensor]], score: Score = "energy"
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``layer → (mean (K,), std (K,))`` of each module's score on its own task's rows
-    (``batches[name]``: tokenised rows with their ``attention_mask``)."""
+    (``batches[name]``: a batch of its rows, as the model's keyword tensors)."""
     views = {layer: library.view(layer) for layer in library.layers}
     sums = {layer: torch.zeros(len(library), 2, dtype=torch.float64) for layer in views}
     counts = torch.zeros(len(library))
@@ -52,7 +54,7 @@ def calibrate(
         if name not in batches:
             raise InvalidInputError(f"no calibration rows for module '{name}'")
         inputs = batches[name]
-        mask = inputs.get("attention_mask")
+        mask = row_mask(inputs)
         seen = layer_inputs(model, library, [layer for layer, view in views.items() if k in view.members], inputs)
         for layer, x in seen.items():
             view = views[layer]
@@ -80,7 +82,7 @@ def stream_statistics(
     rows = 0
     for inputs in batches:
         for layer, x in layer_inputs(model, library, views, inputs).items():
-            s = sequence_scores(x, views[layer], inputs.get("attention_mask"), score)[:, 0].double()  # (rows, K_l)
+            s = sequence_scores(x, views[layer], row_mask(inputs), score)[:, 0].double()  # (rows, K_l)
             sums[layer] += torch.stack([s.sum(0), s.square().sum(0)])
         rows += int(next(iter(inputs.values())).shape[0])
     if rows == 0:
@@ -109,7 +111,7 @@ def module_statistics(
     stats = calibrate(model, own, {name: batch}, score)
     out = {f"{layer}.{key}": t[0] for layer, (mean, std) in stats.items() for key, t in (("mean", mean), ("std", std))}
     for layer, x in layer_inputs(model, own, own.layers, batch).items():
-        out[f"pooled.{layer}"] = pooled(x, batch.get("attention_mask"))[:, 0].contiguous()
+        out[f"pooled.{layer}"] = pooled(x, row_mask(batch))[:, 0].contiguous()
     return out
 
 

@@ -18,9 +18,10 @@ full Gram's diagonal (``n``) for RegMean's shrinkage.
   merged earlier blocks (at scale 1) and its own module's current block; the pass stops
   after that block.
 
-``batches`` are any re-iterable of tokenised batches (a list, a DataLoader) per module:
-dicts of tensors the model takes as keyword arguments, with an ``attention_mask`` where
-rows are padded (without one every position counts).
+``batches`` are any re-iterable of batches (a list, a DataLoader) per module: dicts of
+tensors the model takes as keyword arguments (text or images); the input kind's mask
+(:func:`eigenmix.inputs.row_mask`) says which tokens are padding (without one every
+position counts).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from eigenmix.compose.hooks import on_output
 from eigenmix.compose.sites import site_at
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import row_mask
 from eigenmix.merging.calibration import Grams, Kind, LayerGrams
 from eigenmix.modules import Module, factor_pair, matrix_view, tensor_kind
 from eigenmix.spectral import default_rtol, orthonormal_range
@@ -144,7 +146,7 @@ def _run(
                 if not isinstance(batch, Mapping) or not all(isinstance(v, Tensor) for v in batch.values()):
                     got = type(batch).__name__
                     raise InvalidInputError(f"a calibration batch must be a dict of tensors (the model's keyword inputs); got {got}")
-                recorder.batch(batch.get("attention_mask"))
+                recorder.batch(row_mask(batch))
                 with contextlib.suppress(_Stop):
                     try:
                         model(**batch)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from eigenmix.compose.hooks import first_routed_layer, on_output
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import row_mask
 
 Scope = Literal["layer", "first", "all"]
 
@@ -150,8 +151,8 @@ class RoutedModel(nn.Module):
         library: the modules; every layer of theirs must be an ``nn.Linear`` of ``model``.
         router: a :class:`Router`.
 
-    Call it like the model; ``attention_mask`` is passed on and tells routers which tokens
-    are real; ``given`` (``(rows, K)``) sets the coefficients of each row (a mixed-adapter
+    Call it like the model; the batch's mask (:func:`eigenmix.inputs.row_mask`) tells routers
+    which tokens are real; ``given`` (``(rows, K)``) sets the coefficients of each row (a mixed-adapter
     batch) for routers that read them. :meth:`detach_hooks` gives the model back.
     """
 
@@ -202,7 +203,7 @@ class RoutedModel(nn.Module):
     def forward(self, *args: Any, given: Tensor | None = None, **kwargs: Any) -> Any:
         if given is not None and (given.ndim != 2 or given.shape[1] != len(self.library)):
             raise InvalidInputError(f"given coefficients must be (rows, {len(self.library)}); got {tuple(given.shape)}")
-        self._batch, self._decision, self.last = Batch(kwargs.get("attention_mask"), given), None, {}
+        self._batch, self._decision, self.last = Batch(row_mask(kwargs), given), None, {}
         try:
             if self.router.scope == "all":
                 self._scores = {}

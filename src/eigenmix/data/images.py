@@ -396,3 +396,53 @@ def read_image_folder(folder: Path | str, labels_file: Path | str, *, class_name
         images = images.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
     labels = torch.tensor([index[label] for _, label, _ in rows], dtype=torch.int64)
     return ImageSet(images, labels, names)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image to run: its 1-based position in its source, the image (``uint8`` ``(H, W)``
+    or ``(3, H, W)``) and its label's class name, where the source has labels."""
+
+    line: int
+    image: Tensor
+    group: str | None = None
+
+
+LABELS_CSV = "labels.csv"
+_IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images-idx3-ubyte(\.gz)?$")
+
+
+def read_image_inputs(path: Path | str, *, limit: int | None = None) -> list[ImageRow]:
+    """The images an ``eigenmix`` command runs (``--inputs``), from one of two sources:
+
+    - a folder of PNGs with its ``labels.csv`` (:func:`read_image_folder`);
+    - an IDX images file ``*-images-idx3-ubyte[.gz]`` (Fashion-MNIST's), labelled by the
+      ``*-labels-idx1-ubyte[.gz]`` file beside it where there is one (Fashion-MNIST's class
+      names for its own files, else the integer labels as names).
+
+    The first ``limit`` images (all by default). Every mistake is one :class:`InvalidInputError` line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        images = read_image_folder(path, path / LABELS_CSV)
+        labels: list[str | None] = [images.class_names[int(y)] for y in images.labels]
+        return [ImageRow(i + 1, images.images[i], labels[i]) for i in range(len(images))][:limit]
+    match = _IDX_IMAGES.match(path.name)
+    if not path.is_file() or match is None:
+        raise InvalidInputError(
+            f"{path}: image inputs are a folder of PNGs with {LABELS_CSV}, or an IDX images file (*-images-idx3-ubyte[.gz])"
+        )
+    pixels = read_idx(path, count=limit)
+    if pixels.dtype != torch.uint8 or pixels.dim() != 3:
+        raise InvalidInputError(f"{path}: IDX images must be uint8 (N, H, W), got {pixels.dtype} {tuple(pixels.shape)}")
+    beside = [p for p in path.parent.glob(f"{match['stem']}-labels-idx1-ubyte*") if p.name.endswith(("ubyte", "ubyte.gz"))]
+    names: list[str | None] = [None] * pixels.shape[0]
+    if beside:
+        ys = read_idx(beside[0], count=limit)
+        if ys.dim() != 1 or ys.shape[0] != pixels.shape[0]:
+            raise InvalidInputError(f"{beside[0]}: {tuple(ys.shape)} labels do not match {path.name}'s {pixels.shape[0]} images")
+        fashion = path.resolve().parent == FASHION_MNIST_ROOT  # Fashion-MNIST's own files: its class names
+        if fashion and int(ys.max()) >= len(FASHION_MNIST_CLASSES):
+            raise InvalidInputError(f"{beside[0]}: label {int(ys.max())} is no Fashion-MNIST class")
+        names = [FASHION_MNIST_CLASSES[int(y)] if fashion else str(int(y)) for y in ys]
+    return [ImageRow(i + 1, pixels[i], names[i]) for i in range(pixels.shape[0])]

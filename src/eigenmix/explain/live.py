@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from eigenmix.compose.hooks import on_output
 from eigenmix.explain.attribution import moments, numerators, part_matrix, responses, token_numerators
 from eigenmix.explain.directions import LayerDirections
+from eigenmix.inputs import row_mask
 
 Gate = Callable[[str, Tensor], Tensor | None]  # (layer, x (rows, tokens, n)) → (rows, tokens|1, D), None: do not record this call
 
@@ -123,7 +124,7 @@ class Recorder:
         """One forward pass of ``model`` (the hooked one, or a routed model around it) on
         ``batch``, whose rows are ``rows`` of the probe set; ``keep`` removes directions per
         row (deletion), ``record`` False runs without recording."""
-        self._rows, self._mask, self.keep, self.record = torch.tensor(list(rows)), batch.get("attention_mask"), keep, record
+        self._rows, self._mask, self.keep, self.record = torch.tensor(list(rows)), row_mask(batch), keep, record
         try:
             return model(**batch)
         finally:

@@ -8,29 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from eigenmix.compose.grams import MergedGrams, OwnGrams
 from eigenmix.data.inputs import read_inputs
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import TextInputs, TextRow
 from eigenmix.merging.calibration import GramSource, Kind
 from eigenmix.merging.config import MergeConfig
 from eigenmix.modules import Module
 
-Text = tuple[str, str | None]
 
-
-def tokenized(tokenizer: Any, rows: Sequence[Text], max_length: int, batch_size: int) -> list[dict[str, Tensor]]:
-    """``rows`` (text, optional pair) as padded batches of at most ``batch_size`` rows."""
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        pairs = [p or "" for _, p in chunk] if any(p is not None for _, p in chunk) else None
-        enc = tokenizer([t for t, _ in chunk], pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        batches.append(dict(enc))
-    return batches
+def tokenized(inputs: TextInputs, rows: Sequence[TextRow], batch_size: int) -> list[dict[str, Tensor]]:
+    """``rows`` as padded batches of at most ``batch_size`` rows (the one tokeniser)."""
+    return [batch for _, batch in inputs.batches(rows, batch_size)]
 
 
 def calibration_source(
@@ -63,7 +55,7 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
     for entry in config.modules:
         spec = section.modules[entry.label]
         rows = read_inputs(spec.file, spec.text_field, spec.pair_field, limit=spec.rows)
-        texts.append([(r.text, r.text_pair) for r in rows])
+        texts.append(rows)
         used[entry.label], asked[entry.label] = len(rows), spec.rows
     base = config.base_model or next((m.base_model for m in modules if m.base_model), None)
     if base is None:
@@ -75,5 +67,6 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(positions, int) and section.max_length > positions:
         raise InvalidInputError(f"calibration.max_length {section.max_length} exceeds the base model's {positions} positions")
-    batches = [tokenized(tokenizer, t, section.max_length, section.batch_size) for t in texts]
+    inputs = TextInputs(tokenizer, section.max_length)
+    batches = [tokenized(inputs, t, section.batch_size) for t in texts]
     return ConfigCalibration(calibration_source(kind, model, modules, batches, section.sketch_above), used, asked)

@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from eigenmix.data import Example
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import TextInputs
 from eigenmix.io.heads import HEAD_FILE
 from eigenmix.io.safetensors_io import read_safetensors
-from eigenmix.train.encoder import load_encoder, mean_pool
+from eigenmix.train.encoder import load_encoder
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ class Evaluator:
     """
 
     def __init__(self, max_length: int, tokens_per_batch: int = 4096, encoder: Path | str | None = None) -> None:
-        self.encoder, self.tokenizer = load_encoder(encoder)
+        self.encoder, tokenizer = load_encoder(encoder)
         self.encoder.eval().requires_grad_(False)
+        self.inputs = TextInputs(tokenizer, max_length)  # the one tokeniser
         self.max_length = max_length
         self.tokens_per_batch = tokens_per_batch
         self.linears = {name: m for name, m in self.encoder.named_modules() if isinstance(m, nn.Linear)}
@@ -85,33 +87,16 @@ class Evaluator:
         for name, group in groups.items():
             spans[name] = (start, start + len(group))
             start += len(group)
-        ids: dict[str, list] = {}
-        for group in groups.values():  # sentence pairs are tokenised with their pair
-            pairs = [r.text_pair or "" for r in group] if any(r.text_pair is not None for r in group) else None
-            enc = self.tokenizer([r.text for r in group], pairs, truncation=True, max_length=self.max_length)
-            for key, value in enc.items():
-                ids.setdefault(key, []).extend(value)
-        order = sorted(range(len(rows)), key=lambda i: (len(ids["input_ids"][i]), i))
-        batches: list[dict[str, Tensor]] = []
-        chunk: list[int] = []
-        for i in order:  # lengths only grow along ``order``
-            if chunk and (len(chunk) + 1) * len(ids["input_ids"][i]) > budget:
-                batches.append(self._pad(ids, chunk))
-                chunk = []
-            chunk.append(i)
-        if chunk:
-            batches.append(self._pad(ids, chunk))
-        return Split(tuple(batches), torch.tensor(order), torch.tensor([r.label for r in rows]), spans)
-
-    def _pad(self, ids: dict[str, list], chunk: list[int]) -> dict[str, Tensor]:
-        return self.tokenizer.pad({k: [v[i] for i in chunk] for k, v in ids.items()}, return_tensors="pt")
+        cut = self.inputs.budget_batches(self.inputs.encode(rows), tokens=budget)
+        order = [i for chunk, _ in cut for i in chunk]
+        return Split(tuple(batch for _, batch in cut), torch.tensor(order), torch.tensor([r.label for r in rows]), spans)
 
     @torch.inference_mode()
     def features(self, split: Split) -> Tensor:
         """Mean-pooled last hidden states ``(N, hidden)``, in the split's row order."""
         pooled = []
         for batch in split.batches:
-            pooled.append(mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"]))
+            pooled.append(self.inputs.pool(self.encoder(**batch), batch))
         out = torch.empty(len(split.order), pooled[0].shape[1])
         out[split.order] = torch.cat(pooled)
         return out

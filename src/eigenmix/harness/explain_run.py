@@ -19,7 +19,8 @@ from eigenmix.compose.sites import site_at
 from eigenmix.data.inputs import InputRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.explain import RESIDUAL, Explanation, LayerDirections, Recorder, Row, from_library, from_merge, record_rows
-from eigenmix.harness.library_run import Encoder, add_adapter, load_base
+from eigenmix.harness.backbones import Backbone
+from eigenmix.harness.library_run import add_adapter, load_base
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.peft_lora import adapter_digest
 
@@ -112,7 +113,7 @@ def routed_gate(routed: RoutedModel, directions: dict[str, LayerDirections]) -> 
 @torch.no_grad()
 def explain_rows(
     target: Target,
-    encoder: Encoder,
+    encoder: Backbone,
     rows: Sequence[InputRow],
     *,
     router: Router | None = None,
@@ -139,10 +140,12 @@ def explain_rows(
                        recorder.tokens, probe, extra or {})  # fmt: skip
 
 
-def base_for(target: Target, base_model: Path | None, max_length: int) -> Encoder:
+def base_for(target: Target, base_model: Path | None, max_length: int) -> Backbone:
     """The target's base model (or ``base_model``), loaded offline, and checked to have every
     layer the target updates, of the target's shape (one line naming the first that is not)."""
     encoder = load_base(target.library, base_model, max_length)
+    if encoder.kind != "text":  # the recorder adds per-token numerators across layers: equal token counts only
+        raise InvalidInputError(f"eigenmix explain runs text models; '{encoder.name}' takes images (not supported yet)")
     for layer, d in target.directions.items():
         site_at(encoder.model, layer, d.shape)
     return encoder

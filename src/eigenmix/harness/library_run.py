@@ -1,13 +1,13 @@
-"""What ``eigenmix library`` and ``eigenmix route`` do with text: modules read from adapter
-folders (with the head and class names ``eigenmix.train`` saves beside them), their
-statistics from a few unlabeled rows of their task, routers by name, and a routed pass over
-rows of text with per-row coefficients and predictions."""
+"""What ``eigenmix library`` and ``eigenmix route`` do with inputs: modules read from adapter
+folders (with the head and class names ``eigenmix.train`` and ``eigenmix.vision`` save beside
+them), their statistics from a few unlabeled rows of their task, routers by name, and a
+routed pass over rows (text or images, as the base model takes) with per-row coefficients
+and predictions."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,12 +19,11 @@ from eigenmix.compose.calibrate import module_statistics, stored_gate_rows, stor
 from eigenmix.compose.hooks import first_routed_layer
 from eigenmix.compose.routers import ArrowRouter, LearnedRouter, SpectralRouter, UniformRouter
 from eigenmix.compose.routers.learned import gate_from_rows
-from eigenmix.data.inputs import InputRow, read_inputs
 from eigenmix.errors import InvalidInputError
+from eigenmix.harness.backbones import IMAGE_SIZE, Backbone, Row, load_backbone, read_rows
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.heads import HEAD_FILE, has_head, head_meta
 from eigenmix.io.safetensors_io import read_safetensors
-from eigenmix.train.encoder import load_encoder, mean_pool
 
 ROUTERS = ("spectral", "arrow", "learned", "uniform")
 # The defaults are the settings the composition benchmark chose on validation rows for every
@@ -42,12 +41,12 @@ def module_spec(raw: str) -> tuple[str | None, Path]:
 
 
 def rows_spec(raw: list[str]) -> dict[str, Path]:
-    """``NAME=FILE.jsonl`` each (the rows of module NAME's task)."""
+    """``NAME=FILE`` each (the rows of module NAME's task: JSONL text, or images)."""
     out: dict[str, Path] = {}
     for item in raw:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise InvalidInputError(f"--rows '{item}': give NAME=FILE.jsonl (the unlabeled rows of module NAME's task)")
+            raise InvalidInputError(f"--rows '{item}': give NAME=FILE (the unlabeled rows of module NAME's task)")
         if name in out:
             raise InvalidInputError(f"--rows: module '{name}' is given twice")
         out[name] = Path(path).expanduser()
@@ -68,51 +67,17 @@ def add_adapter(library: Library, folder: Path, name: str | None = None) -> Entr
     return library.add(module, name or module.name, head=head, labels=labels)
 
 
-@dataclass
-class Encoder:
-    """A frozen base encoder with its tokenizer, and how it cuts text into batches."""
-
-    model: Any
-    tokenizer: Any
-    max_length: int = 128
-
-    def batches(self, rows: Sequence[InputRow], batch_size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
-        """Length-sorted padded batches: (row indices, tokenised batch). Each row is tokenised
-        on its own (a single text never gets an empty pair's extra ``[SEP]`` from a neighbour
-        that has one), so a row's tokens do not depend on the batch it falls in."""
-        ids = [self.tokenizer(r.text, r.text_pair, truncation=True, max_length=self.max_length) for r in rows]
-        order = sorted(range(len(rows)), key=lambda i: (len(ids[i]["input_ids"]), i))
-        out = []
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out.append((chunk, self.tokenizer.pad([dict(ids[i]) for i in chunk], return_tensors="pt")))
-        return out
-
-    def tokens(self, batches: Sequence[tuple[list[int], dict[str, Tensor]]]) -> dict[int, tuple[str, ...]]:
-        """Each row's tokens (its real ones, as strings) in ``batches`` of :meth:`batches`."""
-        out = {}
-        for chunk, batch in batches:
-            for j, i in enumerate(chunk):
-                n = int(batch["attention_mask"][j].sum())
-                out[i] = tuple(self.tokenizer.convert_ids_to_tokens(batch["input_ids"][j][:n].tolist()))
-        return out
-
-
-def load_base(library: Library, base_model: Path | None, max_length: int = 128) -> Encoder:
-    """The library's base model (or ``base_model``), loaded offline."""
+def load_base(library: Library, base_model: Path | None, max_length: int = 128, image_size: int = IMAGE_SIZE) -> Backbone:
+    """The library's base model (or ``base_model``), loaded offline with its input kind."""
     where = base_model if base_model is not None else library.base_model
     if where is None:
         raise InvalidInputError("the library does not name its base model; give --base-model")
-    model, tokenizer = load_encoder(where)
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and max_length > positions:
-        raise InvalidInputError(f"--max-length {max_length}: the base model reads at most {positions} tokens a row")
-    return Encoder(model.eval().requires_grad_(False), tokenizer, max_length)
+    return load_backbone(where, max_length=max_length, image_size=image_size)
 
 
-def with_statistics(library: Library, name: str, encoder: Encoder, rows_file: Path) -> Entry:
+def with_statistics(library: Library, name: str, encoder: Backbone, rows_file: Path) -> Entry:
     """Module ``name`` again, now keeping its statistics from the rows of ``rows_file``."""
-    rows = read_inputs(rows_file)
+    rows = read_rows(rows_file, encoder)
     batch = encoder.batches(rows, len(rows))[0][1]
     stats = module_statistics(encoder.model, library, name, batch)
     entry = dataclasses.replace(library.entry(name), stats=stats)
@@ -123,7 +88,7 @@ def with_statistics(library: Library, name: str, encoder: Encoder, rows_file: Pa
 def make_router(
     name: str,
     library: Library,
-    encoder: Encoder,
+    encoder: Backbone,
     *,
     calibration: Calibration = "chance",
     temperature: float | None = None,
@@ -162,9 +127,9 @@ def make_router(
 @torch.no_grad()
 def route_rows(
     library: Library,
-    encoder: Encoder,
+    encoder: Backbone,
     router: Router,
-    rows: Sequence[InputRow],
+    rows: Sequence[Row],
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -174,8 +139,7 @@ def route_rows(
     out: list[dict[str, Any]] = [{} for _ in rows]
     try:
         for chunk, batch in encoder.batches(rows, batch_size):
-            hidden = model(**batch).last_hidden_state
-            features = mean_pool(hidden, batch["attention_mask"])
+            features = encoder.features(model(**batch), batch)
             weights = model.routing()
             for j, i in enumerate(chunk):
                 out[i] = _row(library, rows[i], weights[j], features[j])
@@ -186,7 +150,7 @@ def route_rows(
     return out
 
 
-def _row(library: Library, row: InputRow, weights: Tensor, feature: Tensor) -> dict[str, Any]:
+def _row(library: Library, row: Row, weights: Tensor, feature: Tensor) -> dict[str, Any]:
     top = int(weights.argmax())
     entry = list(library)[top]
     result: dict[str, Any] = {

@@ -24,7 +24,6 @@ from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
 from eigenmix.merging import get_method
 from eigenmix.modules import Module
-from eigenmix.train.encoder import mean_pool
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
 from eigenmix.tune.live import CALIBRATED, Init, build
 
@@ -53,14 +52,12 @@ def draw(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
 
 
 def task_data(ev: Evaluator, rows: Sequence[Example], labeled: bool, teacher: Tensor | None = None) -> TaskData:
-    pairs = [r.text_pair or "" for r in rows] if any(r.text_pair is not None for r in rows) else None
-    enc = ev.tokenizer([r.text for r in rows], pairs, padding=True, truncation=True, max_length=ev.max_length, return_tensors="pt")
-    return TaskData(dict(enc), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
+    return TaskData(ev.inputs.batch(rows), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
 
 
 def head_logits(ev: Evaluator, head: Head, inputs: dict[str, Tensor]) -> Tensor:
     """``(rows, classes)``: the head on the encoder's mean-pooled last states."""
-    return mean_pool(ev.encoder(**inputs).last_hidden_state, inputs["attention_mask"]) @ head.weight.T + head.bias
+    return ev.inputs.pool(ev.encoder(**inputs), inputs) @ head.weight.T + head.bias
 
 
 def teacher_logits(ev: Evaluator, module: Module, head: Head, rows: Sequence[Example]) -> Tensor:
@@ -88,10 +85,10 @@ def tune_text(
     labeled, distill = settings.objective == "sup", settings.objective == "distill"
     # validation labels: for sup, and for entropy that stops on accuracy (distill's accuracy is agreement with the experts)
     val_labeled = labeled or (settings.objective == "entropy" and settings.select == "accuracy")
-    train, val, texts = {}, {}, []
+    train, val, texts = {}, {}, list[list[Example]]()
     for t, module in zip(tasks, modules, strict=True):
         rows = draw(t.task.train, spec.rows, seed)
-        texts.append([(r.text, r.text_pair) for r in rows])
+        texts.append(rows)
         train[t.name] = task_data(ev, rows, labeled, teacher_logits(ev, module, heads[t.name], rows) if distill else None)
         val[t.name] = task_data(ev, t.val, val_labeled, teacher_logits(ev, module, heads[t.name], t.val) if distill else None)
     ev.apply(None)
@@ -100,7 +97,7 @@ def tune_text(
     if spec.init in CALIBRATED:  # the start's statistics from the same unlabeled rows
         kind = get_method(spec.init).calibration
         assert kind is not None
-        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.tokenizer, x, ev.max_length, 16) for x in texts])
+        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.inputs, x, 16) for x in texts])
     comp = build(ev.encoder, modules, calibration=source, **shape)  # type: ignore[arg-type]
 
     def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:

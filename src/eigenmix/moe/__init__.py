@@ -1,6 +1,8 @@
-"""Spectral Mixture of Experts: a drop-in ``nn.Linear`` whose experts share the singular
-vectors and rescale the spectrum, mixed per input by a gate and a router."""
+"""Spectral Mixture of Experts: a drop-in ``nn.Linear`` (and ``nn.Conv2d``: a spectral CNN
+layer) whose experts share the singular vectors and rescale the spectrum, mixed per input
+(per output position for a conv) by a gate and a router."""
 
+from eigenmix.moe.conv import SpectralMoEConv2d, conv_fast_forward
 from eigenmix.moe.convert import ConvertReport, convert, last_routing, matches
 from eigenmix.moe.functional import MoEOutput, MoEParams, fast_forward, naive_forward
 from eigenmix.moe.layer import SpectralMoELinear
@@ -9,7 +11,9 @@ __all__ = [
     "ConvertReport",
     "MoEOutput",
     "MoEParams",
+    "SpectralMoEConv2d",
     "SpectralMoELinear",
+    "conv_fast_forward",
     "convert",
     "fast_forward",
     "last_routing",

@@ -1,4 +1,5 @@
-"""Replace a model's ``nn.Linear`` layers by ``SpectralMoELinear`` in place (PEFT-style matching)."""
+"""Replace a model's ``nn.Linear`` and ``nn.Conv2d`` layers by ``SpectralMoELinear`` /
+``SpectralMoEConv2d`` in place (PEFT-style matching)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from eigenmix.errors import InvalidInputError
+from eigenmix.moe.conv import SpectralMoEConv2d
 from eigenmix.moe.functional import Mode
 from eigenmix.moe.layer import SpectralMoELinear
 
@@ -48,22 +50,29 @@ def convert(
     train_bases: bool = False,
 ) -> ConvertReport:
     """Swap every matching ``nn.Linear`` of ``model`` for :meth:`SpectralMoELinear.from_linear`
-    and freeze everything but the scales, gates and routers (and ``U``, ``V`` with
-    ``train_bases``).
+    and every matching ``nn.Conv2d`` for :meth:`SpectralMoEConv2d.from_conv`, and freeze
+    everything but the scales, gates and routers (and ``U``, ``V`` with ``train_bases``).
 
     Raises:
-        InvalidInputError: no module matches, a match is not an ``nn.Linear``, or a layer
-            argument is bad (rank too large, ``n_experts < 1``, …).
+        InvalidInputError: no module matches, a match is neither an ``nn.Linear`` nor a
+            ``groups = 1`` ``nn.Conv2d``, or a layer argument is bad (rank too large,
+            ``n_experts < 1``, …).
     """
     found = [(name, module) for name, module in model.named_modules() if name and matches(name, target_modules)]
     if not found:
         raise InvalidInputError(f"target_modules {target_modules!r} match no module of {type(model).__name__}")
     for name, module in found:
-        if not isinstance(module, nn.Linear):
-            raise InvalidInputError(f"target '{name}' is a {type(module).__name__}, not an nn.Linear")
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            raise InvalidInputError(f"target '{name}' is a {type(module).__name__}, not an nn.Linear or nn.Conv2d")
+    settings = {"router": router, "mode": mode, "gate": gate}
+    layers = {
+        name: SpectralMoEConv2d.from_conv(module, n_experts, rank, **settings)
+        if isinstance(module, nn.Conv2d)
+        else SpectralMoELinear.from_linear(module, n_experts, rank, **settings)
+        for name, module in found
+    }  # every layer checked before the model is changed
     model.requires_grad_(False)
-    for name, module in found:
-        layer = SpectralMoELinear.from_linear(module, n_experts, rank, router=router, mode=mode, gate=gate)
+    for name, layer in layers.items():
         layer.train_bases(train_bases)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.errors import EigenmixError, InvalidInputError
+from eigenmix.inputs import TextInputs, mean_pool
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -68,12 +69,6 @@ def load_encoder(path: Path | str | None = None) -> tuple[Any, Any]:
     return encoder, tokenizer
 
 
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Mean of the token states ``(batch, seq, hidden)`` over the unmasked tokens → ``(batch, hidden)``."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
 class EncoderClassifier(nn.Module):
     """Encoder → masked mean pooling → linear head (MiniLM was trained with mean pooling).
 
@@ -95,21 +90,9 @@ class EncoderClassifier(nn.Module):
         return self.head(mean_pool(hidden, attention_mask))  # (batch, num_labels)
 
 
-def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, Tensor]:
-    """Dynamic padding to the longest row of the batch, truncated to ``max_length``."""
-    return tokenizer(  # type: ignore[operator]
-        texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-    )
-
-
 @torch.no_grad()
 def predict(model: nn.Module, tokenizer: object, rows: list, max_length: int, batch_size: int = 64) -> Tensor:
     """Predicted labels for ``rows`` (objects with ``text`` and ``text_pair``)."""
     model.eval()
-    out = []
-    for i in range(0, len(rows), batch_size):
-        batch = rows[i : i + batch_size]
-        pairs = [r.text_pair for r in batch] if batch[0].text_pair is not None else None
-        enc = tokenize(tokenizer, [r.text for r in batch], pairs, max_length)
-        out.append(model(**enc).argmax(-1))
-    return torch.cat(out)
+    inputs = TextInputs(tokenizer, max_length)
+    return torch.cat([model(**inputs.batch(rows[i : i + batch_size])).argmax(-1) for i in range(0, len(rows), batch_size)])

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.data import Task
+from eigenmix.inputs import TextInputs
 from eigenmix.seeds import derived_seed
-from eigenmix.train.encoder import tokenize
 
 Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task name, tokenised batch) → logits (batch, classes)
 
@@ -62,17 +62,17 @@ def fit(
     """
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     schedule = _schedule(optimizer, recipe.steps, recipe.warmup)
+    inputs = TextInputs(tokenizer, recipe.max_length)  # the one tokeniser
+    lengths = [[len(e["input_ids"]) for e in inputs.encode(t.train)] for t in tasks]
     batches = [
-        _bucketed_batches(_token_lengths(tokenizer, t, recipe.max_length), recipe.batch_size, random.Random(derived_seed(seed, t.name)))
-        for t in tasks
+        _bucketed_batches(n, recipe.batch_size, random.Random(derived_seed(seed, t.name))) for n, t in zip(lengths, tasks, strict=True)
     ]
     model.train(recipe.dropout)
     start, loss_value = time.perf_counter(), float("nan")
     for step in range(recipe.steps):
         task = tasks[step % len(tasks)]
         batch = [task.train[i] for i in next(batches[step % len(tasks)])]
-        pairs = [r.text_pair or "" for r in batch] if task.is_pair else None
-        enc = tokenize(tokenizer, [r.text for r in batch], pairs, recipe.max_length)
+        enc = inputs.batch(batch)
         loss = torch.nn.functional.cross_entropy(forward(task.name, enc), torch.tensor([r.label for r in batch]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,13 +92,6 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: float) -> to
     from transformers import get_linear_schedule_with_warmup
 
     return get_linear_schedule_with_warmup(optimizer, round(warmup * steps), steps)
-
-
-def _token_lengths(tokenizer: object, task: Task, max_length: int) -> list[int]:
-    texts = [r.text for r in task.train]
-    pairs = [r.text_pair or "" for r in task.train] if task.is_pair else None
-    ids = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
-    return [len(i) for i in ids]
 
 
 def _bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50) -> Iterator[list[int]]:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from eigenmix.compose import Composition
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import row_mask
 from eigenmix.tune import objectives
 
 Forward = Callable[[str, dict[str, Tensor]], Tensor]  # (task, tokenised batch) → logits (batch, classes)
@@ -36,7 +37,7 @@ class TaskData:
     """A few rows of one task, tokenised and padded together.
 
     Attributes:
-        inputs: the model's input tensors, rows first (a tokenizer's ``(rows, seq)`` ones).
+        inputs: the model's input tensors, rows first (a tokenizer's ``(rows, seq)`` ones, or an image batch).
         labels: ``(rows,)`` long, or None (unlabeled).
         teacher: ``(rows, classes)`` the expert's logits, for ``distill``; the starting
             composition's, for the ``entropy`` anchor.
@@ -50,10 +51,10 @@ class TaskData:
         return next(iter(self.inputs.values())).shape[0]
 
     def rows(self, index: Tensor) -> TaskData:
-        """The rows ``index``; with an ``attention_mask``, padding columns that none of them
+        """The rows ``index``; with a mask of real tokens (:func:`eigenmix.inputs.row_mask`), padding columns that none of them
         uses are cut off."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        mask = self.inputs.get("attention_mask")
+        mask = row_mask(self.inputs)
         if mask is None:
             return TaskData({k: v[index] for k, v in self.inputs.items()}, pick(self.labels), pick(self.teacher))
         width = int(mask[index].sum(1).max())

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eigenmix.errors import EigenmixError, InvalidInputError
+from eigenmix.inputs import ImageInputs
 from eigenmix.io.atomic import OutputError, atomic_file
 from eigenmix.io.safetensors_io import read_safetensors
 
@@ -267,19 +268,16 @@ def load_efficientnet_lite0(num_classes: int | None = None, *, cache: Path | str
     return cast(nn.Module, model.eval())
 
 
-def _centre_square(x: Tensor) -> Tensor:
-    height, width = x.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return x[..., top : top + side, left : left + side]
+def inputs(size: int = IMAGE_SIZE) -> ImageInputs:
+    """EfficientNet-Lite's image inputs: centre crop, ``size`` px, ``(x − 127) / 128``, batches
+    as its forward's keyword (``model(**batch)``)."""
+    return ImageInputs(size, MEAN, STD, key="inputs")
 
 
 def preprocess(images: Tensor, size: int = IMAGE_SIZE) -> Tensor:
-    """Images as EfficientNet-Lite takes them.
-
-    Centre-cropped to a square, resized to ``size`` (bilinear, antialiased), scaled to
-    ``(x − 127) / 128`` ∈ [−0.99, 1.0]; grayscale is repeated to three channels. Call it per
-    batch: at 224 px one image is 602 KB of float32.
+    """Images as EfficientNet-Lite takes them (:meth:`eigenmix.inputs.ImageInputs.pixels`):
+    centre-cropped to a square, resized to ``size`` (bilinear, antialiased), scaled to
+    ``(x − 127) / 128`` ∈ [−0.99, 1.0]; grayscale repeated to three channels.
 
     Args:
         images: ``uint8``, ``(N, H, W)`` or ``(N, 1, H, W)`` (grayscale) or ``(N, 3, H, W)`` (RGB).
@@ -288,19 +286,7 @@ def preprocess(images: Tensor, size: int = IMAGE_SIZE) -> Tensor:
     Returns:
         ``float32 (N, 3, size, size)``.
     """
-    if images.dtype != torch.uint8:
-        raise InvalidInputError(f"images must be uint8, got {images.dtype}")
-    if images.dim() == 3:
-        images = images[:, None]  # (N, 1, H, W)
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise InvalidInputError(f"images must be (N, H, W), (N, 1, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
-    if size < 1:
-        raise InvalidInputError(f"size must be >= 1, got {size}")
-    x = _centre_square(images).float()
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - MEAN) / STD
-    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+    return inputs(size).pixels(images)
 
 
 def features(model: nn.Module, x: Tensor) -> Tensor:

@@ -12,8 +12,8 @@ from eigenmix.compose import Library, RoutedModel, Router
 from eigenmix.data import Example
 from eigenmix.harness.evaluator import Evaluator, Split
 from eigenmix.harness.splits import CarvedTask
+from eigenmix.inputs import mean_pool, row_mask
 from eigenmix.seeds import derived_seed
-from eigenmix.train.encoder import mean_pool
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def routed_pass(encoder: nn.Module, library: Library, router: Router, split: Spl
             rows = split.order[start : start + batch["input_ids"].shape[0]]
             start += len(rows)
             out = model(**batch, given=given[rows] if given is not None else None)
-            features.append(mean_pool(out.last_hidden_state, batch["attention_mask"]))
+            features.append(mean_pool(out.last_hidden_state, row_mask(batch)))
             routing.append(model.routing())
     finally:
         model.detach_hooks()

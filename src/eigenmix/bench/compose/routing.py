@@ -154,13 +154,13 @@ def peft_arrow_model(folders: list[str], top_k: int = 3, temperature: float = 1.
 @torch.no_grad()
 def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str, Head]) -> dict:
     """Real PEFT Arrow (``create_arrow_model``, its defaults) on the same adapters and rows."""
-    from eigenmix.train.encoder import mean_pool
+    from eigenmix.inputs import mean_pool, row_mask
 
     model = peft_arrow_model(folders, top_k=min(3, len(folders)))  # PEFT fails for top_k > K
     start = time.perf_counter()
     features = []
     for batch in split.batches:
-        features.append(mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]))
+        features.append(mean_pool(model(**batch).last_hidden_state, row_mask(batch)))
     f = torch.empty(len(split.order), features[0].shape[1])
     f[split.order] = torch.cat(features)
     per_task = head_accuracies(f, split, heads)

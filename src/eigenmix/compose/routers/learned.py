@@ -22,6 +22,7 @@ from eigenmix.compose.hooks import first_routed_layer, on_input
 from eigenmix.compose.library import LayerView, Library
 from eigenmix.compose.routing import Batch, Scope, mix, pooled
 from eigenmix.errors import InvalidInputError
+from eigenmix.inputs import row_mask
 
 
 def projections(x: Tensor, view: LayerView, mask: Tensor | None) -> Tensor:
@@ -55,7 +56,7 @@ def gate_features(
                 raise InvalidInputError(f"no rows for module '{name}'")
             seen.clear()
             model(**batches[name])
-            mask = batches[name].get("attention_mask")
+            mask = row_mask(batches[name])
             features.append(torch.cat([projections(seen[layer], library.view(layer), mask) for layer in layers], dim=-1))
             labels.append(torch.full((features[-1].shape[0],), k, dtype=torch.long))
     finally:

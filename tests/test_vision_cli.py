@@ -1,0 +1,122 @@
+"""Images through the installed ``eigenmix`` script: a library of conv LoRA adapters on
+EfficientNet-Lite0 (with their heads) routed over a folder of PNGs and over Fashion-MNIST's
+IDX file, each row's prediction equal to PEFT's model with the routed mix; bad image inputs
+are one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from common import eigenmix_script, save_random_adapter
+from eigenmix.data.images import FASHION_MNIST_CLASSES, fashion_mnist
+from eigenmix.vision import features, inputs, load_efficientnet_lite0
+
+TARGETS = ["_blocks.1._expand_conv", "_blocks.1._project_conv", "_conv_head"]
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(eigenmix_script()), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two conv LoRA adapters with 3-class heads, a library of them, and 6 Fashion-MNIST PNGs."""
+    root = tmp_path_factory.mktemp("vision_cli")
+    lite0 = load_efficientnet_lite0()
+    for i in range(2):
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)
+        folder = save_random_adapter(
+            lite0, config, root / f"concept{i}", seed=40 + i, scale=0.05, only="lora_B", base_id="efficientnet-lite0"
+        )
+        g = torch.Generator().manual_seed(50 + i)
+        head = {"weight": torch.randn(3, 1280, generator=g) * 0.1, "bias": torch.zeros(3)}
+        save_file(head, str(folder / "head.safetensors"))
+        (folder / "head.json").write_text(json.dumps({"task": f"concept{i}", "label_names": ["a", "b", "c"]}))
+    done = run("library", "build", root / "concept0", root / "concept1", "--out", root / "lib")
+    assert done.returncode == 0, done.stderr
+    pngs = root / "pngs"
+    pngs.mkdir()
+    data = fashion_mnist("test", limit=6)
+    lines = ["file,label"]
+    for i in range(6):
+        Image.fromarray(data.images[i].numpy(), mode="L").save(pngs / f"img{i}.png")
+        lines.append(f"img{i}.png,{data.class_names[int(data.labels[i])]}")
+    (pngs / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root, lite0, data
+
+
+def expected_predictions(root, lite0, images, size=64):
+    """The uniform mix of the two adapters (PEFT's cat merge at weights ½, ½), module 0's head."""
+    model = PeftModel.from_pretrained(copy.deepcopy(lite0), str(root / "concept0"), adapter_name="a0")
+    model.load_adapter(str(root / "concept1"), adapter_name="a1")
+    model.add_weighted_adapter(["a0", "a1"], [0.5, 0.5], "mix", combination_type="cat")
+    model.set_adapter("mix")
+    from safetensors.torch import load_file
+
+    h = load_file(str(root / "concept0" / "head.safetensors"))
+    with torch.no_grad():
+        f = features(model.eval(), inputs(size).pixels(images))
+    return torch.softmax(f @ h["weight"].T + h["bias"], -1)
+
+
+def test_route_a_png_folder_through_the_installed_script(setup):
+    root, lite0, data = setup
+    done = run("route", root / "lib", "--inputs", root / "pngs", "--out", root / "out", "--router", "uniform")
+    assert done.returncode == 0, done.stderr
+    routes = [json.loads(line) for line in (root / "out" / "routes.jsonl").read_text().splitlines()]
+    probs = expected_predictions(root, lite0, data.images)
+    assert [r["line"] for r in routes] == list(range(1, 7))
+    for r, p in zip(routes, probs, strict=True):
+        assert r["weights"] == {"concept0": 0.5, "concept1": 0.5} and r["module"] == "concept0"
+        assert r["prediction"] == "abc"[int(p.argmax())]
+        assert abs(r["probability"] - float(p.max())) <= 1e-4
+    report = json.loads((root / "out" / "route_report.json").read_text())
+    assert report["inputs_kind"] == "image" and report["image_size"] == 64
+
+
+def test_route_fashion_mnist_idx_with_the_spectral_router(setup, tmp_path):
+    root, _, _ = setup
+    idx = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    done = run("route", root / "lib", "--inputs", idx, "--out", tmp_path / "out", "--limit", "300", "--batch-size", "100")
+    assert done.returncode == 0, done.stderr
+    routes = (tmp_path / "out" / "routes.jsonl").read_text().splitlines()
+    assert len(routes) == 300
+    first = json.loads(routes[0])
+    assert set(first["weights"]) == {"concept0", "concept1"} and abs(sum(first["weights"].values()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("make", "flags", "message"),
+    [
+        (lambda d: (d / "rows.jsonl").write_text('{"text": "a cat"}\n') and d / "rows.jsonl", [], "image inputs are a folder of PNGs"),
+        (lambda d: d, ["--image-size", "50"], "multiples of 32"),
+        (lambda d: (d / "labels.csv").write_text("file,label\nmissing.png,cat\n") and d, [], "missing.png"),
+    ],
+)
+def test_bad_image_inputs_are_one_line(setup, tmp_path, make, flags, message):
+    root, _, _ = setup
+    (tmp_path / "in").mkdir()
+    source = make(tmp_path / "in")
+    done = run("route", root / "lib", "--inputs", source, "--out", tmp_path / "out", *flags)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_library_refuses_images_in_one_line(tmp_path):
+    assert FASHION_MNIST_CLASSES[0] == "T-shirt/top"
+    from eigenmix.harness.backbones import Backbone
+    from eigenmix.inputs import TextInputs
+
+    with pytest.raises(Exception, match="takes text; these inputs are images"):
+        from eigenmix.data.images import ImageRow
+
+        Backbone("minilm", None, TextInputs(None)).batches([ImageRow(1, torch.zeros(4, 4, dtype=torch.uint8))], 1)

@@ -7,9 +7,11 @@ K = ``--adapters`` (8) PEFT conv LoRA adapters (rank ``--rank`` 16, random seede
 on every conv of EfficientNet-Lite0 that takes LoRA (the stem, the 1×1 expand and project
 convs, the head conv: 33 layers; the depthwise convs are grouped). PEFT runs with its
 defaults (a dense delta per adapter and layer, ``torch.linalg.svd`` with
-``full_matrices=True``) at ``svd_rank = K·r``, where the merge is exact; eigenmix runs
-``linear`` (the same weighted sum, on the kernels' matrix views, factored) and converts each
-layer to factors of the same rank. ``max_rel_diff``: the largest per-layer relative
+``full_matrices=True``) at one ``svd_rank`` for every layer, which PEFT needs to be at most
+each layer's smallest side: the smallest over Lite0's targets (``min(out, in·kh·kw)`` = 16,
+block 0's project conv), so most layers are truncated; eigenmix runs ``linear`` (the same
+weighted sum, on the kernels' matrix views, factored) and truncates each layer's exact SVD to
+the same rank — the same best rank-``svd_rank`` approximation. ``max_rel_diff``: the largest per-layer relative
 Frobenius difference of the two merged kernels. Timings: the median of ``--repeats`` runs
 each, 2 threads.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import tempfile
 import time
@@ -89,9 +92,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    svd_rank = args.adapters * args.rank
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(Path(tmp), args.adapters, args.rank)
+        svd_rank = min(min(shape[0], math.prod(shape[1:])) for shape in read_lora_adapter(folders[0]).shapes().values())
         peft_runs, ours_runs = [], []
         for _ in range(args.repeats):  # alternated: both see the same machine load
             peft_s, expected = peft_merge(folders, svd_rank)

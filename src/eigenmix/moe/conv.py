@@ -11,9 +11,9 @@ reshaped to ``(k, c, kh, kw)``; the router: ``R`` reshaped likewise), and every 
 channels is a 1×1 conv, all in ``(N, C, H', W')`` layout:
 
     y_lin = conv(x, W) + b                      (N, m, H', W')
-    z     = conv(x, V) ⊙ σ                      (N, k, H', W')
+    z, r  = conv(x, [V diag(σ) | R])            (N, k + 1 | m, H', W'): one conv, split
     g     = sigmoid(Gᵀ y_lin + b_G)              (N, E, H', W')
-    ρ     = sigmoid(conv(x, R) + b_R)            (N, 1 | m, H', W')
+    ρ     = sigmoid(r + b_R)
     out   = y_lin (1 + ρ (Σg − E)/E) + U (ρ z ⊙ (Sᵀ g − Σg) / E)
 
 so the only work besides the conv is ``k(n + m)`` per position plus the ``mE`` gate — the
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.moe.functional import Mode, MoEOutput, MoEParams, naive_forward
+from eigenmix.moe.functional import Mode, MoEOutput, MoEParams, collapse, gate_and_router, naive_forward
 from eigenmix.moe.layer import SpectralMoELinear
 
 
@@ -51,35 +51,45 @@ class Geometry(NamedTuple):
         return F.conv2d(x, filters, bias, self.stride, self.padding, self.dilation)
 
 
-def _channels(t: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``weight`` ``(out, in)`` applied along the channels of ``t`` ``(N, in, H, W)`` (a 1×1 conv)."""
-    return F.conv2d(t, weight[:, :, None, None], bias)
-
-
 def conv_fast_forward(x: Tensor, p: MoEParams, mode: Mode, geo: Geometry) -> MoEOutput:
     """The collapsed mixture on a conv, ``(N, c, H, W) → (N, m, H', W')``; gate ``(N, E, H', W')``,
-    router ``(N, 1 | m, H', W')``."""
-    m, E = p.weight.shape[0], p.scales.shape[0]
-    y = geo.conv(x, p.weight.reshape(m, geo.in_channels, *geo.kernel_size), p.bias)  # (N, m, H', W')
-    if p.gate is None or p.router is None:  # g = 1, ρ = 1
-        g = y.new_ones(y.shape[0], E, *y.shape[2:])
-        rho = y.new_ones(y.shape[0], 1, *y.shape[2:])
+    router ``(N, 1 | m, H', W')``.
+
+    Two convs read ``x`` (in channels-last layout, so that their outputs are row views
+    ``(N·H'·W', C)`` without a copy): the layer's own, and one whose filters are ``V diag(σ)``
+    and the router's side by side. The rest is the linear layer's collapse on those rows
+    (:func:`eigenmix.moe.functional.collapse`); the output is channels-last.
+    """
+    m, k = p.weight.shape[0], p.V.shape[1]
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y = geo.conv(xc, p.weight.reshape(m, geo.in_channels, *geo.kernel_size), p.bias)  # (N, m, H', W')
+    N, spatial = y.shape[0], y.shape[2:]
+
+    def rows(t: Tensor) -> Tensor:  # (N, C, H', W') channels-last → (N·H'·W', C), a view
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+    y_lin = rows(y)
+    gated = p.gate is not None and p.router is not None
+    columns = ([p.V * p.sigma] if mode == "spectral" else []) + ([p.router] if p.router is not None and gated else [])
+    side = rows(geo.conv(xc, geo.filters(torch.cat(columns, 1)))) if columns else None  # (T, k + width)
+    z = side[:, :k] if mode == "spectral" and side is not None else None
+    if gated:
+        assert side is not None and p.gate is not None and p.router is not None
+        g = torch.sigmoid(torch.nn.functional.linear(y_lin, p.gate.T, p.gate_bias))  # (T, E)
+        rho = torch.sigmoid(side[:, side.shape[1] - p.router.shape[1] :] + p.router_bias)  # type: ignore[operator]  # (T, 1 | m)
     else:
-        g = _channels(y, p.gate.T, p.gate_bias).sigmoid()  # (N, E, H', W')
-        rho = geo.conv(x, geo.filters(p.router), p.router_bias).sigmoid()  # (N, 1 | m, H', W')
-    mix = _channels(g, p.scales.T)  # (N, k | m, H', W'): Σ_e g_e s_e
-    if mode == "output":
-        return MoEOutput(y * (1 + rho * (mix / E - 1)), g, rho)
-    z = geo.conv(x, geo.filters(p.V)) * p.sigma[:, None, None]  # (N, k, H', W')
-    g_sum = g.sum(1, keepdim=True)  # (N, 1, H', W')
-    if p.residual is not None:  # U, V train: the frozen remainder is its own conv
-        rest = geo.conv(x, p.residual.reshape(m, geo.in_channels, *geo.kernel_size), p.bias)
-        y_bar = (_channels(z * mix, p.U) + g_sum * rest) / E
-        return MoEOutput(y + rho * (y_bar - y), g, rho)
-    small, lin = z * (mix - g_sum) / E, (g_sum - E) / E
-    if rho.shape[1] == 1:
-        return MoEOutput(y * (1 + rho * lin) + _channels(small * rho, p.U), g, rho)
-    return MoEOutput(y + rho * (_channels(small, p.U) + lin * y), g, rho)
+        g, rho = gate_and_router(y_lin, y_lin, p)  # g = 1, ρ = 1
+
+    def rest() -> Tensor:
+        assert p.residual is not None
+        return rows(geo.conv(xc, p.residual.reshape(m, geo.in_channels, *geo.kernel_size), p.bias))
+
+    out = collapse(y_lin, z, g, rho, p, mode, rest)  # (T, m)
+
+    def maps(t: Tensor) -> Tensor:  # (T, C) → (N, C, H', W'), channels-last
+        return t.reshape(N, *spatial, t.shape[1]).permute(0, 3, 1, 2)
+
+    return MoEOutput(maps(out), maps(g), maps(rho))
 
 
 class SpectralMoEConv2d(SpectralMoELinear):

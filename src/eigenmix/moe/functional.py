@@ -29,6 +29,7 @@ In output mode ``ȳ = (1/E) y_lin ⊙ (g S)`` (``mE``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -81,31 +82,38 @@ def fast_forward(x: Tensor, p: MoEParams, mode: Mode) -> MoEOutput:
     only full-size ``(…, m)`` work besides ``y_lin`` is one scaling and one fused
     ``addmm`` (``ρ`` folds into the small ``(…, k)`` factor).
     """
-    lead, n_experts = x.shape[:-1], p.scales.shape[0]
+    lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # (T, n)
     y_lin = _linear(x2, p.weight, p.bias)  # (T, m)
     g, rho = gate_and_router(x2, y_lin, p)  # (T, E), (T, 1 | m)
+    z = (x2 @ p.V) * p.sigma if mode == "spectral" else None  # (T, k): x V diag(σ)
+    out = collapse(y_lin, z, g, rho, p, mode, lambda: _linear(x2, p.residual, p.bias))  # type: ignore[arg-type]
+    return MoEOutput(out.reshape(*lead, -1), g.reshape(*lead, -1), rho.reshape(*lead, -1))
+
+
+def collapse(y_lin: Tensor, z: Tensor | None, g: Tensor, rho: Tensor, p: MoEParams, mode: Mode, rest: Callable[[], Tensor]) -> Tensor:
+    """``out = y_lin + ρ ⊙ (ȳ − y_lin)`` from the rows ``y_lin`` ``(T, m)``, ``z = x V diag(σ)``
+    ``(T, k)`` (spectral mode), the gate ``(T, E)`` and router ``(T, 1 | m)``; ``rest()`` gives
+    ``x W_resᵀ + b`` when ``U`` and ``V`` train. Without autograd ``y_lin`` is rescaled and
+    accumulated in place (no ``(T, m)`` temporaries)."""
+    n_experts = p.scales.shape[0]
     mix = g @ p.scales  # (T, k) spectral, (T, m) output: Σ_e g_e s_e
-    # Without autograd, y_lin is rescaled and accumulated in place (no (T, m) temporaries).
     inplace = not torch.is_grad_enabled()
     if mode == "output":  # ȳ − y_lin = y_lin ⊙ (mix / E − 1)
         factor = 1 + rho * (mix / n_experts - 1)
-        out = y_lin.mul_(factor) if inplace else y_lin * factor
-    else:
-        z = (x2 @ p.V) * p.sigma  # (T, k): x V diag(σ)
-        g_sum = g.sum(-1, keepdim=True)  # (T, 1)
-        if p.residual is None:  # ȳ − y_lin = [(z ⊙ (mix − Σg)) Uᵀ + (Σg − E) y_lin] / E
-            small, lin = z * (mix - g_sum) / n_experts, (g_sum - n_experts) / n_experts  # (T, k), (T, 1)
-            if rho.shape[-1] == 1 and inplace:
-                out = y_lin.mul_(1 + rho * lin).addmm_(small * rho, p.U.T)
-            elif rho.shape[-1] == 1:
-                out = torch.addmm(y_lin * (1 + rho * lin), small * rho, p.U.T)
-            else:
-                out = y_lin + rho * (small @ p.U.T + lin * y_lin)
-        else:  # U, V train: the frozen remainder is its own product
-            y_bar = ((z * mix) @ p.U.T + g_sum * _linear(x2, p.residual, p.bias)) / n_experts
-            out = y_lin + rho * (y_bar - y_lin)
-    return MoEOutput(out.reshape(*lead, -1), g.reshape(*lead, -1), rho.reshape(*lead, -1))
+        return y_lin.mul_(factor) if inplace else y_lin * factor
+    assert z is not None
+    g_sum = g.sum(-1, keepdim=True)  # (T, 1)
+    if p.residual is not None:  # U, V train: the frozen remainder is its own product
+        y_bar = ((z * mix) @ p.U.T + g_sum * rest()) / n_experts
+        return y_lin + rho * (y_bar - y_lin)
+    # ȳ − y_lin = [(z ⊙ (mix − Σg)) Uᵀ + (Σg − E) y_lin] / E
+    small, lin = z * (mix - g_sum) / n_experts, (g_sum - n_experts) / n_experts  # (T, k), (T, 1)
+    if rho.shape[-1] == 1 and inplace:
+        return y_lin.mul_(1 + rho * lin).addmm_(small * rho, p.U.T)
+    if rho.shape[-1] == 1:
+        return torch.addmm(y_lin * (1 + rho * lin), small * rho, p.U.T)
+    return y_lin + rho * (small @ p.U.T + lin * y_lin)
 
 
 def naive_forward(x: Tensor, p: MoEParams, mode: Mode) -> MoEOutput:

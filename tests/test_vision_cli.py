@@ -74,8 +74,9 @@ def test_route_a_png_folder_through_the_installed_script(setup):
     routes = [json.loads(line) for line in (root / "out" / "routes.jsonl").read_text().splitlines()]
     probs = expected_predictions(root, lite0, data.images)
     assert [r["line"] for r in routes] == list(range(1, 7))
-    for r, p in zip(routes, probs, strict=True):
+    for i, (r, p) in enumerate(zip(routes, probs, strict=True)):
         assert r["weights"] == {"concept0": 0.5, "concept1": 0.5} and r["module"] == "concept0"
+        assert r["label"] == data.class_names[int(data.labels[i])]
         assert r["prediction"] == "abc"[int(p.argmax())]
         assert abs(r["probability"] - float(p.max())) <= 1e-4
     report = json.loads((root / "out" / "route_report.json").read_text())

@@ -19,6 +19,7 @@ from eigenmix.compose.calibrate import module_statistics, stored_gate_rows, stor
 from eigenmix.compose.hooks import first_routed_layer
 from eigenmix.compose.routers import ArrowRouter, LearnedRouter, SpectralRouter, UniformRouter
 from eigenmix.compose.routers.learned import gate_from_rows
+from eigenmix.data.images import ImageRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.harness.backbones import IMAGE_SIZE, Backbone, Row, load_backbone, read_rows
 from eigenmix.io import read_lora_adapter
@@ -158,6 +159,8 @@ def _row(library: Library, row: Row, weights: Tensor, feature: Tensor) -> dict[s
         "module": entry.name,
         "weights": {n: round(float(w), 6) for n, w in zip(library.names, weights, strict=True)},
     }
+    if isinstance(row, ImageRow) and row.group is not None:
+        result["label"] = row.group  # the image's own label, where its source has one
     if entry.head:
         probs = torch.softmax(feature @ entry.head["weight"].T.to(feature.dtype) + entry.head["bias"].to(feature.dtype), dim=-1)
         label = int(probs.argmax())

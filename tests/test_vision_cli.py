@@ -121,3 +121,49 @@ def test_a_text_library_refuses_images_in_one_line(tmp_path):
         from eigenmix.data.images import ImageRow
 
         Backbone("minilm", None, TextInputs(None)).batches([ImageRow(1, torch.zeros(4, 4, dtype=torch.uint8))], 1)
+
+
+def test_a_calibrated_merge_of_conv_adapters_on_image_rows_through_the_script(setup, tmp_path):
+    """regmean's Grams from images (a PNG folder for one module, Fashion-MNIST's IDX file for
+    the other) through the installed script equal the Python API's on the same batches."""
+    import yaml
+
+    import eigenmix
+    from eigenmix.compose import gram_statistics
+    from eigenmix.data.images import read_image_inputs
+    from eigenmix.io import read_lora_adapter
+    from eigenmix.vision import load_efficientnet_lite0
+
+    root, _, _ = setup
+    idx = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    files = {"concept0": str(root / "pngs"), "concept1": idx}
+    config = {
+        "method": "regmean",
+        "threads": 1,  # RegMean's solve amplifies the threads' rounding of the convs (1e-2 on Lite0's head conv): one on both sides
+        "modules": [{"path": str(root / name), "name": name} for name in files],
+        "calibration": {"modules": {name: {"file": f, "rows": 96} for name, f in files.items()}, "batch_size": 32, "image_size": 64},
+    }
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(config))
+    done = run("merge", tmp_path / "merge.yaml", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    modules = [read_lora_adapter(root / name, name=name) for name in files]
+    model = load_efficientnet_lite0()
+    # 96 rows where there are (the PNG folder has 6): Lite0's head conv sees 2 × 2 positions an image at 64 px
+    stacks = [torch.stack([r.image for r in read_image_inputs(f, limit=96)]) for f in files.values()]
+    batches = [[{"inputs": inputs(64).pixels(s[i : i + 32])} for i in range(0, len(s), 32)] for s in stacks]  # the script's
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = eigenmix.merge(modules, "regmean", calibration=gram_statistics(model, modules, batches, sketch_above=2048))
+    finally:
+        torch.set_num_threads(threads)
+    got = read_lora_adapter(tmp_path / "out")
+    for layer, delta in want.layers.items():
+        a, b = got.layers[layer].tensor().double(), delta.tensor().double()
+        assert float((a - b).norm() / b.norm()) <= 1e-4, layer
+    bad = {**config, "calibration": {**config["calibration"], "image_size": 50}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    done = run("merge", tmp_path / "bad.yaml", "--out", tmp_path / "bad")
+    assert done.returncode == 2 and "calibration.image_size 50" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

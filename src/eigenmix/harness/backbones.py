@@ -75,14 +75,17 @@ def is_vision(name: str | Path | None) -> bool:
     return name is not None and str(name) in VISION
 
 
-def load_backbone(name: str | Path, *, max_length: int = 128, image_size: int = IMAGE_SIZE) -> Backbone:
+def load_backbone(name: str | Path, *, max_length: int = 128, image_size: int = IMAGE_SIZE, options: str = "--") -> Backbone:
     """The base model ``name`` (a bundled id or a local transformers folder), frozen, in eval
-    mode, with its input kind."""
+    mode, with its input kind; ``options`` prefixes the option names an error names
+    (``--`` on the command line, ``calibration.`` in a merge config)."""
     if is_vision(name):
         from eigenmix.vision import inputs, load_efficientnet_lite0
 
         if image_size < 32 or image_size % 32:
-            raise InvalidInputError(f"--image-size {image_size}: EfficientNet-Lite takes sides that are multiples of 32")
+            raise InvalidInputError(
+                f"{options}image{'-' if options == '--' else '_'}size {image_size}: EfficientNet-Lite takes sides that are multiples of 32"
+            )
         model = load_efficientnet_lite0()
         model._fc = nn.Identity()  # the output is the pooled feature, as the vision heads read it
         return Backbone(str(name), model.eval().requires_grad_(False), inputs(image_size))
@@ -91,7 +94,10 @@ def load_backbone(name: str | Path, *, max_length: int = 128, image_size: int = 
     model, tokenizer = load_encoder(name)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
-        raise InvalidInputError(f"--max-length {max_length}: the base model reads at most {positions} tokens a row")
+        option = f"{options}max{'-' if options == '--' else '_'}length"
+        raise InvalidInputError(
+            f"{option} {max_length} exceeds the base model's {positions} positions: it reads at most {positions} tokens a row"
+        )
     return Backbone(str(name), model.eval().requires_grad_(False), TextInputs(tokenizer, max_length))
 
 

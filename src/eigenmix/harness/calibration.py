@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from eigenmix.compose.grams import MergedGrams, OwnGrams
+from eigenmix.data.images import read_image_inputs
 from eigenmix.data.inputs import read_inputs
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import TextInputs, TextRow
@@ -51,22 +52,24 @@ def config_calibration(config: MergeConfig, modules: Sequence[Module]) -> Config
     section = config.calibration
     if kind is None or section is None:
         return None
-    texts, used, asked = [], {}, {}
-    for entry in config.modules:
-        spec = section.modules[entry.label]
-        rows = read_inputs(spec.file, spec.text_field, spec.pair_field, limit=spec.rows)
-        texts.append(rows)
-        used[entry.label], asked[entry.label] = len(rows), spec.rows
     base = config.base_model or next((m.base_model for m in modules if m.base_model), None)
     if base is None:
         raise InvalidInputError("calibration runs the base model: set 'base_model' (no adapter records one)")
-    from eigenmix.train.encoder import encoder_path, load_encoder
+    from eigenmix.harness.backbones import Row, is_vision, load_backbone
 
-    model, tokenizer = load_encoder(encoder_path(base))
-    model.requires_grad_(False)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and section.max_length > positions:
-        raise InvalidInputError(f"calibration.max_length {section.max_length} exceeds the base model's {positions} positions")
-    inputs = TextInputs(tokenizer, section.max_length)
-    batches = [tokenized(inputs, t, section.batch_size) for t in texts]
-    return ConfigCalibration(calibration_source(kind, model, modules, batches, section.sketch_above), used, asked)
+    if not is_vision(base):
+        from eigenmix.train.encoder import encoder_path
+
+        base = encoder_path(base)
+    rows: list[Sequence[Row]] = []
+    used, asked = {}, {}
+    for entry in config.modules:  # every module's rows read (one line for a bad one) before the model loads
+        spec = section.modules[entry.label]
+        if is_vision(base):
+            rows.append(read_image_inputs(spec.file, limit=spec.rows))
+        else:
+            rows.append(read_inputs(spec.file, spec.text_field, spec.pair_field, limit=spec.rows))
+        used[entry.label], asked[entry.label] = len(rows[-1]), spec.rows
+    backbone = load_backbone(base, max_length=section.max_length, image_size=section.image_size, options="calibration.")
+    batches = [[batch for _, batch in backbone.batches(r, section.batch_size)] for r in rows]
+    return ConfigCalibration(calibration_source(kind, backbone.model, modules, batches, section.sketch_above), used, asked)

@@ -118,19 +118,22 @@ class CalibrationRows(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    file: Path = Field(description="a JSONL file, one JSON object a line with the text field")
+    file: Path = Field(
+        description="the rows, as the base model takes them: a JSONL file of text rows; for an image model a folder of PNGs "
+        "with labels.csv or an IDX images file"
+    )
     rows: Annotated[int, Strict()] = Field(64, ge=1, description="how many rows to use: the first N of the file")
-    text_field: str = Field("text", description="the field holding the text")
-    pair_field: str = Field("text_pair", description="the field holding the second text of a sentence pair, where there is one")
+    text_field: str = Field("text", description="text rows: the field holding the text")
+    pair_field: str = Field("text_pair", description="text rows: the field holding a sentence pair's second text, where there is one")
 
     @field_validator("file")
     @classmethod
-    def _regular_file(cls, value: Path) -> Path:
+    def _exists(cls, value: Path) -> Path:
         value = value.expanduser()
         if not value.exists():
             raise ValueError(f"{value} does not exist")
-        if not value.is_file():
-            raise ValueError(f"{value} is not a regular file")
+        if not (value.is_file() or value.is_dir()):
+            raise ValueError(f"{value} is neither a regular file nor a folder")
         return value
 
 
@@ -140,7 +143,8 @@ class CalibrationSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     modules: dict[str, CalibrationRows] = Field(min_length=1, description="module name → its rows")
-    max_length: Annotated[int, Strict()] = Field(128, ge=1, description="tokens per row (longer rows are truncated)")
+    max_length: Annotated[int, Strict()] = Field(128, ge=1, description="text: tokens per row (longer rows are truncated)")
+    image_size: Annotated[int, Strict()] = Field(64, ge=32, description="images: the side they are resized to (a multiple of 32)")
     batch_size: Annotated[int, Strict()] = Field(16, ge=1, description="rows per forward pass")
     sketch_above: Annotated[int, Strict()] | None = Field(
         2048, ge=1, description="layers with more inputs keep their Grams in the modules' row space (R × R); null: never"

@@ -153,3 +153,25 @@ def test_a_composition_on_conv_sites_starts_at_the_merge_and_exports_conv_layers
     summed = 0.5 * sum(m.layers["stem"].tensor() for m in modules)
     torch.testing.assert_close(exported.layers["stem"].tensor(), summed, rtol=1e-5, atol=1e-5)
     comp.detach_hooks()
+
+
+def test_the_explain_recorder_on_conv_sites_sums_over_every_output_position():
+    """A library of conv modules explained on images: each layer's ``Σ a aᵀ`` is over every
+    output position of every image (the unfolded patches), with no per-token view (a CNN's
+    layers see different positions)."""
+    from eigenmix.explain import Recorder, from_library, record_rows
+
+    library = Library()
+    for m in (conv_module("a", 1), conv_module("b", 2)):
+        library.add(m)
+    directions = from_library(library)
+    x = torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(6))
+    base = cnn()
+    rec = Recorder(base, directions, 2, 3, per_token=False)
+    record_rows(base, rec, [([0, 1, 2], {"pixel_values": x})])  # the stem comes first: its rows are x's patches
+    d = directions["stem"]
+    patches = torch.nn.functional.unfold(x, 3, padding=1, stride=2).transpose(1, 2).double()  # (3, 25, 27): the stem's rows
+    a = (patches @ d.V) * d.weight  # (3, 25, D)
+    torch.testing.assert_close(rec.tallies["stem"].S, torch.einsum("rtd,rte->de", a, a), rtol=1e-9, atol=1e-9)
+    assert rec.tokens == {}
+    rec.close()

@@ -167,3 +167,18 @@ def test_a_calibrated_merge_of_conv_adapters_on_image_rows_through_the_script(se
     done = run("merge", tmp_path / "bad.yaml", "--out", tmp_path / "bad")
     assert done.returncode == 2 and "calibration.image_size 50" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_explain_a_library_of_concept_modules_on_images_through_the_script(setup, tmp_path):
+    """Which concept's directions fired for each image: explain.json with one row per image,
+    grouped by its label, shares adding to 1, no per-token view; report.html written."""
+    root, _, data = setup
+    done = run("explain", root / "lib", "--inputs", root / "pngs", "--out", tmp_path / "ex", "--router", "uniform")
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "ex" / "explain.json").read_text())
+    assert [r["line"] for r in document["inputs"]] == list(range(1, 7))
+    assert [r["group"] for r in document["inputs"]] == [data.class_names[int(y)] for y in data.labels]
+    for r in document["inputs"]:
+        assert set(r["shares"]) == {"concept0", "concept1"} and abs(sum(r["shares"].values()) - 1) < 1e-5
+    assert document["tokens"] == [] and document["top_directions"]["concept0"]
+    assert "<img" in (tmp_path / "ex" / "report.html").read_text()

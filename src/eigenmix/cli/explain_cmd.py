@@ -20,7 +20,10 @@ def explain(
         ..., help="A merged or tuned adapter folder (its report names its modules), a library folder, or one adapter."
     ),
     inputs: Path = typer.Option(
-        ..., "--inputs", help='A JSONL file of probe rows: {"text": …} (and "text_pair", and a group field such as "task").'
+        ...,
+        "--inputs",
+        help='Text: a JSONL file of probe rows {"text": …} (and "text_pair", and a group field such as "task"). Images: a folder '
+        "of PNGs with labels.csv, or an IDX images file (their labels are the groups).",
     ),
     out: Path = typer.Option(..., "--out", help="Output folder: explain.json and report.html."),
     group_field: str = typer.Option(
@@ -32,14 +35,15 @@ def explain(
         None, "--base-model", help="The base model folder (default: the one the target names; all-MiniLM-L6-v2 is bundled)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
-    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row."),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
+    image_size: int = typer.Option(64, "--image-size", min=1, help="Side the images are resized to (images; a multiple of 32)."),
     top: int = typer.Option(5, "--top", min=1, help="Directions listed per module."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Explain a merge, a tuned composition or a routed library: which directions of which module contribute what, per input."""
-    from eigenmix.data.inputs import read_inputs
     from eigenmix.errors import InvalidInputError
     from eigenmix.explain.report import report_html
+    from eigenmix.harness.backbones import read_rows
     from eigenmix.harness.explain_run import base_for, explain_rows, load_target
     from eigenmix.harness.library_run import ROUTERS, make_router
     from eigenmix.io.atomic import atomic_dir, destination
@@ -47,11 +51,11 @@ def explain(
     if router is not None and router not in ROUTERS:
         raise InvalidInputError(f"--router '{router}': choose from {', '.join(ROUTERS)}")
     dest = destination(out, overwrite=force, inputs=[target, inputs], marker=REPORT)
-    rows = read_inputs(inputs, text_field=text_field, group_field=group_field)
     chosen = load_target(target)
     if router is not None and chosen.kind != "library":
         raise InvalidInputError(f"--router: {target} is a {chosen.kind} adapter, not a library; only a library is routed")
-    encoder = base_for(chosen, base_model, max_length)
+    encoder = base_for(chosen, base_model, max_length, image_size)
+    rows = read_rows(inputs, encoder, text_field=text_field, group_field=group_field)
     routing = make_router(router or "spectral", chosen.library, encoder) if chosen.kind == "library" else None
     console = make_console()
     columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

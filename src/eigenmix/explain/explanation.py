@@ -18,7 +18,8 @@ from eigenmix.explain.live import LayerTally
 
 @dataclass(frozen=True)
 class Row:
-    """One probe row: its line in the inputs file, text, group (e.g. its task), tokens and
+    """One probe row: its line in the inputs file, text (an image's: a label for it), group
+    (e.g. its task), tokens (none for an image: its positions differ from layer to layer) and
     the second text of a sentence pair."""
 
     line: int
@@ -38,7 +39,8 @@ class Explanation:
         layers: the explained layers, in model order.
         directions: layer → its directions.
         tallies: layer → its summed attribution (:class:`~eigenmix.explain.live.LayerTally`).
-        tokens: row → per-token part numerators ``(tokens, P)`` and ``‖y_t‖²`` summed over layers.
+        tokens: row → per-token part numerators ``(tokens, P)`` and ``‖y_t‖²`` summed over
+            layers; empty where the layers see different tokens (images).
         rows: the probe rows.
         extra: anything else for ``explain.json`` (router, settings).
     """
@@ -64,8 +66,8 @@ class Explanation:
         return self.layer_matrix().sum(-1)
 
     def layer_energy(self) -> Tensor:
-        """``(L,)`` mean ``‖ΔW x_t‖²`` per token."""
-        count = sum(len(r.tokens) for r in self.rows)
+        """``(L,)`` mean ``‖ΔW x_t‖²`` per token (per row where rows have no tokens: images)."""
+        count = sum(len(r.tokens) for r in self.rows) or len(self.rows)
         return torch.stack([self.tallies[layer].parts.sum((0, 1, 2)) for layer in self.layers]) / max(count, 1)
 
     # --- per row -----------------------------------------------------------------------
@@ -163,7 +165,7 @@ class Explanation:
                         "shares": dict(zip(self.parts, [round(float(v), 6) for v in R[i]], strict=True))}
                        for i, r in enumerate(self.rows)],
             "tokens": [{"line": self.rows[i].line, "tokens": list(self.rows[i].tokens), "shares": rnd(self.token_shares(i))}
-                       for i in range(min(token_rows, len(self.rows)))],
+                       for i in range(min(token_rows, len(self.rows))) if i in self.tokens],
             "top_directions": {self.parts[k]: self.top_directions(k, top) for k in range(len(self.parts))},
         }  # fmt: skip
 

@@ -52,6 +52,9 @@ class Recorder:
         apply: add ``Σ_d keep_d a_d u_d`` to the layer's output (False when another hook,
             a routed library's, adds the update).
         gate: a router's coefficients per direction (see :data:`Gate`).
+        per_token: keep each row's per-token numerators summed over layers (``tokens``): only
+            where every layer sees the same tokens (a transformer; not a CNN, whose maps
+            shrink from layer to layer).
     """
 
     def __init__(
@@ -63,8 +66,9 @@ class Recorder:
         *,
         apply: bool = True,
         gate: Gate | None = None,
+        per_token: bool = True,
     ) -> None:
-        self.directions, self.parts, self.apply, self.gate = dict(directions), parts, apply, gate
+        self.directions, self.parts, self.apply, self.gate, self.per_token = dict(directions), parts, apply, gate, per_token
         self.grams = {layer: d.U.T @ d.U for layer, d in self.directions.items()}
         self.up = {layer: d.U.to(torch.float32).T.contiguous() for layer, d in self.directions.items()}
         self.tallies = {layer: self._empty(d, rows) for layer, d in self.directions.items()}
@@ -113,6 +117,8 @@ class Recorder:
         peak, where = real.abs().max(1)  # (rows, D)
         t.peak[rows], t.peak_token[rows] = peak, where
         t.signed_peak[rows] = real.gather(1, where.unsqueeze(1)).squeeze(1)
+        if not self.per_token:
+            return
         num, energy = token_numerators(real, G, owner, self.parts)
         for j, row in enumerate(rows.tolist()):
             before = self.tokens.get(row)

@@ -58,7 +58,7 @@ def report_body(ex: Explanation, token_rows: int = 3) -> str:
         figure(figures.input_part(ex), "input by part shares", "Each input's shares over every layer."),
         *(figure(figures.token_parts(ex, i), f"token shares of line {ex.rows[i].line}",
                  f"Line {ex.rows[i].line} ({ex.rows[i].group or 'no group'}), per token: each part's share of every layer's update.")
-          for i in range(min(token_rows, len(ex.rows)))),
+          for i in range(min(token_rows, len(ex.rows))) if i in ex.tokens),
         "<h2>Which part responds to which group of inputs</h2>",
         figure(figures.group_part(ex), "group by part shares", "Rows: groups of inputs (their 'task' field); columns: parts."),
         "<h2>Strongest directions and what they respond to</h2>",

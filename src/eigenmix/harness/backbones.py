@@ -101,11 +101,13 @@ def load_backbone(name: str | Path, *, max_length: int = 128, image_size: int = 
     return Backbone(str(name), model.eval().requires_grad_(False), TextInputs(tokenizer, max_length))
 
 
-def read_rows(path: Path, backbone: Backbone, *, group_field: str | None = None, limit: int | None = None) -> list[Row]:
+def read_rows(
+    path: Path, backbone: Backbone, *, text_field: str = "text", group_field: str | None = None, limit: int | None = None
+) -> list[Row]:
     """The rows of ``--inputs`` for ``backbone`` (the first ``limit``): JSONL text, or images
-    (a PNG folder, an IDX file)."""
+    (a PNG folder, an IDX file: their labels are their groups)."""
     if backbone.kind == "image":
         return list(read_image_inputs(path, limit=limit))
     if path.is_dir():
         raise InvalidInputError(f"{path}: a folder; base model '{backbone.name}' takes text rows (a JSONL file)")
-    return list(read_inputs(path, group_field=group_field, limit=limit))
+    return list(read_inputs(path, text_field=text_field, group_field=group_field, limit=limit))

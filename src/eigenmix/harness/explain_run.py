@@ -16,10 +16,11 @@ from torch import Tensor
 
 from eigenmix.compose import Library, RoutedModel, Router, load_library
 from eigenmix.compose.sites import site_at
+from eigenmix.data.images import ImageRow
 from eigenmix.data.inputs import InputRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.explain import RESIDUAL, Explanation, LayerDirections, Recorder, Row, from_library, from_merge, record_rows
-from eigenmix.harness.backbones import Backbone
+from eigenmix.harness.backbones import IMAGE_SIZE, Backbone
 from eigenmix.harness.library_run import add_adapter, load_base
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.peft_lora import adapter_digest
@@ -114,7 +115,7 @@ def routed_gate(routed: RoutedModel, directions: dict[str, LayerDirections]) -> 
 def explain_rows(
     target: Target,
     encoder: Backbone,
-    rows: Sequence[InputRow],
+    rows: Sequence[InputRow | ImageRow],
     *,
     router: Router | None = None,
     batch_size: int = 32,
@@ -125,7 +126,9 @@ def explain_rows(
     ``router``; a merged, tuned or single adapter adds its own update)."""
     routed = RoutedModel(encoder.model, target.library, router) if router is not None else None
     gate = routed_gate(routed, target.directions) if routed is not None else None
-    recorder = Recorder(encoder.model, target.directions, len(target.parts), len(rows), apply=routed is None, gate=gate)
+    per_token = encoder.kind == "text"  # a CNN's layers see different positions: no per-token view across layers
+    parts = len(target.parts)
+    recorder = Recorder(encoder.model, target.directions, parts, len(rows), apply=routed is None, gate=gate, per_token=per_token)
     batches = encoder.batches(rows, batch_size)
     tokens = encoder.tokens(batches)
     try:
@@ -135,17 +138,18 @@ def explain_rows(
         if routed is not None:
             routed.detach_hooks()
     order = [layer for layer, _ in encoder.model.named_modules() if layer in target.directions]
-    probe = tuple(Row(r.line, r.text, r.group, tokens[i], r.text_pair) for i, r in enumerate(rows))
+    probe = tuple(
+        Row(r.line, r.text, r.group, tokens[i], r.text_pair) if isinstance(r, InputRow) else Row(r.line, f"image {r.line}", r.group, ())
+        for i, r in enumerate(rows)
+    )
     return Explanation(str(target.path), target.kind, target.parts, tuple(order), target.directions, recorder.tallies,
                        recorder.tokens, probe, extra or {})  # fmt: skip
 
 
-def base_for(target: Target, base_model: Path | None, max_length: int) -> Backbone:
+def base_for(target: Target, base_model: Path | None, max_length: int, image_size: int = IMAGE_SIZE) -> Backbone:
     """The target's base model (or ``base_model``), loaded offline, and checked to have every
     layer the target updates, of the target's shape (one line naming the first that is not)."""
-    encoder = load_base(target.library, base_model, max_length)
-    if encoder.kind != "text":  # the recorder adds per-token numerators across layers: equal token counts only
-        raise InvalidInputError(f"eigenmix explain runs text models; '{encoder.name}' takes images (not supported yet)")
+    encoder = load_base(target.library, base_model, max_length, image_size)
     for layer, d in target.directions.items():
         site_at(encoder.model, layer, d.shape)
     return encoder

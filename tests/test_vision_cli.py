@@ -182,3 +182,19 @@ def test_explain_a_library_of_concept_modules_on_images_through_the_script(setup
         assert set(r["shares"]) == {"concept0", "concept1"} and abs(sum(r["shares"].values()) - 1) < 1e-5
     assert document["tokens"] == [] and document["top_directions"]["concept0"]
     assert "<img" in (tmp_path / "ex" / "report.html").read_text()
+
+
+def test_a_library_keeps_image_statistics_and_routes_with_the_learned_router(setup, tmp_path):
+    """``library build --rows`` with image rows (a PNG folder; the first 512 images of an IDX
+    file), then the routers that read them: the learned gate and spectral with stats."""
+    root, _, _ = setup
+    idx = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    done = run("library", "build", root / "concept0", root / "concept1", "--rows", f"concept0={root / 'pngs'}",
+               "--rows", f"concept1={idx}", "--out", tmp_path / "lib")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for router, extra in (("learned", []), ("spectral", ["--calibration", "stats"])):
+        out = tmp_path / f"out-{router}"
+        done = run("route", tmp_path / "lib", "--inputs", root / "pngs", "--out", out, "--router", router, *extra)
+        assert done.returncode == 0, done.stderr
+        routes = [json.loads(line) for line in (out / "routes.jsonl").read_text().splitlines()]
+        assert len(routes) == 6 and all(abs(sum(r["weights"].values()) - 1) < 1e-5 for r in routes)

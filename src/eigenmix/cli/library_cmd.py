@@ -19,7 +19,8 @@ app = typer.Typer(help="A library of modules (LoRA adapters) for runtime composi
 
 ROWS_HELP = (
     "NAME=FILE: 16-64 unlabeled rows of module NAME's task (JSONL text; for an image model a folder of PNGs with "
-    "labels.csv or an IDX images file); kept as its statistics (routers 'spectral --calibration stats' and 'learned')."
+    "labels.csv or an IDX images file; the first 512 are used); kept as its statistics (routers 'spectral --calibration stats' "
+    "and 'learned')."
 )
 BASE_HELP = (
     "The base model (default: the one the adapters name; all-MiniLM-L6-v2 and efficientnet-lite0 are bundled). Needed with --rows only."

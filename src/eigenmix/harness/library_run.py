@@ -76,9 +76,13 @@ def load_base(library: Library, base_model: Path | None, max_length: int = 128, 
     return load_backbone(where, max_length=max_length, image_size=image_size)
 
 
+STAT_ROWS = 512  # the rows of a --rows file a module's statistics use (one forward pass): the first ones
+
+
 def with_statistics(library: Library, name: str, encoder: Backbone, rows_file: Path) -> Entry:
-    """Module ``name`` again, now keeping its statistics from the rows of ``rows_file``."""
-    rows = read_rows(rows_file, encoder)
+    """Module ``name`` again, now keeping its statistics from the first :data:`STAT_ROWS` rows
+    of ``rows_file`` (a whole IDX file is 10,000 images)."""
+    rows = read_rows(rows_file, encoder, limit=STAT_ROWS)
     batch = encoder.batches(rows, len(rows))[0][1]
     stats = module_statistics(encoder.model, library, name, batch)
     entry = dataclasses.replace(library.entry(name), stats=stats)

@@ -17,13 +17,15 @@ from eigenmix.explain.directions import (
     from_library,
     from_merge,
 )
-from eigenmix.explain.explanation import Explanation, Row
+from eigenmix.explain.explanation import Explanation
 from eigenmix.explain.live import LayerTally, Recorder, record_rows
+from eigenmix.explain.view import ExplanationView, Row
 
 __all__ = [
     "RESIDUAL",
     "SHARE_RULE",
     "Explanation",
+    "ExplanationView",
     "LayerDirections",
     "LayerTally",
     "Recorder",

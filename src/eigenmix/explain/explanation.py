@@ -14,19 +14,7 @@ from torch import Tensor
 from eigenmix.explain.attribution import SHARE_RULE, shares
 from eigenmix.explain.directions import LayerDirections
 from eigenmix.explain.live import LayerTally
-
-
-@dataclass(frozen=True)
-class Row:
-    """One probe row: its line in the inputs file, text (an image's: a label for it), group
-    (e.g. its task), tokens (none for an image: its positions differ from layer to layer) and
-    the second text of a sentence pair."""
-
-    line: int
-    text: str
-    group: str | None
-    tokens: tuple[str, ...]
-    pair: str | None = None
+from eigenmix.explain.view import Row
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import matplotlib
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-if TYPE_CHECKING:  # the explanation renders itself with these figures (_repr_html_)
-    from eigenmix.explain.explanation import Explanation
+from eigenmix.explain.view import ExplanationView
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
@@ -58,30 +56,30 @@ def heatmap(values: Tensor, rows: Sequence[str], cols: Sequence[str], title: str
     return png(fig)
 
 
-def layer_part(ex: Explanation) -> bytes:
+def layer_part(ex: ExplanationView) -> bytes:
     return heatmap(ex.layer_shares(), [short(x) for x in ex.layers], ex.parts, f"Share of each layer's update, {len(ex.rows)} rows",
                    "part (module)", "layer", "share of ‖ΔW x‖² (rows add to 1)")  # fmt: skip
 
 
-def input_part(ex: Explanation, limit: int = 40) -> bytes:
+def input_part(ex: ExplanationView, limit: int = 40) -> bytes:
     n = min(limit, len(ex.rows))
     labels = [f"{r.line}: {r.group or ''} {r.text[:28]}" for r in ex.rows[:n]]
     return heatmap(ex.row_shares()[:n], labels, ex.parts, f"Share of every layer's update, per input (first {n})",
                    "part (module)", "input (line: group text)", "share (rows add to 1)")  # fmt: skip
 
 
-def group_part(ex: Explanation) -> bytes:
+def group_part(ex: ExplanationView) -> bytes:
     return heatmap(ex.group_shares(), ex.groups(), ex.parts, "Response by group of inputs (task × module)",
                    "part (module)", "group of inputs", "share of every layer's update")  # fmt: skip
 
 
-def token_parts(ex: Explanation, row: int) -> bytes:
+def token_parts(ex: ExplanationView, row: int) -> bytes:
     r = ex.rows[row]
     return heatmap(ex.token_shares(row).T, ex.parts, r.tokens, f"Line {r.line}: share of every layer's update, per token",
                    "token", "part (module)", "share at the token", annotate=False)  # fmt: skip
 
 
-def top_directions(ex: Explanation, n: int = 5) -> bytes:
+def top_directions(ex: ExplanationView, n: int = 5) -> bytes:
     P = len(ex.parts)
     cols = min(P, 4)
     fig, axes = plt.subplots((P + cols - 1) // cols, cols, figsize=(3.6 * cols, 2.3 * ((P + cols - 1) // cols)), squeeze=False)
@@ -101,7 +99,7 @@ def top_directions(ex: Explanation, n: int = 5) -> bytes:
     return png(fig)
 
 
-def overlaps(ex: Explanation, limit: int = 36) -> bytes:
+def overlaps(ex: ExplanationView, limit: int = 36) -> bytes:
     """Per layer, the overlap of the parts' output subspaces: ``‖U_kᵀU_l‖²_F / min(r_k, r_l)``
     (1: one contains the other; 0: orthogonal)."""
     layers = ex.layers[:limit]
@@ -135,7 +133,7 @@ def part_overlap(U: Tensor, owner: Tensor, parts: int) -> Tensor:
     return out
 
 
-def spectra(ex: Explanation) -> bytes:
+def spectra(ex: ExplanationView) -> bytes:
     P = len(ex.parts)
     cols = min(P, 4)
     rows = (P + cols - 1) // cols

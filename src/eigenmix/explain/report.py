@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import TYPE_CHECKING
 
 from eigenmix.explain import figures
 from eigenmix.explain.attribution import SHARE_RULE
-
-if TYPE_CHECKING:  # the explanation renders itself with this module (_repr_html_)
-    from eigenmix.explain.explanation import Explanation
+from eigenmix.explain.view import ExplanationView
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -28,7 +25,7 @@ def figure(data: bytes, alt: str, caption: str) -> str:
     return f'<figure><img class="figure" src="{src}" alt="{escape(alt)}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-def direction_table(ex: Explanation, part: int, n: int = 5) -> str:
+def direction_table(ex: ExplanationView, part: int, n: int = 5) -> str:
     rows = []
     for r in ex.top_directions(part, n, examples=3):
         tokens = "<br>".join(f"<code>{escape(t['token'])}</code> {t['response']:+.3g} · {escape(t['context'])}" for t in r["top"])
@@ -41,7 +38,7 @@ def direction_table(ex: Explanation, part: int, n: int = 5) -> str:
     return f"<h3>{escape(ex.parts[part])}</h3><table>{head}{''.join(rows)}</table>"
 
 
-def report_body(ex: Explanation, token_rows: int = 3) -> str:
+def report_body(ex: ExplanationView, token_rows: int = 3) -> str:
     """The report without its page frame (what a notebook shows)."""
     top = ex.row_shares().argmax(-1)
     counts = {p: int((top == k).sum()) for k, p in enumerate(ex.parts)}
@@ -73,7 +70,7 @@ def report_body(ex: Explanation, token_rows: int = 3) -> str:
     return "\n".join(parts)
 
 
-def report_html(ex: Explanation) -> str:
+def report_html(ex: ExplanationView) -> str:
     """The whole page."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>eigenmix explain: {escape(ex.target)}</title>'
             f"<style>{STYLE}</style></head><body>\n{report_body(ex)}\n</body></html>\n")  # fmt: skip

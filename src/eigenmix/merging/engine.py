@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ from torch import Tensor
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 from eigenmix.io.safetensors_io import all_finite
 from eigenmix.merging.elementwise import weighted
-from eigenmix.merging.plan import MergePlan, make_plan
+from eigenmix.merging.plan import Executor, MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext
 from eigenmix.merging.selection import global_thresholds
 from eigenmix.modules import (
@@ -42,9 +42,6 @@ from eigenmix.modules import (
     work_dtype,
 )
 from eigenmix.seeds import derived_seed
-
-if TYPE_CHECKING:  # the executor runs this engine's merge_layer in its workers
-    from eigenmix.merging.executor import Executor
 
 
 @dataclass(frozen=True)

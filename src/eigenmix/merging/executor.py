@@ -19,25 +19,17 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from eigenmix.errors import EigenmixError, ExecutorError, InvalidInputError
-from eigenmix.merging.plan import MergePlan, make_plan
-from eigenmix.modules import AnyDelta, Module, SpectralDelta
+from eigenmix.merging.plan import Done, MergePlan, make_plan
+from eigenmix.modules import Module, SpectralDelta
 
 Source = tuple[Literal["adapter", "finetune"], str, str | None, str]  # kind, path, base (fine-tunes), name
-Done = tuple[str, AnyDelta, float]  # layer, merged delta, seconds
-
 INSTALL = 'Ray is not installed: pip install -c constraints.txt -e ".[ray]" (the ray extra)'
-
-
-class Executor(Protocol):
-    """Runs ``merge_layer`` over the layers of a plan, yielding ``(layer, delta, seconds)`` in order."""
-
-    def run(self, modules: Sequence[Module], plan: MergePlan, layers: Sequence[str], thresholds: Tensor | None) -> Iterator[Done]: ...
 
 
 def source_of(module: Module) -> Source:

@@ -1,17 +1,23 @@
 """A merge parsed once: the method, its checked parameters, the weights and the engine's
 settings. The API, the config file and the CLI's dry run all build one :class:`MergePlan`
-and hand it on; nothing downstream re-validates it."""
+and hand it on; nothing downstream re-validates it. :class:`Executor` is what runs a plan's
+layers elsewhere (the engine takes one; ``merging/executor.py`` has Ray's)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from torch import Tensor
 
 from eigenmix.errors import InvalidInputError
 from eigenmix.merging.calibration import GramSource, check_source
 from eigenmix.merging.registry import MergeMethod, MergeParams, get_method
+from eigenmix.modules import AnyDelta, Module
+
+Done = tuple[str, AnyDelta, float]  # layer, merged delta, seconds
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,13 @@ class MergePlan:
             "method": self.method.name, "params": self.params.model_dump(mode="json"), "weights": list(self.weights),
             "seed": self.seed, "dense_rank": self.dense_rank, "dense_energy": self.dense_energy,
         }  # fmt: skip
+
+
+class Executor(Protocol):
+    """Runs the engine's ``merge_layer`` over the layers of a plan elsewhere, yielding
+    ``(layer, delta, seconds)`` in order."""
+
+    def run(self, modules: Sequence[Module], plan: MergePlan, layers: Sequence[str], thresholds: Tensor | None) -> Iterator[Done]: ...
 
 
 def check_weights(weights: Sequence[float], method: MergeMethod, params: MergeParams) -> tuple[float, ...]:

@@ -22,11 +22,13 @@ Protocol:
 3. **Reference**: a LoRA of the same recipe and steps trained on the footwear task itself,
    scored on the 3,000 footwear test images with its own head (``downstream_lora``).
 4. **Head data**: ``--per-class`` (64) labelled images per class drawn from the footwear
-   *train* split (seeded). Every entry's head is ``fit_linear_head`` (L-BFGS, l2 1e-3) on the
-   entry's features of these 192 images; nothing else is trained on the downstream task.
-   ``cv_acc``: 4-fold cross-validated accuracy of that head on the same 192 images, the only
-   score a user with 64 labels per class could compute; the composition with the best
-   ``cv_acc`` is the *chosen* one (no test image takes part in the choice).
+   *train* split, ``--draws`` (5) seeded draws. Every entry's head is ``fit_linear_head``
+   (L-BFGS, l2 1e-3) on the entry's features of one draw's 192 images; nothing else is trained
+   on the downstream task. ``acc`` is the mean test accuracy over the draws (``acc_std``,
+   ``acc_per_draw`` beside it). ``cv_acc``: 4-fold cross-validated accuracy of the head on the
+   draw's own 192 images (mean over draws), the only score a user with 64 labels per class
+   could compute; the composition with the best ``cv_acc`` is the *chosen* one (no test image
+   takes part in the choice).
 5. **Entries**: ``downstream_lora+head64`` (the reference's features with a 64-per-class head:
    separates head data from features); ``frozen+head64`` (the floor: the ImageNet backbone);
    each **merge** of the 3 concept modules (``MERGES``: fixed parameters, the methods'
@@ -46,7 +48,7 @@ Protocol:
 
 Adapters are kept under ``--work`` and reused when their ``head.json`` records the same
 task, recipe and training rows (``cached`` in the output). ``--quick``: 20 steps, the first
-300 footwear test images, 200 per concept test; writes ``runs/vision_concepts_quick.json``
+300 footwear test images, 200 per concept test, 2 draws; writes ``runs/vision_concepts_quick.json``
 unless ``--json`` is given.
 """
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -114,15 +117,19 @@ def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[T, flo
     return out, time.perf_counter() - start
 
 
-def head_rows(train: ImageSet, per_class: int, seed: int) -> Tensor:
-    """``per_class`` indices of each class of ``train``, a seeded draw; ``(classes · per_class,)``,
-    class by class, each class's indices in random order (so ``position % FOLDS`` is a stratified fold)."""
-    g = torch.Generator().manual_seed(derived_seed(seed, f"{DOWNSTREAM}/head"))
-    picks = []
-    for c in range(train.num_classes):
-        pool = (train.labels == c).nonzero().flatten()
-        picks.append(pool[torch.randperm(pool.numel(), generator=g)[:per_class]])
-    return torch.cat(picks)
+def head_rows(train: ImageSet, per_class: int, seed: int, draws: int) -> Tensor:
+    """``draws`` seeded draws of ``per_class`` indices of each class of ``train``:
+    ``(draws, classes · per_class)``, class by class, each class's indices in random order (so
+    ``position % FOLDS`` is a stratified fold)."""
+    out = []
+    for draw in range(draws):
+        g = torch.Generator().manual_seed(derived_seed(seed, f"{DOWNSTREAM}/head/{draw}"))
+        picks = []
+        for c in range(train.num_classes):
+            pool = (train.labels == c).nonzero().flatten()
+            picks.append(pool[torch.randperm(pool.numel(), generator=g)[:per_class]])
+        out.append(torch.cat(picks))
+    return torch.stack(out)
 
 
 def cv_accuracy(features: Tensor, labels: Tensor, classes: int, per_class: int) -> float:
@@ -149,11 +156,18 @@ def accuracy(scores: Tensor, labels: Tensor) -> float:
 
 
 class Scorer:
-    """Scores every entry the same way: a head on the 64-per-class rows, test accuracy, the
-    cross-validated accuracy on the head rows, the concept heads' (0-label) accuracy."""
+    """Scores every entry the same way: per draw of the head rows, a head on them, its test
+    accuracy and its cross-validated accuracy on them (then their mean over the draws); the
+    concept heads' (0-label) accuracy on the entry's test features.
+
+    Args:
+        head_index: ``(draws, rows)`` from :func:`head_rows`.
+    """
 
     def __init__(self, task: ImageTask, head_index: Tensor, per_class: int, size: int, concept_heads: list[nn.Linear]) -> None:
-        self.head_images, self.head_labels = task.train.images[head_index], task.train.labels[head_index]
+        self.draws = head_index.shape[0]
+        self.head_images = task.train.images[head_index.flatten()]  # (draws · rows, H, W)
+        self.head_labels = task.train.labels[head_index]  # (draws, rows)
         self.test_images, self.test_labels = task.test.images, task.test.labels
         self.classes, self.per_class, self.size = task.num_labels, per_class, size
         self.concept_heads = concept_heads
@@ -174,14 +188,20 @@ class Scorer:
         """The same of the library on a fresh Lite0, routed by ``router``."""
         return self.pair(lambda images: routed_features(library, router, images, self.size))
 
-    def score(self, head_feats: Tensor, test_feats: Tensor) -> dict[str, Any]:
+    def score(self, head_feats: Tensor, test_feats: Tensor, *, concept: bool = True) -> dict[str, Any]:
+        """``head_feats (draws · rows, d)``, ``test_feats (N, d)`` → the entry's scores."""
         start = time.perf_counter()
-        head = fit_linear_head(head_feats, self.head_labels, self.classes)
-        with torch.no_grad():
-            acc = accuracy(head(test_feats), self.test_labels)
-        cv = cv_accuracy(head_feats, self.head_labels, self.classes, self.per_class)
-        concept = accuracy(concept_margins(test_feats, self.concept_heads), self.test_labels) if self.concept_heads else None
-        return {"acc": acc, "cv_acc": cv, "concept_head_acc": concept, "head_seconds": time.perf_counter() - start}
+        accs, cvs = [], []
+        for feats, labels in zip(head_feats.unflatten(0, (self.draws, -1)), self.head_labels, strict=True):
+            head = fit_linear_head(feats, labels, self.classes)
+            with torch.no_grad():
+                accs.append(accuracy(head(test_feats), self.test_labels))
+            cvs.append(cv_accuracy(feats, labels, self.classes, self.per_class))
+        zero = accuracy(concept_margins(test_feats, self.concept_heads), self.test_labels) if concept and self.concept_heads else None
+        return {
+            "acc": statistics.mean(accs), "acc_std": statistics.pstdev(accs), "acc_per_draw": accs,
+            "cv_acc": statistics.mean(cvs), "concept_head_acc": zero, "head_seconds": time.perf_counter() - start,
+        }  # fmt: skip
 
 
 def train_or_reuse(task: ImageTask, recipe: ImageLoraRecipe, folder: Path) -> dict[str, Any]:
@@ -263,7 +283,11 @@ def reference_entries(args: argparse.Namespace, task: ImageTask, scorer: Scorer)
     feature_seconds = time.perf_counter() - start
     entries = {
         "downstream_lora": {"kind": "reference", "acc": own, "cv_acc": None, "labels_used": len(task.train), "seconds": feature_seconds},
-        "downstream_lora+head64": {"kind": "reference", **scorer.score(head_feats, test_feats), "feature_seconds": feature_seconds},
+        "downstream_lora+head64": {
+            "kind": "reference",
+            **scorer.score(head_feats, test_feats, concept=False),
+            "feature_seconds": feature_seconds,
+        },
     }
     (head_feats, test_feats), seconds = timed(lambda: scorer.features(load_efficientnet_lite0()))
     entries["frozen+head64"] = {"kind": "floor", **scorer.score(head_feats, test_feats), "feature_seconds": seconds}
@@ -341,19 +365,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Concept composition: Fashion-MNIST footwear (3-way), {result['config']['steps']} steps per adapter",
         "",
         f"Command: `{result['config']['command']}`. Test: {result['data']['test_rows']} footwear images; heads on "
-        f"{result['config']['per_class']} labelled train images per class. Reference: downstream LoRA, "
+        f"{result['config']['per_class']} labelled train images per class (mean of {result['data']['head_draws']} seeded draws; "
+        f"± their std). Reference: downstream LoRA (own head, all {result['data']['train_rows']} train images), "
         f"{100 * s['reference_acc']:.1f}%. Chosen by 4-fold CV on the head rows: **{s['chosen_by_cv']}**, gap "
         f"{s['chosen_gap_points']:+.1f} points, target (within 2) {'met' if s['target_met'] else 'not met'}; best on test "
         f"(optimistic): {s['best_on_test']}, {s['best_on_test_gap_points']:+.1f}.",
         "",
-        "| entry | kind | test acc % | gap (points) | CV acc % (head rows) | concept heads, 0 labels % |",
-        "|---|---|---:|---:|---:|---:|",
+        "| entry | kind | test acc % | ± | gap (points) | CV acc % (head rows) | concept heads, 0 labels % |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, e in result["entries"].items():
         cells = [
             name,
             e["kind"],
             percent(e["acc"]),
+            percent(e.get("acc_std")),
             f"{e['gap_points']:+.1f}",
             percent(e.get("cv_acc")),
             percent(e.get("concept_head_acc")),
@@ -370,13 +396,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--per-class", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=5, help="seeded draws of the head rows; accuracies are their mean")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test-limit", type=int, default=None, help="the first N footwear test images (default: all 3,000)")
     parser.add_argument("--concept-test", type=int, default=None, help="the first N images of each concept's binary test")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.test_limit, args.concept_test = 20, args.test_limit or 300, args.concept_test or 200
+        args.steps, args.test_limit, args.concept_test, args.draws = 20, args.test_limit or 300, args.concept_test or 200, 2
         args.work = args.work.with_name(args.work.name + "_quick")
     args.json = args.json or Path("runs/vision_concepts_quick.json" if args.quick else "benchmarks/results/vision_concepts.json")
     return args
@@ -397,7 +424,7 @@ def main() -> None:
     recipe = ImageLoraRecipe(steps=args.steps, size=args.size, seed=args.seed)
     print(f"training {len(tasks)} adapters, {args.steps} steps each ({args.threads} threads)", flush=True)
     adapters, seconds["train"] = timed(lambda: train_all(args, tasks, recipe))
-    index = head_rows(footwear.train, args.per_class, args.seed)
+    index = head_rows(footwear.train, args.per_class, args.seed, args.draws)
     scorer = Scorer(footwear, index, args.per_class, args.size, [])
     (concepts, heads, zero_label), seconds["concepts"] = timed(lambda: concept_entries(args, tasks, scorer))
     scorer.concept_heads = heads
@@ -425,11 +452,11 @@ def main() -> None:
                                       "compositions": HEAD_PARAMS, "concept_heads(0 labels)": 0},
             "added_at_inference": {"merges": 0, "routed": sum(adapters[n]["adapter_parameters"] for n in CONCEPTS)},
         },
-        "data": {"train_rows": len(footwear.train), "test_rows": len(footwear.test), "head_rows": int(index.numel()),
+        "data": {"train_rows": len(footwear.train), "test_rows": len(footwear.test), "head_rows_per_draw": index.shape[1], "head_draws": args.draws,
                  "concept_train_rows": {n: len(tasks[n].train) for n in CONCEPTS}},
         "checks": checks,
         "seconds": seconds,
-        "config": {"steps": args.steps, "per_class": args.per_class, "size": args.size, "seed": args.seed, "threads": args.threads,
+        "config": {"steps": args.steps, "per_class": args.per_class, "size": args.size, "seed": args.seed, "draws": args.draws, "threads": args.threads,
                    "quick": args.quick, "recipe": recipe.model_dump(), "folds": FOLDS,
                    "command": " ".join([".venv/bin/python", "benchmarks/vision_concepts.py", *sys.argv[1:]])},
     }  # fmt: skip

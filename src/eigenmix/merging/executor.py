@@ -1,5 +1,6 @@
-"""Who runs the per-layer work of a merge: this process (:class:`LocalExecutor`, the
-default) or Ray tasks (:class:`RayExecutor`), with identical results.
+"""Who runs the per-layer work of a merge elsewhere: Ray tasks (:class:`RayExecutor`, an
+:class:`~eigenmix.merging.plan.Executor`), with results identical to the engine's own loop
+in this process (the default, no executor).
 
 Layers are independent, so a merge is a map over them. A Ray worker reads its layer's
 tensors directly from the input files (shared storage, as in a cluster: the modules are

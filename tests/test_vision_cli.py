@@ -198,3 +198,13 @@ def test_a_library_keeps_image_statistics_and_routes_with_the_learned_router(set
         assert done.returncode == 0, done.stderr
         routes = [json.loads(line) for line in (out / "routes.jsonl").read_text().splitlines()]
         assert len(routes) == 6 and all(abs(sum(r["weights"].values()) - 1) < 1e-5 for r in routes)
+
+
+def test_an_adapter_for_another_backbone_is_one_line(setup, tmp_path):
+    """Lite0's conv adapters routed on the text encoder: its layers are not the model's."""
+    root, _, _ = setup
+    (tmp_path / "rows.jsonl").write_text('{"text": "a sandal"}\n')
+    done = run("route", root / "lib", "--inputs", tmp_path / "rows.jsonl", "--out", tmp_path / "out",
+               "--base-model", "sentence-transformers/all-MiniLM-L6-v2")  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "has no layer" in done.stderr and not (tmp_path / "out").exists()

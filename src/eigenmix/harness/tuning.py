@@ -85,7 +85,8 @@ def tune_text(
     labeled, distill = settings.objective == "sup", settings.objective == "distill"
     # validation labels: for sup, and for entropy that stops on accuracy (distill's accuracy is agreement with the experts)
     val_labeled = labeled or (settings.objective == "entropy" and settings.select == "accuracy")
-    train, val, texts = {}, {}, list[list[Example]]()
+    train, val = {}, {}
+    texts: list[list[Example]] = []  # each task's drawn rows: the calibrated starts' statistics
     for t, module in zip(tasks, modules, strict=True):
         rows = draw(t.task.train, spec.rows, seed)
         texts.append(rows)

@@ -69,7 +69,7 @@ def test_evaluator_matches_the_peft_model(tmp_path):
 
     reference = PeftModel.from_pretrained(load_encoder()[0], str(tmp_path / "adapter")).eval()
     pairs = [r.text_pair for r in rows]
-    ids = ev.inputs.tokenizer([r.text for r in rows], pairs, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    ids = ev.text.tokenizer([r.text for r in rows], pairs, truncation=True, max_length=64, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = reference(**ids).last_hidden_state
     mask = ids["attention_mask"].unsqueeze(-1).float()

@@ -57,3 +57,30 @@ def test_a_depthwise_conv_is_no_site(lite0):
     conv = lite0.get_submodule("_blocks.1._depthwise_conv")
     with pytest.raises(InvalidInputError, match="grouped Conv2d"):
         site_at(lite0, "_blocks.1._depthwise_conv", tuple(conv.weight.shape))
+
+
+def test_the_evaluator_applies_conv_deltas_and_reads_image_features(lite0, adapters):
+    """The benchmark's evaluator on the image backbone: a conv adapter written into the
+    weights gives PEFT's features, and a split's accuracy is the head's on them."""
+    from eigenmix.harness.backbones import load_backbone
+    from eigenmix.harness.evaluator import Evaluator, Head
+    from eigenmix.vision import features
+
+    ev = Evaluator(backbone=load_backbone("efficientnet-lite0", image_size=64))
+    data = fashion_mnist("test", limit=12)
+    split = ev.images({"fashion": data}, batch_size=5)
+    module = read_lora_adapter(adapters[0])
+    ev.apply({layer: d.tensor() for layer, d in module.layers.items()})
+    peft = PeftModel.from_pretrained(copy.deepcopy(lite0), str(adapters[0])).eval()
+    with torch.no_grad():
+        want = features(peft, inputs(64).pixels(data.images))
+        got = ev.features(split)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    head = Head(torch.randn(10, 1280, generator=torch.Generator().manual_seed(0)), torch.zeros(10))
+    expected = float(((want @ head.weight.T).argmax(-1) == data.labels).float().mean())
+    assert ev.accuracies(split, {"fashion": head})["fashion"] == pytest.approx(expected)
+    ev.apply(None)  # back to the base weights
+    with torch.no_grad():
+        torch.testing.assert_close(ev.features(split), features(lite0, inputs(64).pixels(data.images)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="takes images, not text"):
+        ev.text  # noqa: B018 - the property raises

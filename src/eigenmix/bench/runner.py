@@ -158,7 +158,7 @@ def calibration(method: str, modules: list[Module], tasks: list[CarvedTask], set
 
     kind = get_method(method).calibration
     assert kind is not None
-    batches = [tokenized(ev.inputs, draw(t.task.train, rows, settings.seed), 16) for t in tasks]
+    batches = [tokenized(ev.text, draw(t.task.train, rows, settings.seed), 16) for t in tasks]
     ev.apply(None)  # statistics of the base model with each module hooked on
     return calibration_source(kind, ev.encoder, modules, batches)
 

@@ -1,8 +1,10 @@
-"""One frozen encoder whose adapted weights are swapped in place, and pre-tokenised splits.
+"""One frozen base model whose adapted weights are swapped in place, and pre-batched splits.
 
-Evaluation dominates the benchmark's time, so each split is tokenised once, sorted by
-length (little padding) and cut into batches once; a merge is applied by writing
-``W0 + scale · ΔW`` into the encoder's linear layers, with no model rebuilt.
+Evaluation dominates the benchmark's time, so each split is tokenised (text) or
+preprocessed (images) once, and cut into batches once (text sorted by length: little
+padding); a merge is applied by writing ``W0 + scale · ΔW`` into the model's sites — its
+``nn.Linear`` layers and ``groups = 1`` convs (a conv's ``ΔW`` in its kernel's shape) —
+with no model rebuilt.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.data import Example
+from eigenmix.data.images import ImageSet
 from eigenmix.errors import InvalidInputError
-from eigenmix.inputs import TextInputs
+from eigenmix.harness.backbones import Backbone
+from eigenmix.inputs import ImageInputs, TextInputs
 from eigenmix.io.heads import HEAD_FILE
 from eigenmix.io.safetensors_io import read_safetensors
-from eigenmix.train.encoder import load_encoder
+from eigenmix.train.encoder import MINILM_ID, load_encoder
 
 
 @dataclass(frozen=True)
@@ -49,33 +53,59 @@ def load_head(folder: Path) -> Head:
 
 
 class Evaluator:
-    """A base encoder (default all-MiniLM-L6-v2), its original weights, and mean-pooled features.
+    """A base model (default all-MiniLM-L6-v2), its original weights, and pooled features.
 
     Args:
-        max_length: tokens per row.
-        tokens_per_batch: padded tokens per forward pass.
+        max_length: tokens per row (text).
+        tokens_per_batch: padded tokens per forward pass (text).
         encoder: a local transformers encoder folder (default: the bundled all-MiniLM-L6-v2).
+        backbone: any base model with its inputs instead (:func:`~eigenmix.harness.backbones.load_backbone`:
+            ``efficientnet-lite0`` for images).
     """
 
-    def __init__(self, max_length: int, tokens_per_batch: int = 4096, encoder: Path | str | None = None) -> None:
-        self.encoder, tokenizer = load_encoder(encoder)
-        self.encoder.eval().requires_grad_(False)
-        self.inputs = TextInputs(tokenizer, max_length)  # the one tokeniser
+    def __init__(
+        self, max_length: int = 128, tokens_per_batch: int = 4096, encoder: Path | str | None = None, *, backbone: Backbone | None = None
+    ) -> None:
+        if backbone is None:
+            model, tokenizer = load_encoder(encoder)
+            backbone = Backbone(str(encoder or MINILM_ID), model, TextInputs(tokenizer, max_length))  # the one tokeniser
+        self.encoder, self.inputs = backbone.model.eval().requires_grad_(False), backbone.inputs
         self.max_length = max_length
         self.tokens_per_batch = tokens_per_batch
-        self.linears = {name: m for name, m in self.encoder.named_modules() if isinstance(m, nn.Linear)}
-        self.base = {name: m.weight.detach().clone() for name, m in self.linears.items()}
+        self.sites = {name: m for name, m in self.encoder.named_modules() if _is_site(m)}
+        self.base = {name: m.weight.detach().clone() for name, m in self.sites.items()}
 
     def apply(self, deltas: Mapping[str, Tensor] | None = None, scale: float = 1.0) -> None:
-        """Set every linear to ``W0 + scale · ΔW`` (``W0`` where ``deltas`` has no entry)."""
+        """Set every site to ``W0 + scale · ΔW`` (``W0`` where ``deltas`` has no entry); a
+        conv's ``ΔW`` may be its matrix view or its kernel."""
         deltas = deltas or {}
-        unknown = sorted(set(deltas) - set(self.linears))
+        unknown = sorted(set(deltas) - set(self.sites))
         if unknown:
-            raise InvalidInputError(f"the encoder has no layer '{unknown[0]}'")
+            raise InvalidInputError(f"the model has no layer '{unknown[0]}' (an nn.Linear or a groups = 1 conv)")
         with torch.no_grad():
-            for name, module in self.linears.items():
+            for name, module in self.sites.items():
                 w = self.base[name]
-                module.weight.copy_(w + scale * deltas[name].to(w.dtype) if name in deltas else w)
+                module.weight.copy_(w + scale * deltas[name].to(w.dtype).reshape(w.shape) if name in deltas else w)
+
+    @property
+    def text(self) -> TextInputs:
+        """The text inputs (one line if the base model takes images)."""
+        if not isinstance(self.inputs, TextInputs):
+            raise InvalidInputError("this evaluator's base model takes images, not text")
+        return self.inputs
+
+    def images(self, groups: Mapping[str, ImageSet], batch_size: int = 256) -> Split:
+        """Preprocess once: every task's images together, in order, in batches of ``batch_size``."""
+        if not isinstance(self.inputs, ImageInputs):
+            raise InvalidInputError("this evaluator's base model takes text, not images")
+        spans, start = {}, 0
+        for name, group in groups.items():
+            spans[name] = (start, start + len(group))
+            start += len(group)
+        images = torch.cat([g.images for g in groups.values()])
+        labels = torch.cat([g.labels for g in groups.values()])
+        cut = self.inputs.batches(images, batch_size)
+        return Split(tuple(batch for _, batch in cut), torch.arange(len(labels)), labels, spans)
 
     def tokenize(self, groups: Mapping[str, Sequence[Example]], tokens_per_batch: int | None = None) -> Split:
         """Tokenise once: every task's rows together, sorted by length, cut into batches of
@@ -87,7 +117,7 @@ class Evaluator:
         for name, group in groups.items():
             spans[name] = (start, start + len(group))
             start += len(group)
-        cut = self.inputs.budget_batches(self.inputs.encode(rows), tokens=budget)
+        cut = self.text.budget_batches(self.text.encode(rows), tokens=budget)
         order = [i for chunk, _ in cut for i in chunk]
         return Split(tuple(batch for _, batch in cut), torch.tensor(order), torch.tensor([r.label for r in rows]), spans)
 
@@ -113,3 +143,8 @@ def head_accuracies(features: Tensor, split: Split, heads: Mapping[str, Head]) -
         logits = features[start:end] @ heads[name].weight.T + heads[name].bias
         out[name] = float((logits.argmax(-1) == split.labels[start:end]).float().mean())
     return out
+
+
+def _is_site(module: nn.Module) -> bool:
+    """A layer a merge's ``ΔW`` updates: an ``nn.Linear``, or a ``groups = 1`` conv."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv1d | nn.Conv2d) and module.groups == 1)

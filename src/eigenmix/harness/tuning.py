@@ -52,7 +52,7 @@ def draw(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
 
 
 def task_data(ev: Evaluator, rows: Sequence[Example], labeled: bool, teacher: Tensor | None = None) -> TaskData:
-    return TaskData(ev.inputs.batch(rows), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
+    return TaskData(ev.text.batch(rows), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
 
 
 def head_logits(ev: Evaluator, head: Head, inputs: dict[str, Tensor]) -> Tensor:
@@ -98,7 +98,7 @@ def tune_text(
     if spec.init in CALIBRATED:  # the start's statistics from the same unlabeled rows
         kind = get_method(spec.init).calibration
         assert kind is not None
-        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.inputs, x, 16) for x in texts])
+        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.text, x, 16) for x in texts])
     comp = build(ev.encoder, modules, calibration=source, **shape)  # type: ignore[arg-type]
 
     def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:

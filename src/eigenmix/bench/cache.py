@@ -13,7 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from eigenmix.data import Task
+from eigenmix.data import Example, Task
+from eigenmix.data.images import ImageExample
 
 CACHE_VERSION = "2"
 
@@ -29,8 +30,15 @@ def cache_key(task: Task, kind: str, settings: dict) -> str:
     header = {"version": CACHE_VERSION, "kind": kind, "labels": list(task.label_names), "settings": settings}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for row in task.train:
-        digest.update(row.model_dump_json().encode() + b"\n")
+        digest.update(_row_bytes(row) + b"\n")
     return digest.hexdigest()[:16]
+
+
+def _row_bytes(row: Example | ImageExample) -> bytes:
+    """A row as bytes: a text row's JSON; an image's shape, pixels and label."""
+    if isinstance(row, ImageExample):
+        return f"{tuple(row.image.shape)}:{row.label}:".encode() + row.image.contiguous().numpy().tobytes()
+    return row.model_dump_json().encode()
 
 
 def entry(cache_dir: Path, kind: str, task: Task, settings: dict) -> Path:

@@ -22,7 +22,7 @@ from eigenmix.bench import tuned
 from eigenmix.bench.cache import entry
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.settings import BenchSettings
-from eigenmix.data import load_tasks
+from eigenmix.bench.suites import get_suite
 from eigenmix.harness.evaluator import Evaluator, Head, Split, load_head
 from eigenmix.harness.splits import CarvedTask, carve
 from eigenmix.io import read_lora_adapter
@@ -30,7 +30,6 @@ from eigenmix.io.atomic import atomic_dir
 from eigenmix.merging import get_method
 from eigenmix.merging import merge as merge_modules
 from eigenmix.modules import Module
-from eigenmix.train import MINILM_ID, train_adapter
 
 
 @contextmanager
@@ -42,17 +41,18 @@ def _bar(console: Console) -> Iterator[Progress]:
 
 
 def load_bench_tasks(settings: BenchSettings, data_dir: Path | None) -> list[CarvedTask]:
-    """Load and check every task (all errors surface here, before any work)."""
-    tasks = load_tasks(data_dir, names=list(settings.tasks))
+    """Load and check every task of the suite (all errors surface here, before any work)."""
+    tasks = get_suite(settings.suite).tasks(settings.tasks, data_dir, settings.seed)
     return [carve(t, settings.val_rows, settings.test_rows, settings.seed) for t in tasks]
 
 
 def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir: Path, console: Console) -> dict[str, Path]:
     """Train each task's adapter unless the cache has it; the cache folder of each."""
     folders = {}
+    suite = get_suite(settings.suite)
     with _bar(console) as progress:
         for t in tasks:
-            folder = entry(cache_dir, "adapters", t.task, {"recipe": settings.recipe.model_dump(), "base": MINILM_ID})
+            folder = entry(cache_dir, "adapters", t.task, {"recipe": settings.recipe.model_dump(), "base": suite.base})
             folders[t.name] = folder
             if folder.is_dir():
                 progress.add_task(f"adapter {t.name}", total=1, completed=1, note="cached")
@@ -62,22 +62,23 @@ def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir:
             def step(_: int, loss: float, job: TaskID = job) -> None:
                 progress.update(job, advance=1, note=f"loss {loss:.3f}")
 
-            train_adapter(t.task, settings.recipe, folder, on_step=step)
+            suite.train(t.task, settings.recipe, folder, step)
     return folders
 
 
 def floor_heads(tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator, cache_dir: Path, console: Console) -> dict[str, Head]:
-    """A linear probe per task on the frozen base encoder (cached like the adapters)."""
+    """A linear probe per task on the frozen base model (cached like the adapters)."""
     heads = {}
+    suite = get_suite(settings.suite)
     ev.apply(None)
     with _bar(console) as progress:
         for t in tasks:
             rows = t.task.train[: settings.probe_rows]
-            probe_settings = {"rows": settings.probe_rows, "max_length": settings.recipe.max_length, "base": MINILM_ID}
+            probe_settings = {"rows": settings.probe_rows, **suite.input_key(settings.recipe), "base": suite.base}
             folder = entry(cache_dir, "probes", t.task, probe_settings)
             job = progress.add_task(f"probe {t.name}", total=1, note=f"{len(rows)} rows" if not folder.is_dir() else "cached")
             if not folder.is_dir():
-                head = fit_probe(ev.features(ev.tokenize({t.name: rows})), torch.tensor([r.label for r in rows]), t.task.num_labels)
+                head = fit_probe(ev.features(ev.split({t.name: rows})), torch.tensor([r.label for r in rows]), t.task.num_labels)
                 with atomic_dir(folder) as tmp:
                     save_file({"weight": head.weight.contiguous(), "bias": head.bias.contiguous()}, str(tmp / "head.safetensors"))
             progress.update(job, advance=1)
@@ -101,14 +102,14 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
     heads = {t.name: load_head(folders[t.name]) for t in tasks}
 
     eval_start = time.perf_counter()
-    ev = Evaluator(settings.recipe.max_length, settings.tokens_per_batch)
-    val = ev.tokenize({t.name: t.val for t in tasks})
-    test = ev.tokenize({t.name: t.task.test for t in tasks})
+    ev = evaluator(settings)
+    val = ev.split({t.name: t.val for t in tasks})
+    test = ev.split({t.name: t.task.test for t in tasks})
 
     individual: dict[str, float] = {}
     for t, module in zip(tasks, modules, strict=True):
         ev.apply(_dense(module))
-        individual |= ev.accuracies(ev.tokenize({t.name: t.task.test}), heads)
+        individual |= ev.accuracies(ev.split({t.name: t.task.test}), heads)
     probes = floor_heads(tasks, settings, ev, cache_dir, console)
     ev.apply(None)
     floor = ev.accuracies(test, probes)
@@ -131,7 +132,7 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
         "config": {
             **settings.model_dump(mode="json"),
             "data_dir": str(data_dir) if data_dir else "bundled",
-            "base_model": MINILM_ID,
+            "base_model": get_suite(settings.suite).base,
             "train_rows": {t.name: len(t.task.train) for t in tasks},
             "test_rows_used": {t.name: len(t.task.test) for t in tasks},
         },
@@ -141,6 +142,11 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
             "total_seconds": round(time.perf_counter() - start, 1),
         },
     }
+
+
+def evaluator(settings: BenchSettings) -> Evaluator:
+    """The suite's base model, frozen, with its inputs."""
+    return get_suite(settings.suite).evaluator(settings.recipe, settings.tokens_per_batch)
 
 
 def entries(method: str, settings: BenchSettings) -> list[tuple[str, int | None]]:
@@ -153,12 +159,12 @@ def entries(method: str, settings: BenchSettings) -> list[tuple[str, int | None]
 def calibration(method: str, modules: list[Module], tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator, rows: int):
     """The statistics of a calibrated entry: ``rows`` unlabeled training rows per task, drawn
     as the tuned entries draw theirs (never validation or test rows; labels never read)."""
-    from eigenmix.harness.calibration import calibration_source, tokenized
+    from eigenmix.harness.calibration import calibration_source
     from eigenmix.harness.tuning import draw
 
     kind = get_method(method).calibration
     assert kind is not None
-    batches = [tokenized(ev.text, draw(t.task.train, rows, settings.seed), 16) for t in tasks]
+    batches = [ev.batches(draw(t.task.train, rows, settings.seed), 16) for t in tasks]
     ev.apply(None)  # statistics of the base model with each module hooked on
     return calibration_source(kind, ev.encoder, modules, batches)
 

@@ -6,13 +6,19 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eigenmix.bench.suites import QUICK_VISION_TASKS, VISION_TASKS, SuiteName
 from eigenmix.errors import InvalidInputError
 from eigenmix.train import LoraRecipe
+from eigenmix.vision.train import ImageLoraRecipe
 
 # The recipe of the committed full run (see benchmarks/README.md for how it was chosen).
 FULL_RECIPE = LoraRecipe(steps=400, batch_size=16, max_length=64, lr=2e-3, head_lr=5e-3, warmup=0.1)
 QUICK_RECIPE = FULL_RECIPE.model_copy(update={"steps": 50})
 QUICK_TASKS = ("sst2", "ag_news", "trec")
+# The vision suite's recipe: 64 px keeps a full run with training within 45 min on 2 cores
+# (benchmarks/results/vision_resolution.json: what 64 px costs against 224 px).
+VISION_RECIPE = ImageLoraRecipe(steps=200, batch_size=32, size=64)
+QUICK_VISION_RECIPE = VISION_RECIPE.model_copy(update={"steps": 10, "size": 32})
 
 # Every method's scale is searched with the same budget (7 validation passes): the coarse
 # multiples of its own default, then the best one times each refinement factor.
@@ -25,10 +31,13 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    suite: SuiteName = Field(
+        "text", description="text (all-MiniLM-L6-v2, task folders) or vision (EfficientNet-Lite0, Fashion-MNIST, MNIST)"
+    )
     tasks: tuple[str, ...] = Field(description="task folders of the data folder, in order (comma-separated; default: every task)")
     methods: tuple[str, ...] = Field(description="registered merge methods (comma-separated; default: every registered method)")
     seed: int = Field(0, description="seeds the splits, the training and the random merges")
-    recipe: LoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task")
+    recipe: LoraRecipe | ImageLoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task (the suite's kind)")
     val_rows: int = Field(48, ge=1, description="validation rows per task, carved from train (never trained on)")
     test_rows: int = Field(500, ge=0, description="test rows per task (the first N of the file); 0: all")
     probe_rows: int = Field(1000, ge=1, description="training rows per task for the floor's linear probe")
@@ -58,6 +67,7 @@ def make_settings(
     tune: bool = False,
     calibration_rows: tuple[int, ...] | None = None,
     tuned: tuple[str, ...] | None = None,
+    suite: SuiteName = "text",
 ) -> BenchSettings:
     """The settings of a run; unknown methods fail here, before any work.
 
@@ -70,12 +80,16 @@ def make_settings(
     from eigenmix.data import task_names
     from eigenmix.merging import all_methods, get_method
 
-    if tasks is None:
+    vision = suite == "vision"
+    if tasks is None and vision:
+        tasks = QUICK_VISION_TASKS if quick else VISION_TASKS
+    elif tasks is None:
         tasks = QUICK_TASKS if quick and data_dir is None else tuple(task_names(data_dir))[: 3 if quick else None]
     methods = methods or tuple(m.name for m in all_methods())
     for method in methods:
         get_method(method)
-    recipe = (QUICK_RECIPE if quick else FULL_RECIPE).model_copy(update={"seed": seed, **({"steps": steps} if steps else {})})
+    recipes = (QUICK_VISION_RECIPE, VISION_RECIPE) if vision else (QUICK_RECIPE, FULL_RECIPE)
+    recipe = recipes[0 if quick else 1].model_copy(update={"seed": seed, **({"steps": steps} if steps else {})})
     sizes = {"val_rows": 24, "test_rows": 120, "probe_rows": 200} if quick else {}
     sizes.update({k: v for k, v in {"test_rows": test_rows, "val_rows": val_rows}.items() if v is not None})
     extra = {"calibration_rows": calibration_rows} if calibration_rows else {}
@@ -83,4 +97,4 @@ def make_settings(
     if unknown:
         raise InvalidInputError(f"unknown tuned entry '{unknown[0]}' (known: {', '.join(TUNED)})")
     entries = tuple(tuned) if tuned else tuple(TUNED) if tune else ()
-    return BenchSettings(tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=entries, **sizes, **extra)
+    return BenchSettings(suite=suite, tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=entries, **sizes, **extra)

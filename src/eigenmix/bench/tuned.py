@@ -1,7 +1,7 @@
 """Tuned entries of the merge benchmark: coefficients learned from a few rows per task.
 
 Every entry starts from a data-free merge at the scale this run chose for it on
-validation, learns on ``rows`` training rows per task (:func:`eigenmix.harness.tuning.tune_text`:
+validation, learns on ``rows`` training rows per task (:func:`eigenmix.harness.tuning.tune_tasks`:
 a seeded draw, labels only for ``sup``, early stopping on the objective's value over the
 carved validation rows), and is then tested like every merge. The entries and their
 baselines share that data budget:
@@ -25,7 +25,7 @@ import time
 
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
-from eigenmix.harness.tuning import TuneSpec, tune_text
+from eigenmix.harness.tuning import TuneSpec, tune_tasks
 from eigenmix.modules import Module
 from eigenmix.tune import TuneSettings
 
@@ -65,10 +65,10 @@ def run_tuned(
     """Tune entry ``name`` from ``scale`` and test it; returns (per-task test accuracy, what it did)."""
     spec = TUNED[name].model_copy(update={"scale": scale})
     start = time.perf_counter()
-    comp, result = tune_text(spec, modules, tasks, heads, ev, seed)
+    comp, result = tune_tasks(spec, modules, tasks, heads, ev, seed)
     seconds = time.perf_counter() - start
     try:
-        per_task = ev.accuracies(ev.tokenize({t.name: t.task.test for t in tasks}), heads)
+        per_task = ev.accuracies(ev.split({t.name: t.task.test for t in tasks}), heads)
     finally:
         comp.detach_hooks()
     info = {

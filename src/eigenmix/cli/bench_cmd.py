@@ -200,3 +200,72 @@ def bench_compose(
         (tmp / "results.md").write_text(markdown(results))
     console.print(summary_table(results))
     console.print(f"results in {out}/ (results.json, results.md); {results['timing']['total_seconds']:.0f} s in all")
+
+
+VISION_PARTS = ("merge", "routing", "continual")
+
+
+@app.command("vision")
+def bench_vision(
+    tasks: str | None = TASKS,
+    methods: str | None = described(BenchSettings, "methods", None, "--methods", metavar="M1,M2"),
+    parts: str | None = typer.Option(None, "--parts", metavar="P1,P2", help="Which parts: merge, routing, continual (default: all)."),
+    out: Path = typer.Option(Path("runs/bench-vision"), "--out", help="Folder for merge/ and compose/ results, written atomically."),
+    seed: int = SEED,
+    quick: bool = typer.Option(False, "--quick", help="2 tasks, 10 training steps at 32 px, small subsets: a smoke run."),
+    cache_dir: Path | None = CACHE_DIR,
+    steps: int | None = STEPS,
+    test_rows: int | None = TEST_ROWS,
+    val_rows: int | None = VAL_ROWS,
+    tuned: str | None = typer.Option(
+        None, "--tuned", metavar="E1,E2", help="Tuned entries of the merge part (default: every one; 'none': none)."
+    ),
+    calibration_rows: str | None = described(BenchSettings, "calibration_rows", None, "--calibration-rows", metavar="N1,N2"),
+    force: bool = FORCE,
+) -> None:
+    """The same protocol on images: conv LoRAs of EfficientNet-Lite0 on Fashion-MNIST and MNIST tasks,
+    merged by every method (merge/), then routed and added one at a time (compose/)."""
+    from eigenmix.bench.compose.report import markdown, summary_table
+    from eigenmix.bench.compose.run import run_compose
+    from eigenmix.bench.compose.settings import ComposeSettings
+    from eigenmix.bench.report import write_results
+    from eigenmix.bench.runner import run_benchmark
+    from eigenmix.bench.settings import make_settings
+
+    console = make_console()
+    cache = _cache(cache_dir)
+    chosen = _names(parts) or VISION_PARTS
+    unknown = [p for p in chosen if p not in VISION_PARTS]
+    if unknown:
+        raise InvalidInputError(f"--parts: unknown part '{unknown[0]}' (choose from {', '.join(VISION_PARTS)})")
+    dest = destination(out, overwrite=force, inputs=[cache], marker="summary.json")
+    entries = () if tuned == "none" else _entries(tuned)
+    settings = make_settings(
+        None, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps, test_rows=test_rows,
+        val_rows=val_rows, tune=not entries and tuned != "none", tuned=entries or None,
+        calibration_rows=_sizes(calibration_rows), suite="vision",
+    )  # fmt: skip
+    summary: dict = {"parts": list(chosen), "seconds": {}}
+    with atomic_dir(dest) as tmp:
+        static: list[Path] = []
+        if "merge" in chosen:
+            results = run_benchmark(settings, None, cache, console)
+            _record_run(results)
+            (tmp / "merge").mkdir()
+            write_results(results, tmp / "merge")
+            static.append(tmp / "merge")
+            summary["seconds"]["merge"] = results["timing"]["total_seconds"]
+            console.print(_table(results))
+        compose_parts = tuple(p for p in chosen if p != "merge")
+        if compose_parts:
+            small = {"continual_rows": 60, "orders": 2} if quick else {}
+            compose = ComposeSettings(bench=settings.model_copy(update={"methods": ("linear",), "tuned": ()}), parts=compose_parts, **small)
+            results = run_compose(compose, None, cache, static, console)
+            _record_run(results)
+            (tmp / "compose").mkdir()
+            (tmp / "compose" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (tmp / "compose" / "results.md").write_text(markdown(results))
+            summary["seconds"]["compose"] = results["timing"]["total_seconds"]
+            console.print(summary_table(results))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"results in {out}/ (merge/, compose/, summary.json); {sum(summary['seconds'].values()):.0f} s in all")

@@ -408,6 +408,27 @@ class ImageRow:
     group: str | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class ImageExample:
+    """One labelled image of a task (the image counterpart of a text :class:`~eigenmix.data.Example`):
+    ``uint8`` ``(H, W)`` or ``(3, H, W)`` and its label's index."""
+
+    image: Tensor
+    label: int
+
+
+def image_examples(images: ImageSet) -> tuple[ImageExample, ...]:
+    """The rows of a set, in order (views of its tensor, no copies)."""
+    return tuple(ImageExample(images.images[i], int(y)) for i, y in enumerate(images.labels.tolist()))
+
+
+def image_set(rows: Sequence[ImageExample], class_names: Sequence[str]) -> ImageSet:
+    """Rows of one size stacked back into a set (what training reads)."""
+    if not rows:
+        raise InvalidInputError("no images")
+    return ImageSet(torch.stack([r.image for r in rows]), torch.tensor([r.label for r in rows], dtype=torch.int64), tuple(class_names))
+
+
 LABELS_CSV = "labels.csv"
 _IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images-idx3-ubyte(\.gz)?$")
 

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
@@ -30,13 +31,17 @@ class Example(BaseModel):
     label: StrictInt = Field(ge=0)
 
 
+RowT = TypeVar("RowT")  # a task's row: Example (text), ImageExample (images)
+
+
 @dataclass(frozen=True)
-class Task:
-    """One task's splits and label names."""
+class Task(Generic[RowT]):
+    """One task's splits and label names; its rows are text :class:`Example` s, or
+    :class:`~eigenmix.data.images.ImageExample` s for an image task."""
 
     name: str
-    train: tuple[Example, ...]
-    test: tuple[Example, ...]
+    train: tuple[RowT, ...]
+    test: tuple[RowT, ...]
     label_names: tuple[str, ...]
 
     @property
@@ -45,7 +50,7 @@ class Task:
 
     @property
     def is_pair(self) -> bool:
-        return any(e.text_pair is not None for e in self.train)
+        return any(getattr(e, "text_pair", None) is not None for e in self.train)
 
 
 def bundled_data_dir() -> Path:
@@ -91,7 +96,7 @@ def _label_names(data_dir: Path, name: str) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names)
 
 
-def load_task(folder: Path | str, label_names: tuple[str, ...] | None = None) -> Task:
+def load_task(folder: Path | str, label_names: tuple[str, ...] | None = None) -> Task[Example]:
     """Load and check one task folder.
 
     Raises:
@@ -130,7 +135,7 @@ def task_names(data_dir: Path | str | None = None) -> list[str]:
     return listed + [t for t in found if t not in listed]
 
 
-def load_tasks(data_dir: Path | str | None = None, names: list[str] | None = None) -> list[Task]:
+def load_tasks(data_dir: Path | str | None = None, names: list[str] | None = None) -> list[Task[Example]]:
     """Load several tasks (default: every task of the bundled data)."""
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir()
     available = task_names(data_dir)

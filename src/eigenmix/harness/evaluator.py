@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from eigenmix.data import Example
-from eigenmix.data.images import ImageSet
+from eigenmix.data.images import ImageExample, ImageSet
 from eigenmix.errors import InvalidInputError
 from eigenmix.harness.backbones import Backbone
 from eigenmix.inputs import ImageInputs, TextInputs
@@ -107,6 +107,24 @@ class Evaluator:
         cut = self.inputs.batches(images, batch_size)
         return Split(tuple(batch for _, batch in cut), torch.arange(len(labels)), labels, spans)
 
+    def split(self, groups: Mapping[str, Sequence[Example] | Sequence[ImageExample]], batch: int | None = None) -> Split:
+        """Rows of either kind, prepared once: text tokenised (:meth:`tokenize`, ``batch``
+        padded tokens a pass), images preprocessed (:meth:`images`, ``batch`` images a pass)."""
+        if isinstance(self.inputs, TextInputs):
+            return self.tokenize(groups, batch)  # type: ignore[arg-type]
+        sets = {name: _image_rows(name, rows) for name, rows in groups.items()}
+        return self.images(sets, batch or 256)
+
+    def batch(self, rows: Sequence[Example] | Sequence[ImageExample]) -> dict[str, Tensor]:
+        """``rows`` as one batch, in their order (what tuning and the routers' statistics read)."""
+        return self.batches(rows, max(len(rows), 1))[0]
+
+    def batches(self, rows: Sequence[Example] | Sequence[ImageExample], size: int) -> list[dict[str, Tensor]]:
+        """``rows`` in batches of at most ``size`` rows, in their order."""
+        if isinstance(self.inputs, TextInputs):
+            return [b for _, b in self.inputs.batches(rows, size)]  # type: ignore[arg-type]
+        return [b for _, b in self.inputs.batches([_image(r) for r in rows], size)]
+
     def tokenize(self, groups: Mapping[str, Sequence[Example]], tokens_per_batch: int | None = None) -> Split:
         """Tokenise once: every task's rows together, sorted by length, cut into batches of
         at most ``tokens_per_batch`` (default: the evaluator's) padded tokens (short rows
@@ -143,6 +161,22 @@ def head_accuracies(features: Tensor, split: Split, heads: Mapping[str, Head]) -
         logits = features[start:end] @ heads[name].weight.T + heads[name].bias
         out[name] = float((logits.argmax(-1) == split.labels[start:end]).float().mean())
     return out
+
+
+def _image(row: object) -> Tensor:
+    if not isinstance(row, ImageExample):
+        raise InvalidInputError(f"this evaluator's base model takes images, got a {type(row).__name__} row")
+    return row.image
+
+
+def _image_rows(name: str, rows: Sequence[object]) -> ImageSet:
+    """Labelled image rows as a set (the class names are not needed to score them)."""
+    images = [_image(r) for r in rows]
+    labels = torch.tensor([int(r.label) for r in rows], dtype=torch.int64)  # type: ignore[attr-defined]
+    names = tuple(str(k) for k in range(int(labels.max()) + 1 if len(labels) else 0))
+    if not images:
+        raise InvalidInputError(f"'{name}': no images")
+    return ImageSet(torch.stack(images), labels, names)
 
 
 def _is_site(module: nn.Module) -> bool:

@@ -19,7 +19,7 @@ from eigenmix.errors import InvalidInputError
 from eigenmix.harness.evaluator import Evaluator, Head, load_head
 from eigenmix.harness.splits import CarvedTask, carve
 from eigenmix.harness.tune_config import TuneConfig
-from eigenmix.harness.tuning import tune_text
+from eigenmix.harness.tuning import tune_tasks
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.heads import head_meta, write_heads
@@ -75,7 +75,7 @@ def run_tune(
     inputs = inputs if inputs is not None else prepare_tune(config)
     names, modules = [t.name for t in inputs.tasks], inputs.modules
     ev = Evaluator(inputs.max_length, encoder=inputs.base)
-    comp, result = tune_text(config.tune, modules, inputs.tasks, inputs.heads, ev, config.seed, on_step=on_step)
+    comp, result = tune_tasks(config.tune, modules, inputs.tasks, inputs.heads, ev, config.seed, on_step=on_step)
     try:
         module = export_module(comp, name="tuned", base_model=modules[0].base_model)
         if config.output.rank is not None:

@@ -1,5 +1,6 @@
-"""Tuning on text-classification tasks: the frozen encoder of :class:`~eigenmix.harness.evaluator.Evaluator`
-with one linear head per task on mean-pooled states (the models ``eigenmix.train`` makes).
+"""Tuning on classification tasks, text or images: the frozen base model of
+:class:`~eigenmix.harness.evaluator.Evaluator` with one linear head per task on its pooled
+features (the models ``eigenmix.train`` and ``eigenmix.vision.train`` make).
 
 Each task contributes ``rows`` training rows (a seeded draw; labels only for ``sup``) and
 its validation rows (early stopping on the objective's value there). For ``distill`` the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,13 +20,16 @@ from torch import Tensor
 
 from eigenmix.compose import Composition, Granularity, Level
 from eigenmix.data import Example
-from eigenmix.harness.calibration import calibration_source, tokenized
+from eigenmix.data.images import ImageExample
+from eigenmix.harness.calibration import calibration_source
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
 from eigenmix.merging import get_method
 from eigenmix.modules import Module
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
 from eigenmix.tune.live import CALIBRATED, Init, build
+
+Row = TypeVar("Row", Example, ImageExample)
 
 
 class TuneSpec(BaseModel):
@@ -46,21 +50,21 @@ class TuneSpec(BaseModel):
     settings: TuneSettings = Field(default_factory=TuneSettings, description="objective, steps, learning rate, regularisation, stopping")
 
 
-def draw(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
+def draw(rows: Sequence[Row], n: int, seed: int) -> list[Row]:
     """``n`` of ``rows`` (seeded by ``seed`` and the number of rows)."""
     return random.Random(seed * 7_919 + len(rows)).sample(list(rows), min(n, len(rows)))
 
 
-def task_data(ev: Evaluator, rows: Sequence[Example], labeled: bool, teacher: Tensor | None = None) -> TaskData:
-    return TaskData(ev.text.batch(rows), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
+def task_data(ev: Evaluator, rows: Sequence[Row], labeled: bool, teacher: Tensor | None = None) -> TaskData:
+    return TaskData(ev.batch(rows), torch.tensor([r.label for r in rows]) if labeled else None, teacher)
 
 
 def head_logits(ev: Evaluator, head: Head, inputs: dict[str, Tensor]) -> Tensor:
-    """``(rows, classes)``: the head on the encoder's mean-pooled last states."""
+    """``(rows, classes)``: the head on the base model's pooled features."""
     return ev.inputs.pool(ev.encoder(**inputs), inputs) @ head.weight.T + head.bias
 
 
-def teacher_logits(ev: Evaluator, module: Module, head: Head, rows: Sequence[Example]) -> Tensor:
+def teacher_logits(ev: Evaluator, module: Module, head: Head, rows: Sequence[Row]) -> Tensor:
     """The expert's logits: its own module alone on the base encoder, its own head."""
     ev.apply({layer: d.dense().float() for layer, d in module.layers.items()})
     try:
@@ -70,7 +74,7 @@ def teacher_logits(ev: Evaluator, module: Module, head: Head, rows: Sequence[Exa
         ev.apply(None)
 
 
-def tune_text(
+def tune_tasks(
     spec: TuneSpec,
     modules: Sequence[Module],
     tasks: Sequence[CarvedTask],
@@ -86,7 +90,7 @@ def tune_text(
     # validation labels: for sup, and for entropy that stops on accuracy (distill's accuracy is agreement with the experts)
     val_labeled = labeled or (settings.objective == "entropy" and settings.select == "accuracy")
     train, val = {}, {}
-    texts: list[list[Example]] = []  # each task's drawn rows: the calibrated starts' statistics
+    texts: list[list[Any]] = []  # each task's drawn rows: the calibrated starts' statistics
     for t, module in zip(tasks, modules, strict=True):
         rows = draw(t.task.train, spec.rows, seed)
         texts.append(rows)
@@ -98,7 +102,7 @@ def tune_text(
     if spec.init in CALIBRATED:  # the start's statistics from the same unlabeled rows
         kind = get_method(spec.init).calibration
         assert kind is not None
-        source = calibration_source(kind, ev.encoder, modules, [tokenized(ev.text, x, 16) for x in texts])
+        source = calibration_source(kind, ev.encoder, modules, [ev.batches(x, 16) for x in texts])
     comp = build(ev.encoder, modules, calibration=source, **shape)  # type: ignore[arg-type]
 
     def forward(task: str, inputs: dict[str, Tensor]) -> Tensor:

@@ -64,12 +64,12 @@ def run_continual(
         history: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         for t, name in enumerate(order):
-            split = ev.tokenize({n: rows[n] for n in order[: t + 1]})
+            split = ev.split({n: rows[n] for n in order[: t + 1]})
             started = time.perf_counter()
             library.add(by_name[name])
             seconds["routed library (spectral)"].append(time.perf_counter() - started)
             ev.apply(None)
-            features, _ = routed_pass(ev.encoder, library, router, split)
+            features, _ = routed_pass(ev, library, router, split)
             history["routed library (spectral)"].append(head_accuracies(features, split, heads))
             for entry in STATIC:
                 started = time.perf_counter()

@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from eigenmix.compose import Library, RoutedModel, Router
-from eigenmix.data import Example
 from eigenmix.harness.evaluator import Evaluator, Split
 from eigenmix.harness.splits import CarvedTask
-from eigenmix.inputs import mean_pool, row_mask
 from eigenmix.seeds import derived_seed
 
 
 @torch.no_grad()
-def routed_pass(encoder: nn.Module, library: Library, router: Router, split: Split, given: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(features (N, hidden), routing (N, K))`` in the split's row order: mean-pooled last
-    hidden states of the routed model, and each row's coefficients over the library
+def routed_pass(ev: Evaluator, library: Library, router: Router, split: Split, given: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(features (N, hidden), routing (N, K))`` in the split's row order: the routed
+    model's pooled features (``inputs.pool``), and each row's coefficients over the library
     (averaged over tokens and layers). ``given`` ``(N, K)``: per-row coefficients (row order)."""
-    model = RoutedModel(encoder, library, router)
+    model = RoutedModel(ev.encoder, library, router)
     features, routing, start = [], [], 0
     try:
         for batch in split.batches:
-            rows = split.order[start : start + batch["input_ids"].shape[0]]
+            rows = split.order[start : start + next(iter(batch.values())).shape[0]]
             start += len(rows)
             out = model(**batch, given=given[rows] if given is not None else None)
-            features.append(mean_pool(out.last_hidden_state, row_mask(batch)))
+            features.append(ev.inputs.pool(out, batch))
             routing.append(model.routing())
     finally:
         model.detach_hooks()
@@ -46,16 +45,15 @@ def routing_accuracy(routing: Tensor, split: Split, library: Library) -> dict[st
     return out
 
 
-def task_rows(task: CarvedTask, n: int, seed: int) -> tuple[Example, ...]:
+def task_rows(task: CarvedTask, n: int, seed: int) -> tuple[Any, ...]:
     """A seeded draw of ``n`` training rows of ``task`` (never its validation or test rows)."""
     rows = list(task.task.train)
     return tuple(random.Random(derived_seed(seed, f"{task.name}/compose")).sample(rows, min(n, len(rows))))
 
 
-def one_batch(ev: Evaluator, rows: Sequence[Example]) -> dict[str, Tensor]:
-    """``rows`` tokenised as one padded batch."""
-    split = ev.tokenize({"rows": rows}, tokens_per_batch=len(rows) * ev.max_length)
-    return split.batches[0]
+def one_batch(ev: Evaluator, rows: Sequence[Any]) -> dict[str, Tensor]:
+    """``rows`` as one batch (text: padded)."""
+    return ev.batch(rows)
 
 
 def own_task(split: Split, library: Library) -> Tensor:

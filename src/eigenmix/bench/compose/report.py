@@ -27,7 +27,7 @@ def router_rows(results: dict) -> list[list[str]]:
 
     rows = [row("individual", {"per_task": individual}), row("floor (linear probe)", {"per_task": floor})]
     routers = results.get("routers", {})
-    rows += [row(name, routers[name]) for name in ORDER if name in routers]
+    rows += [row(name, routers[name]) for name in ORDER if name in routers and "per_task" in routers[name]]
     static = results.get("static", {})
     if static:
         data_free = {n: e for n, e in static.items() if "tune" not in n and n not in ("adamerging",) and "lorahub" not in n}
@@ -48,6 +48,7 @@ def markdown(results: dict) -> str:
         head = [HEADER[0], *tasks, *HEADER[1:]]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         lines += ["| " + " | ".join(r) + " |" for r in router_rows(results)]
+        lines += [f"\n{name}: not run, {e['unsupported']}" for name, e in results["routers"].items() if "unsupported" in e]
         lines.append("")
     if "cost" in results:
         per_k = results["cost"]["per_k"]

@@ -30,6 +30,7 @@ import torch
 
 from eigenmix.bench.compose.passes import one_batch, own_task, routed_pass, routing_accuracy, task_rows
 from eigenmix.bench.compose.settings import ComposeSettings
+from eigenmix.bench.suites import get_suite
 from eigenmix.compose import Library, Router
 from eigenmix.compose.calibrate import calibrate, stream_statistics
 from eigenmix.compose.routers import ArrowRouter, GivenRouter, LearnedRouter, SpectralRouter, UniformRouter, fit_gate, gate_features
@@ -41,7 +42,7 @@ Make = Callable[..., Router]
 
 def _score(ev: Evaluator, library: Library, router: Router, split: Split, heads: dict[str, Head], given: Any = None) -> dict:
     start = time.perf_counter()
-    features, routing = routed_pass(ev.encoder, library, router, split, given)
+    features, routing = routed_pass(ev, library, router, split, given)
     per_task = head_accuracies(features, split, heads)
     return {
         "per_task": per_task,
@@ -78,8 +79,8 @@ def run_routing(
     """Every entry's test scores (``per_task``, ``avg_acc``, ``routing_acc``, ``seconds``,
     ``chosen`` settings and the ``validation`` grid)."""
     seed = settings.bench.seed
-    val = ev.tokenize({t.name: t.val for t in tasks})
-    test = ev.tokenize({t.name: t.task.test for t in tasks})
+    val = ev.split({t.name: t.val for t in tasks})
+    test = ev.split({t.name: t.task.test for t in tasks})
     ev.apply(None)
     spectral_grid = {"scope": ("layer", "first", "all"), "temperature": settings.temperatures, "top_k": settings.top_ks}
     calib = {t.name: one_batch(ev, task_rows(t, settings.calib_rows, seed)) for t in tasks}
@@ -123,9 +124,10 @@ def run_routing(
         "chosen": chosen | {"unlabeled_stream": True}, "validation": tried,
     }  # fmt: skip
     on_entry("spectral+stream", out["spectral+stream"])
-    out["peft_arrow"] = peft_arrow(ev, adapter_folders, test, heads)
+    vision = settings.bench.suite == "vision"
+    out["peft_arrow"] = peft_arrow(ev, adapter_folders, test, heads, base=get_suite(settings.bench.suite).base if vision else None)
     on_entry("peft_arrow", out["peft_arrow"])
-    for entry in out.values():
+    for entry in (e for e in out.values() if "per_task" in e):
         entry["avg_normalized_acc"] = sum(entry["per_task"][n] / individual[n] for n in entry["per_task"]) / len(entry["per_task"])
     return out
 
@@ -135,32 +137,45 @@ def _stream(ev: Evaluator, library: Library, split: Split) -> Make:
     return lambda **p: SpectralRouter(calibration="stats", stats=stats, **p)
 
 
-def peft_arrow_model(folders: list[str], top_k: int = 3, temperature: float = 1.0) -> Any:
-    """PEFT's ``create_arrow_model`` over the adapter folders on a fresh base encoder.
+def peft_arrow_model(folders: list[str], top_k: int = 3, temperature: float = 1.0, base: str | None = None) -> Any:
+    """PEFT's ``create_arrow_model`` over the adapter folders on a fresh base model
+    (``base``: a :func:`~eigenmix.harness.backbones.load_backbone` name; default the text encoder).
 
-    The encoder is loaded without BERT's pooler: PEFT reduces the adapters' targets to leaf
-    names (``dense``), so its Arrow router would also wrap ``pooler.dense``, which no adapter
-    has, and fail (``stack expects a non-empty TensorList``); the pooler is unused here."""
+    The text encoder is loaded without BERT's pooler: PEFT reduces the adapters' targets to
+    leaf names (``dense``), so its Arrow router would also wrap ``pooler.dense``, which no
+    adapter has, and fail (``stack expects a non-empty TensorList``); the pooler is unused here."""
     from peft import ArrowConfig, create_arrow_model
+
+    config = ArrowConfig(top_k=top_k, router_temperature=temperature, rng_seed=0)
+    if base is not None:
+        from eigenmix.harness.backbones import load_backbone
+
+        return create_arrow_model(load_backbone(base).model, folders, config).eval()
     from transformers import AutoModel
 
     from eigenmix.train.encoder import MINILM_ID, encoder_path, quiet_transformers
 
     quiet_transformers()
-    base = AutoModel.from_pretrained(str(encoder_path(MINILM_ID)), add_pooling_layer=False).eval()
-    return create_arrow_model(base, folders, ArrowConfig(top_k=top_k, router_temperature=temperature, rng_seed=0)).eval()
+    model = AutoModel.from_pretrained(str(encoder_path(MINILM_ID)), add_pooling_layer=False).eval()
+    return create_arrow_model(model, folders, config).eval()
 
 
 @torch.no_grad()
-def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str, Head]) -> dict:
-    """Real PEFT Arrow (``create_arrow_model``, its defaults) on the same adapters and rows."""
-    from eigenmix.inputs import mean_pool, row_mask
+def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str, Head], base: str | None = None) -> dict:
+    """Real PEFT Arrow (``create_arrow_model``, its defaults) on the same adapters and rows.
 
-    model = peft_arrow_model(folders, top_k=min(3, len(folders)))  # PEFT fails for top_k > K
+    Where PEFT refuses the adapters (its Arrow takes LoRAs on ``nn.Linear`` and ``nn.Conv1d``
+    only, so no conv LoRA), the entry records PEFT's own message as ``unsupported``."""
+    import peft
+
+    top_k = min(3, len(folders))
+    chosen = {"top_k": top_k, "temperature": 1.0, "peft": peft.__version__}
+    try:
+        model = peft_arrow_model(folders, top_k=top_k, base=base)  # PEFT fails for top_k > K
+    except (TypeError, ValueError) as err:  # PEFT raises TypeError, listing every conv layer
+        return {"unsupported": f"PEFT {peft.__version__} refuses: {str(err).splitlines()[0].removesuffix(' Found:')}", "chosen": chosen}
     start = time.perf_counter()
-    features = []
-    for batch in split.batches:
-        features.append(mean_pool(model(**batch).last_hidden_state, row_mask(batch)))
+    features = [ev.inputs.pool(model(**batch), batch) for batch in split.batches]
     f = torch.empty(len(split.order), features[0].shape[1])
     f[split.order] = torch.cat(features)
     per_task = head_accuracies(f, split, heads)
@@ -168,5 +183,5 @@ def peft_arrow(ev: Evaluator, folders: list[str], split: Split, heads: dict[str,
         "per_task": per_task,
         "avg_acc": sum(per_task.values()) / len(per_task),
         "seconds": round(time.perf_counter() - start, 1),
-        "chosen": {"top_k": min(3, len(folders)), "temperature": 1.0, "peft": __import__("peft").__version__},
+        "chosen": chosen,
     }

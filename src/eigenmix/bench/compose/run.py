@@ -10,14 +10,14 @@ from pathlib import Path
 from rich.console import Console
 
 from eigenmix.bench.compose.settings import ComposeSettings
-from eigenmix.bench.runner import ensure_adapters, floor_heads, load_bench_tasks
+from eigenmix.bench.runner import ensure_adapters, evaluator, floor_heads, load_bench_tasks
+from eigenmix.bench.suites import get_suite
 from eigenmix.compose import Library
 from eigenmix.errors import InvalidInputError
-from eigenmix.harness.evaluator import Evaluator, load_head
+from eigenmix.harness.evaluator import load_head
 from eigenmix.io import read_lora_adapter
-from eigenmix.train import MINILM_ID
 
-SAME = ("tasks", "seed", "recipe", "val_rows", "test_rows", "probe_rows")
+SAME = ("suite", "tasks", "seed", "recipe", "val_rows", "test_rows", "probe_rows")
 
 
 def static_entries(paths: list[Path], settings: ComposeSettings) -> dict[str, dict]:
@@ -48,26 +48,33 @@ def run_compose(settings: ComposeSettings, data_dir: Path | None, cache_dir: Pat
     folders = ensure_adapters(tasks, settings.bench, cache_dir, console)
     modules = [read_lora_adapter(folders[t.name], name=t.name) for t in tasks]
     heads = {t.name: load_head(folders[t.name]) for t in tasks}
-    ev = Evaluator(settings.bench.recipe.max_length, settings.bench.tokens_per_batch)
+    ev = evaluator(settings.bench)
     library = Library()
     for module in modules:
         library.add(module)
     individual: dict[str, float] = {}
     for t, module in zip(tasks, modules, strict=True):
         ev.apply({layer: d.dense().float() for layer, d in module.layers.items()})
-        individual |= ev.accuracies(ev.tokenize({t.name: t.task.test}), heads)
+        individual |= ev.accuracies(ev.split({t.name: t.task.test}), heads)
     probes = floor_heads(tasks, settings.bench, ev, cache_dir, console)
     ev.apply(None)
-    floor = ev.accuracies(ev.tokenize({t.name: t.task.test for t in tasks}), probes)
+    floor = ev.accuracies(ev.split({t.name: t.task.test for t in tasks}), probes)
     results: dict = {
         "tasks": [t.name for t in tasks],
         "individual": individual,
         "floor": floor,
         "static": anchors,
-        "config": {**settings.model_dump(mode="json"), "base_model": MINILM_ID, "data_dir": str(data_dir) if data_dir else "bundled"},
+        "config": {
+            **settings.model_dump(mode="json"),
+            "base_model": get_suite(settings.bench.suite).base,
+            "data_dir": str(data_dir) if data_dir else "bundled",
+        },
     }
 
     def report(name: str, entry: dict) -> None:
+        if "unsupported" in entry:
+            console.print(f"{name}: not run, {entry['unsupported']}")
+            return
         routed = f", routing {100 * sum(entry['routing_acc'].values()) / len(entry['routing_acc']):.1f}%" if "routing_acc" in entry else ""
         console.print(f"{name}: avg {100 * entry['avg_acc']:.1f}%{routed} ({entry['seconds']:.0f} s) {entry.get('chosen', '')}")
 

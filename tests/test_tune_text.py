@@ -16,7 +16,7 @@ from common import run_cli
 from eigenmix.data import load_tasks
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import carve
-from eigenmix.harness.tuning import TuneSpec, head_logits, task_data, tune_text
+from eigenmix.harness.tuning import TuneSpec, head_logits, task_data, tune_tasks
 from eigenmix.inputs import mean_pool
 from eigenmix.io import read_lora_adapter, write_lora_adapter
 from eigenmix.train import load_encoder
@@ -36,7 +36,7 @@ def test_exported_tuned_composition_reproduces_the_live_model_through_peft(minil
     heads = {t.name: head(minilm_adapters / "adapters" / t.name) for t in tasks}
     ev = Evaluator(32)
     spec = TuneSpec(rows=16, level="lambda+mu", settings=TuneSettings(steps=4, lr=0.2, eval_every=2, patience=5))
-    comp, result = tune_text(spec, modules, tasks, heads, ev, seed=0)
+    comp, result = tune_tasks(spec, modules, tasks, heads, ev, seed=0)
     assert result.steps == 4 and result.n_coefficients > 0
     rows = tasks[0].task.test[:12]
     inputs = task_data(ev, rows, labeled=False).inputs

@@ -9,6 +9,7 @@ import copy
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
@@ -94,12 +95,28 @@ def test_route_fashion_mnist_idx_with_the_spectral_router(setup, tmp_path):
     assert set(first["weights"]) == {"concept0", "concept1"} and abs(sum(first["weights"].values()) - 1) < 1e-5
 
 
+def png(folder, *images, listed=None):
+    """PNGs (arrays, or raw bytes for a corrupt file) with a labels.csv naming the first ``listed``."""
+    names = []
+    for i, image in enumerate(images):
+        path = folder / f"{i}.png"
+        path.write_bytes(image) if isinstance(image, bytes) else Image.fromarray(image).save(path)
+        names.append(path.name)
+    rows = "".join(f"{n},x\n" for n in names[: len(names) if listed is None else listed])
+    (folder / "labels.csv").write_text("file,label\n" + rows)
+    return folder
+
+
 @pytest.mark.parametrize(
     ("make", "flags", "message"),
     [
         (lambda d: (d / "rows.jsonl").write_text('{"text": "a cat"}\n') and d / "rows.jsonl", [], "image inputs are a folder of PNGs"),
         (lambda d: d, ["--image-size", "50"], "multiples of 32"),
         (lambda d: (d / "labels.csv").write_text("file,label\nmissing.png,cat\n") and d, [], "missing.png"),
+        (lambda d: png(d, b"\x89PNG\r\n\x1a\nnot really"), [], "corrupt PNG"),
+        (lambda d: png(d, np.zeros((28, 28, 4), np.uint8)), [], "mode 'RGBA'"),
+        (lambda d: png(d, np.zeros((28, 28), np.uint8), np.zeros((30, 30), np.uint8)), [], "expected mode L size 28×28"),
+        (lambda d: png(d, np.zeros((28, 28), np.uint8), np.zeros((28, 28), np.uint8), listed=1), [], "does not label"),
     ],
 )
 def test_bad_image_inputs_are_one_line(setup, tmp_path, make, flags, message):

@@ -202,15 +202,17 @@ def bench_compose(
     console.print(f"results in {out}/ (results.json, results.md); {results['timing']['total_seconds']:.0f} s in all")
 
 
-VISION_PARTS = ("merge", "routing", "continual")
+VISION_PARTS = ("merge", "routing", "continual", "concepts")
 
 
 @app.command("vision")
 def bench_vision(
     tasks: str | None = TASKS,
     methods: str | None = described(BenchSettings, "methods", None, "--methods", metavar="M1,M2"),
-    parts: str | None = typer.Option(None, "--parts", metavar="P1,P2", help="Which parts: merge, routing, continual (default: all)."),
-    out: Path = typer.Option(Path("runs/bench-vision"), "--out", help="Folder for merge/ and compose/ results, written atomically."),
+    parts: str | None = typer.Option(
+        None, "--parts", metavar="P1,P2", help="Which parts: merge, routing, continual, concepts (default: all)."
+    ),
+    out: Path = typer.Option(Path("runs/bench-vision"), "--out", help="Folder for the parts' results, written atomically."),
     seed: int = SEED,
     quick: bool = typer.Option(False, "--quick", help="2 tasks, 10 training steps at 32 px, small subsets: a smoke run."),
     cache_dir: Path | None = CACHE_DIR,
@@ -224,7 +226,8 @@ def bench_vision(
     force: bool = FORCE,
 ) -> None:
     """The same protocol on images: conv LoRAs of EfficientNet-Lite0 on Fashion-MNIST and MNIST tasks,
-    merged by every method (merge/), then routed and added one at a time (compose/)."""
+    merged by every method (merge/), routed and added one at a time (compose/), and a task composed
+    from its concept modules (concepts/)."""
     from eigenmix.bench.compose.report import markdown, summary_table
     from eigenmix.bench.compose.run import run_compose
     from eigenmix.bench.compose.settings import ComposeSettings
@@ -256,7 +259,7 @@ def bench_vision(
             static.append(tmp / "merge")
             summary["seconds"]["merge"] = results["timing"]["total_seconds"]
             console.print(_table(results))
-        compose_parts = tuple(p for p in chosen if p != "merge")
+        compose_parts = tuple(p for p in chosen if p in ("routing", "continual"))
         if compose_parts:
             small = {"continual_rows": 60, "orders": 2} if quick else {}
             compose = ComposeSettings(bench=settings.model_copy(update={"methods": ("linear",), "tuned": ()}), parts=compose_parts, **small)
@@ -267,5 +270,15 @@ def bench_vision(
             (tmp / "compose" / "results.md").write_text(markdown(results))
             summary["seconds"]["compose"] = results["timing"]["total_seconds"]
             console.print(summary_table(results))
+        if "concepts" in chosen:
+            from eigenmix.bench import concepts
+            from eigenmix.bench.runner import evaluator
+
+            results = concepts.run_concepts(settings, evaluator(settings), cache, console)
+            (tmp / "concepts").mkdir()
+            (tmp / "concepts" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (tmp / "concepts" / "results.md").write_text(concepts.markdown(results))
+            summary["seconds"]["concepts"] = results["seconds"]
+            console.print(concepts.markdown(results))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"results in {out}/ (merge/, compose/, summary.json); {sum(summary['seconds'].values()):.0f} s in all")
+    console.print(f"results in {out}/ (merge/, compose/, concepts/, summary.json); {sum(summary['seconds'].values()):.0f} s in all")

@@ -19,6 +19,16 @@ Example::
 Relative paths are resolved against the config file's folder. Each module's task is its
 ``head.json``'s ``task`` unless ``task`` is given; the task's rows come from ``data_dir``.
 The base encoder is ``base_model``, or else the one the adapters record.
+
+Image modules (conv LoRAs of ``efficientnet-lite0``, ``eigenmix.vision.train``) take their
+task's labelled images from each module's ``data``: a folder of PNGs with ``labels.csv``
+(``file,label``) or an IDX images file with its labels file beside; a label is a class name
+of the module's ``head.json`` ``label_names``. The images are resized to the side the
+adapter was trained at (``head.json`` ``size``)::
+
+    modules:
+      - {path: adapters/footwear, data: images/footwear}
+      - {path: adapters/digits, data: images/digits}
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eigenmix.harness.backbones import is_vision
 from eigenmix.harness.tuning import TuneSpec
 from eigenmix.io.heads import HEAD_FILE, HEAD_META, head_meta
 from eigenmix.io.peft_config import CONFIG_NAME
@@ -41,6 +52,9 @@ class TuneModule(BaseModel):
 
     path: Path = Field(description="a PEFT LoRA adapter folder with head.safetensors and head.json (eigenmix.train)")
     task: str | None = Field(None, description="the task folder under data_dir (default: head.json's task)")
+    data: Path | None = Field(
+        None, description="image modules: the task's labelled images, a PNG folder with labels.csv or an IDX images file (labels beside)"
+    )
 
     @field_validator("path")
     @classmethod
@@ -82,7 +96,7 @@ class TuneConfig(BaseModel):
         tasks = [m.task_name for m in self.modules]
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"one module per task (got tasks {tasks})")
-        if self.base_model is not None:
+        if self.base_model is not None and not is_vision(self.base_model):
             encoder_path(self.base_model)
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise ValueError(f"data_dir: {self.data_dir} is not a folder")
@@ -94,7 +108,8 @@ class TuneConfig(BaseModel):
 
     def inputs(self) -> list[Path]:
         """Every path the run reads."""
-        return [m.path for m in self.modules] + ([self.data_dir] if self.data_dir is not None else [])
+        data = [m.data for m in self.modules if m.data is not None]
+        return [m.path for m in self.modules] + data + ([self.data_dir] if self.data_dir is not None else [])
 
 
 def load_tune_config(path: Path | str) -> TuneConfig:

@@ -26,7 +26,8 @@ MAX_BYTES = 1 << 20  # a config is a few lines; a larger file is a mistake (or a
 
 
 def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Make relative paths relative to the config file's folder: every ``modules[i].path``,
+    """Make relative paths relative to the config file's folder: every ``modules[i].path``
+    and ``modules[i].data``,
     every ``calibration.modules.<name>.file`` and the top-level ``keys``."""
     out = dict(raw)
     calibration = out.get("calibration")
@@ -42,7 +43,9 @@ def resolve_paths(raw: dict[str, Any], root: Path, keys: tuple[str, ...]) -> dic
         }
     if isinstance(out.get("modules"), list):
         out["modules"] = [
-            {**m, "path": str(root / Path(m["path"]).expanduser())} if isinstance(m, dict) and isinstance(m.get("path"), str) else m
+            {**m, **{k: str(root / Path(m[k]).expanduser()) for k in ("path", "data") if isinstance(m.get(k), str)}}
+            if isinstance(m, dict)
+            else m
             for m in out["modules"]
         ]
     for key in keys:

@@ -24,7 +24,7 @@ from bench_common import write_result
 from eigenmix.bench.runner import ensure_adapters, load_bench_tasks
 from eigenmix.bench.settings import make_settings
 from eigenmix.harness.evaluator import Evaluator, load_head
-from eigenmix.harness.tuning import TuneSpec, tune_text
+from eigenmix.harness.tuning import TuneSpec, tune_tasks
 from eigenmix.io import read_lora_adapter
 from eigenmix.tune import TuneSettings
 
@@ -92,7 +92,7 @@ def main() -> None:
     for name in names:
         spec, multiple = VARIANTS[name]
         spec = spec.model_copy(update={"scale": args.scale * multiple})
-        comp, result = tune_text(spec, modules, tasks, heads, ev, settings.seed)
+        comp, result = tune_tasks(spec, modules, tasks, heads, ev, settings.seed)
         try:
             (val, _), (test, per_task) = normalized("val"), normalized("test")
         finally:

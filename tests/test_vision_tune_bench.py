@@ -109,7 +109,7 @@ def test_tune_image_labels_outside_the_head_are_one_line(images, tmp_path):
 
 
 def test_bench_vision_quick_through_the_installed_script(tmp_path):
-    """Two real tasks, conv LoRAs trained for 10 steps at 32 px: every part writes its results;
+    """Two real tasks (and the footwear concepts), conv LoRAs trained for 10 steps at 32 px: every part writes its results;
     the oracle router equals each adapter alone (the harness's own check), and PEFT's Arrow
     refusal of conv LoRAs is recorded, not hidden."""
     out = tmp_path / "bench"
@@ -126,5 +126,8 @@ def test_bench_vision_quick_through_the_installed_script(tmp_path):
         assert abs(routers["oracle"]["per_task"][task] - acc) < 1e-6
     assert "Linear-like" in routers["peft_arrow"]["unsupported"]
     assert len(compose["continual"]["runs"]["opcm"]) == 2
+    concepts = json.loads((out / "concepts" / "results.json").read_text())
+    assert concepts["chosen"] in concepts["entries"] and {"frozen (floor)", "concept heads (0 labels)"} <= set(concepts["entries"])
+    assert all(0 <= e["acc"] <= 1 for e in concepts["entries"].values()) and (out / "concepts" / "results.md").is_file()
     again = run("bench", "vision", "--quick", "--parts", "routing", "--cache-dir", tmp_path / "cache", "--out", out)
     assert again.returncode == 2 and "--force" in again.stderr

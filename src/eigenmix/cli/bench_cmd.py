@@ -265,6 +265,8 @@ def bench_vision(
             compose = ComposeSettings(bench=settings.model_copy(update={"methods": ("linear",), "tuned": ()}), parts=compose_parts, **small)
             results = run_compose(compose, None, cache, static, console)
             _record_run(results)
+            for entry in results["static"].values():  # where the file will be, not the temporary folder
+                entry["from"] = str(out / "merge" / "results.json")
             (tmp / "compose").mkdir()
             (tmp / "compose" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             (tmp / "compose" / "results.md").write_text(markdown(results))
@@ -274,7 +276,8 @@ def bench_vision(
             from eigenmix.bench import concepts
             from eigenmix.bench.runner import evaluator
 
-            results = concepts.run_concepts(settings, evaluator(settings), cache, console)
+            size = {"per_class": 16, "draws": 1} if quick else {}
+            results = concepts.run_concepts(settings, evaluator(settings), cache, console, **size)
             (tmp / "concepts").mkdir()
             (tmp / "concepts" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             (tmp / "concepts" / "results.md").write_text(concepts.markdown(results))

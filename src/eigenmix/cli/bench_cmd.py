@@ -265,8 +265,8 @@ def bench_vision(
             compose = ComposeSettings(bench=settings.model_copy(update={"methods": ("linear",), "tuned": ()}), parts=compose_parts, **small)
             results = run_compose(compose, None, cache, static, console)
             _record_run(results)
-            for entry in results["static"].values():  # where the file will be, not the temporary folder
-                entry["from"] = str(out / "merge" / "results.json")
+            for entry in results["static"].values():  # beside compose/ in this output folder
+                entry["from"] = "merge/results.json"
             (tmp / "compose").mkdir()
             (tmp / "compose" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             (tmp / "compose" / "results.md").write_text(markdown(results))

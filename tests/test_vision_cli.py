@@ -224,3 +224,21 @@ def test_an_adapter_for_another_backbone_is_one_line(setup, tmp_path):
                "--base-model", "sentence-transformers/all-MiniLM-L6-v2")  # fmt: skip
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "has no layer" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_inspect_a_conv_adapter_shows_its_kernels_through_the_script(setup, tmp_path):
+    """The spectrum of each conv layer is its matrix view's (``B·A`` times the scale), with the kernel shape beside."""
+    from safetensors.torch import load_file
+
+    root, _, _ = setup
+    done = run("inspect", root / "concept0", "--json", tmp_path / "report.json")
+    assert done.returncode == 0, done.stderr
+    assert "(conv 1280×320×1×1)" in done.stdout
+    layers = {r["layer"]: r for r in json.loads((tmp_path / "report.json").read_text())["layers"]}
+    tensors = load_file(str(root / "concept0" / "adapter_model.safetensors"))
+    prefix = "base_model.model._conv_head"
+    B, A = tensors[f"{prefix}.lora_B.weight"].flatten(1), tensors[f"{prefix}.lora_A.weight"].flatten(1)
+    expected = torch.linalg.svdvals((2.0 * B @ A).double())[:4]  # scale alpha / r = 8 / 4
+    head = layers["_conv_head"]
+    assert head["kernel"] == [1280, 320, 1, 1] and head["shape"] == [1280, 320]
+    assert torch.allclose(torch.tensor(head["singular_values"][:4], dtype=torch.float64), expected, rtol=1e-5)

@@ -21,6 +21,8 @@ class LayerReport:
         singular_values: all singular values of the delta (scale included), descending.
         rank_90: rank that keeps 90% of the energy.
         rank_99: rank that keeps 99% of the energy.
+        kernel: a conv layer's kernel shape ``(out, in/g, *k)`` whose matrix view ``shape`` is
+            (None for a matrix).
     """
 
     layer: str
@@ -30,6 +32,7 @@ class LayerReport:
     singular_values: tuple[float, ...]
     rank_90: int
     rank_99: int
+    kernel: tuple[int, ...] | None = None
 
     @property
     def frobenius(self) -> float:
@@ -53,6 +56,7 @@ def layer_report(layer: str, delta: LowRankDelta | SpectralDelta | DenseDelta) -
         singular_values=tuple(float(s) for s in S),
         rank_90=rank_for_energy(S, 0.90),
         rank_99=rank_for_energy(S, 0.99),
+        kernel=tuple(int(k) for k in delta.kernel) if delta.kernel else None,
     )
 
 

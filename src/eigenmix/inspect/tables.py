@@ -22,7 +22,8 @@ def spectra_table(reports: Sequence[LayerReport], *, title: str, top: int = 4) -
     table.add_column("r@99%", justify="right")
     for r in reports:
         top_s = " ".join(f"{s:.3g}" for s in r.singular_values[:top])
-        table.add_row(r.layer, f"{r.shape[0]}×{r.shape[1]}", str(r.rank), f"{r.scale:.3g}", top_s, str(r.rank_90), str(r.rank_99))
+        shape = f"{r.shape[0]}×{r.shape[1]}" + (f" (conv {'×'.join(map(str, r.kernel))})" if r.kernel else "")
+        table.add_row(r.layer, shape, str(r.rank), f"{r.scale:.3g}", top_s, str(r.rank_90), str(r.rank_99))
     return table
 
 

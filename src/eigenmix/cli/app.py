@@ -6,6 +6,7 @@ import typer
 
 from eigenmix import __version__
 from eigenmix.cli.bench_cmd import app as bench_app
+from eigenmix.cli.bridge_cmd import app as bridge_app
 from eigenmix.cli.demo import demo
 from eigenmix.cli.explain_cmd import explain
 from eigenmix.cli.inspect_cmd import inspect, overlap
@@ -46,3 +47,4 @@ app.command()(route)
 app.command()(explain)
 app.add_typer(library_app, name="library")
 app.add_typer(bench_app, name="bench")
+app.add_typer(bridge_app, name="bridge")

@@ -1,0 +1,105 @@
+"""``eigenmix bridge fit`` and ``classify`` through the installed script: the written bridge is
+the API's on the same anchors; each image's scores are the bridge's on Lite0's features of it;
+bad inputs are one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from common import eigenmix_script
+from eigenmix.bridge import BridgeSettings, fit_bridge, load_bridge
+from eigenmix.data.images import ImageRow, fashion_mnist
+from eigenmix.harness.anchors import image_anchors, imagenet_classes, text_embeddings
+from eigenmix.harness.bridge_run import image_features
+
+N = 120  # ImageNet classes used as anchors (the first N)
+FIT = {"image_rank": 24, "text_rank": 24, "eps": [1.0, 3.0], "power": [0.5]}
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(eigenmix_script()), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Anchor files of N ImageNet classes, a config, the bridge the script fits, and 6 PNGs."""
+    root = tmp_path_factory.mktemp("bridge_cli")
+    save_file({"features": image_anchors()[:N].float().contiguous()}, str(root / "image.safetensors"))
+    (root / "names.txt").write_text("\n".join(imagenet_classes()[:N]) + "\n")
+    (root / "bridge.yaml").write_text(yaml.safe_dump({"image_anchors": "image.safetensors", "text_anchors": "names.txt", "fit": FIT}))
+    done = run("bridge", "fit", root / "bridge.yaml", "--out", root / "bridge")
+    assert done.returncode == 0, done.stderr
+    pngs = root / "pngs"
+    pngs.mkdir()
+    data = fashion_mnist("test", limit=6)
+    lines = ["file,label"]
+    for i in range(6):
+        Image.fromarray(data.images[i].numpy(), mode="L").save(pngs / f"{i}.png")
+        lines.append(f"{i}.png,{data.class_names[int(data.labels[i])]}")
+    (pngs / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root, data
+
+
+def test_the_script_fits_the_apis_bridge(fitted):
+    root, _ = fitted
+    bridge = load_bridge(root / "bridge")
+    X = torch.nn.functional.normalize(image_anchors()[:N].float().double(), dim=-1)
+    expected = fit_bridge(X, text_embeddings(imagenet_classes()[:N]), BridgeSettings(**FIT))
+    assert bridge.info["chosen"] == expected.info["chosen"] and bridge.info["anchor_texts"] == imagenet_classes()[:N]
+    Y = text_embeddings(imagenet_classes()[:20])
+    assert torch.allclose(bridge.similarity(X[:20], Y), expected.similarity(X[:20], Y), atol=1e-6)
+
+
+def test_classify_pngs_by_class_names_through_the_script(fitted):
+    root, data = fitted
+    labels = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+    done = run("bridge", "classify", root / "bridge", "--inputs", root / "pngs", "--labels", labels, "--out", root / "out")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (root / "out" / "predictions.jsonl").read_text().splitlines()]
+    names = labels.split(",")
+    bridge = load_bridge(root / "bridge")
+    f = image_features([ImageRow(i + 1, data.images[i]) for i in range(6)], 64)
+    expected = bridge.scores(f, text_embeddings(names))
+    got = torch.tensor([[r["scores"][n] for n in names] for r in rows], dtype=torch.float64)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert [r["prediction"] for r in rows] == [names[k] for k in expected.argmax(-1).tolist()]
+    report = json.loads((root / "out" / "classify_report.json").read_text())
+    assert report["labelled_in_names"] == 6 and report["accuracy"] == sum(r["prediction"] == r["label"] for r in rows) / 6
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"image_anchors": "image.safetensors", "text_anchors": "short.txt"}, f"{N} image anchors but {N - 1} text anchors"),
+        ({"image_anchors": "nan.safetensors", "text_anchors": "names.txt"}, "NaN/Inf"),
+        ({"image_anchors": "image.safetensors", "text_anchors": "names.txt", "image_dim": 512}, "image_dim 512"),
+        ({"image_anchors": "image.safetensors"}, "both image_anchors and text_anchors"),
+    ],
+)
+def test_bad_bridge_configs_are_one_line(fitted, tmp_path, config, message):
+    root, _ = fitted
+    for name in ("image.safetensors", "names.txt"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    (tmp_path / "short.txt").write_text("\n".join(imagenet_classes()[: N - 1]) + "\n")
+    nan = image_anchors()[:N].float().contiguous()
+    nan[3, 5] = float("nan")
+    save_file({"features": nan}, str(tmp_path / "nan.safetensors"))
+    (tmp_path / "bridge.yaml").write_text(yaml.safe_dump({**config, "fit": FIT}))
+    done = run("bridge", "fit", tmp_path / "bridge.yaml", "--out", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("labels", "message"), [(",", "none empty"), ("cat,cat", "named twice"), ("cat", "at least 2")])
+def test_bad_label_lists_are_one_line(fitted, tmp_path, labels, message):
+    root, _ = fitted
+    done = run("bridge", "classify", root / "bridge", "--inputs", root / "pngs", "--labels", labels, "--out", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr and not (tmp_path / "out").exists()

@@ -103,3 +103,16 @@ def test_bad_label_lists_are_one_line(fitted, tmp_path, labels, message):
     done = run("bridge", "classify", root / "bridge", "--inputs", root / "pngs", "--labels", labels, "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_bench_bridge_quick_through_the_installed_script(tmp_path):
+    """One split: every entry retrieves among the unseen names, the curve ends at the full bridge, cats and dogs are measured."""
+    done = run("bench", "bridge", "--quick", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"eigenmix bridge", "relative", "relative +csls", "procrustes", "cca", "ridge", "asif"} <= set(results["retrieval"])
+    assert all(0 <= e["top1"] <= e["top5"] <= 1 for e in results["retrieval"].values())
+    curve = results["feature_picking"]
+    assert curve[max(curve, key=int)]["share_of_full"] == 1.0
+    assert results["retrieval"]["eigenmix bridge"]["top1"] == curve[max(curve, key=int)]["top1"]
+    assert len(results["cats_and_dogs"]["principal_angles_deg"]) == 5 and "Persian cat" in results["cats_and_dogs"]["names_nearest_cats"]

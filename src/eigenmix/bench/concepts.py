@@ -96,7 +96,8 @@ def cv_accuracy(features: Tensor, labels: Tensor, per_class: int) -> float:
 def run_concepts(settings: BenchSettings, ev: Evaluator, cache_dir: Path, console: Console, *, per_class: int = 64, draws: int = 3) -> dict:
     """Every entry's test accuracy, cross-validated head accuracy and seconds; the choice."""
     start = time.perf_counter()
-    train_rows, test_rows = 2000, min(3000, 6 * settings.test_rows) if settings.test_rows else 3000
+    train_rows = 2000
+    test_rows = 3000 if not settings.test_rows or settings.test_rows >= 500 else settings.test_rows  # the full run: 3,000
     downstream, concepts = concept_tasks(train_rows, test_rows, settings.seed)
     carved = [CarvedTask(t, ()) for t in (downstream, *concepts)]
     folders = ensure_adapters(carved, settings, cache_dir, console)

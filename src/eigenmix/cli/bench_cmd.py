@@ -261,7 +261,7 @@ def bench_vision(
             console.print(_table(results))
         compose_parts = tuple(p for p in chosen if p in ("routing", "continual"))
         if compose_parts:
-            small = {"continual_rows": 60, "orders": 2} if quick else {}
+            small = {"continual_rows": 60, "orders": 2, "temperatures": (0.2,), "top_ks": (None,)} if quick else {}
             compose = ComposeSettings(bench=settings.model_copy(update={"methods": ("linear",), "tuned": ()}), parts=compose_parts, **small)
             results = run_compose(compose, None, cache, static, console)
             _record_run(results)
@@ -285,3 +285,29 @@ def bench_vision(
             console.print(concepts.markdown(results))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"results in {out}/ (merge/, compose/, concepts/, summary.json); {sum(summary['seconds'].values()):.0f} s in all")
+
+
+@app.command("bridge")
+def bench_bridge(
+    out: Path = typer.Option(Path("runs/bench-bridge"), "--out", help="Folder for results.json and results.md, written atomically."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeded seen / unseen splits of ImageNet's classes."),
+    unseen: int = typer.Option(200, "--unseen", min=2, max=500, help="Unseen classes per split."),
+    zero_shot_images: int = typer.Option(1000, "--zero-shot-images", min=10, help="Fashion-MNIST and MNIST test images classified."),
+    quick: bool = typer.Option(False, "--quick", help="1 split, 100 zero-shot images, names without prompts: a smoke run."),
+    force: bool = FORCE,
+) -> None:
+    """The spectral bridge between EfficientNet-Lite0 and all-MiniLM-L6-v2 on ImageNet's classes, beside the baselines."""
+    from eigenmix.bench.bridge import BridgeBenchSettings, markdown, run_bridge_bench
+
+    console = make_console()
+    dest = destination(out, overwrite=force, inputs=[], marker="results.json")
+    small = {"seeds": 1, "zero_shot_images": 100, "templates": ("{}",)} if quick else {"seeds": seeds, "zero_shot_images": zero_shot_images}
+    settings = BridgeBenchSettings(unseen=unseen, **small)
+    results = run_bridge_bench(settings, console.print)
+    results["config"] = {"settings": settings.model_dump(mode="json")}
+    _record_run(results)
+    with atomic_dir(dest) as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "results.md").write_text(markdown(results))
+    console.print(markdown(results))
+    console.print(f"results in {out}/ (results.json, results.md); {results['seconds']:.0f} s")

@@ -11,7 +11,7 @@ The seen pairs are split (seeded) into fitting pairs and ``held_out`` pairs.
 3. **Learning** (``learn``, off by default): λ and a temperature refined by Adam on the
    symmetric contrastive loss (InfoNCE) of the fitting pairs, keeping the λ with the best
    held-out top-1. On ImageNet's anchors it gains nothing over the choice
-   (``benchmarks/results/bridge_anchors.json``), so the default keeps the closed form.
+   (``benchmarks/results/bridge/results.json``, ``eigenmix bench bridge``), so the default keeps the closed form.
 """
 
 from __future__ import annotations

@@ -114,3 +114,21 @@ def test_csls_is_its_definition():
             ry = sorted(S[:, j].tolist(), reverse=True)[:k]
             expected[i, j] = 2 * S[i, j] - sum(rx) / k - sum(ry) / k
     assert torch.allclose(csls(S, k), expected, atol=1e-12)
+
+
+def test_a_pairs_directions_add_up_to_its_cosine_and_are_read_by_their_anchors():
+    from eigenmix.bridge.explain import explain_pair
+
+    X, Y, _ = rotated(n=60, d=8)
+    bridge = fit_bridge(X, Y, BridgeSettings(image_rank=8, text_rank=8))
+    names = [f"anchor {i}" for i in range(60)]
+    out = explain_pair(bridge, X[3], Y[3], Y, names, top=8, per=2)
+    assert abs(out["cosine"] - float(bridge.similarity(X[3:4], Y[3:4]))) < 1e-12
+    assert abs(out["top_share"] - out["cosine"]) < 1e-12  # every direction shown: the terms add up
+    shares = [d["share"] for d in out["directions"]]
+    assert shares == sorted(shares, reverse=True)
+    za = bridge.embed(Y, "text")
+    for d in out["directions"]:
+        side = 1.0 if d["image"] + d["text"] >= 0 else -1.0
+        ranked = sorted(range(60), key=lambda i: -side * float(za[i, d["index"]]))  # a loop, not topk
+        assert list(d["anchors"]) == [names[i] for i in ranked[:2]]

@@ -116,3 +116,27 @@ def test_bench_bridge_quick_through_the_installed_script(tmp_path):
     assert curve[max(curve, key=int)]["share_of_full"] == 1.0
     assert results["retrieval"]["eigenmix bridge"]["top1"] == curve[max(curve, key=int)]["top1"]
     assert len(results["cats_and_dogs"]["principal_angles_deg"]) == 5 and "Persian cat" in results["cats_and_dogs"]["names_nearest_cats"]
+
+
+def test_explain_a_photo_and_a_text_through_the_script(fitted, tmp_path):
+    """scikit-image's chelsea against 'a tabby cat': the directions' terms are the bridge's cosine of the pair."""
+    from skimage import data as photos
+
+    from eigenmix.bridge.explain import explain_pair
+
+    root, _ = fitted
+    Image.fromarray(photos.chelsea()).save(tmp_path / "chelsea.png")
+    done = run("bridge", "explain", root / "bridge", "--image", tmp_path / "chelsea.png", "--text", "a tabby cat", "--top", "3",
+               "--out", tmp_path / "out")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "explain.json").read_text())
+    bridge = load_bridge(root / "bridge")
+    chelsea = torch.from_numpy(photos.chelsea().copy()).permute(2, 0, 1).contiguous()
+    x = image_features([ImageRow(1, chelsea)], 224)[0]
+    names = imagenet_classes()[:N]
+    expected = explain_pair(bridge, x, text_embeddings(["a tabby cat"])[0], text_embeddings(names), names, top=3)
+    assert abs(result["cosine"] - expected["cosine"]) < 1e-5
+    assert [d["index"] for d in result["directions"]] == [d["index"] for d in expected["directions"]]
+    bad = run("bridge", "explain", root / "bridge", "--image", root / "names.txt", "--text", "x", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PNG" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -84,3 +84,30 @@ def classify(
         f"; accuracy {100 * accuracy_value:.1f}% on the {len(known)} images labelled with these names" if accuracy_value is not None else ""
     )
     console.print(f"{len(rows)} images classified into {len(names)} names{accuracy}; in {out}/")
+
+
+@app.command("explain")
+def explain(
+    bridge_dir: Path = typer.Argument(..., help="A bridge folder (eigenmix bridge fit)."),
+    image: Path = typer.Option(..., "--image", help="A PNG (grayscale or RGB)."),
+    text: str = typer.Option(..., "--text", help="A text, e.g. 'a tabby cat'."),
+    out: Path = typer.Option(..., "--out", help="Output folder: explain.json, written atomically."),
+    top: int = typer.Option(5, "--top", min=1, help="Joint directions shown (the largest terms of the pair's cosine)."),
+    image_size: int = typer.Option(224, "--image-size", min=32, help="Side the image is resized to (a multiple of 32)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Which joint directions carry an image-text pair, each read by the anchor texts furthest along it."""
+    from eigenmix.bridge import load_bridge
+    from eigenmix.harness.bridge_run import explain as explain_pair
+    from eigenmix.io.atomic import atomic_dir, destination
+
+    console = make_console()
+    bridge = load_bridge(bridge_dir)
+    dest = destination(out, overwrite=force, inputs=[bridge_dir, image], marker="explain.json")
+    with console.status("embedding the pair and the anchors"):
+        result = explain_pair(bridge, image, text, image_size, top)
+    with atomic_dir(dest) as tmp:
+        (tmp / "explain.json").write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"cosine {result['cosine']:.3f}; the top {len(result['directions'])} directions carry {result['top_share']:.3f} of it:")
+    for d in result["directions"]:
+        console.print(f"  direction {d['index']} (λ {d['lam']:.3g}): {d['share']:+.3f} — {', '.join(d['anchors'])}")

@@ -346,6 +346,19 @@ def _read_png(path: Path) -> tuple[np.ndarray, str, tuple[int, int]]:
     return pixels, mode, size
 
 
+def read_png(path: Path | str) -> Tensor:
+    """One PNG as ``uint8`` ``(H, W)`` (grayscale) or ``(3, H, W)`` (RGB); any other mode, a
+    missing, corrupt or non-PNG file is one :class:`InvalidInputError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such image file")
+    pixels, mode, _ = _read_png(path)
+    if mode not in IMAGE_MODES:
+        raise InvalidInputError(f"{path}: mode {mode!r}; eigenmix reads 'L' (grayscale) or 'RGB' PNGs")
+    image = torch.from_numpy(pixels.copy())
+    return image.permute(2, 0, 1).contiguous() if image.dim() == 3 else image
+
+
 def read_image_folder(folder: Path | str, labels_file: Path | str, *, class_names: Sequence[str] | None = None) -> ImageSet:
     """Read a folder of PNGs and their labels (a ``file,label`` CSV; see the module docstring).
 

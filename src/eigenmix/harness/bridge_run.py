@@ -148,3 +148,20 @@ def classify(bridge: Bridge, rows: Sequence[ImageRow], labels: list[str], size: 
     if bridge.image.dim != 1280:
         raise InvalidInputError(f"the bridge's image side has dimension {bridge.image.dim}; {IMAGE_ENCODER}'s features have 1280")
     return bridge.scores(image_features(rows, size), text_embeddings(labels))
+
+
+def explain(bridge: Bridge, image: Path, text: str, size: int, top: int) -> dict:
+    """Which joint directions carry the pair (a PNG, a text), read by the bridge's anchor texts."""
+    from eigenmix.bridge.explain import explain_pair
+    from eigenmix.data.images import read_png
+    from eigenmix.harness.anchors import text_embeddings
+
+    if not text.strip():
+        raise InvalidInputError("--text: an empty text")
+    names = [str(t) for t in bridge.info.get("anchor_texts", [])]
+    if not names:
+        raise InvalidInputError("the bridge records no anchor texts (fit it with eigenmix bridge fit)")
+    x = image_features([ImageRow(1, read_png(image))], size)[0]
+    y = text_embeddings([text])[0]
+    out = explain_pair(bridge, x, y, text_embeddings(names), names, top=top)
+    return {"image": str(image), "text": text, **out}

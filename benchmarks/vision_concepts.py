@@ -75,6 +75,7 @@ from torch import Tensor, nn
 
 import eigenmix
 from bench_common import write_result
+from eigenmix.bench import concepts as concept_merges
 from eigenmix.compose import Library, RoutedModel, Router
 from eigenmix.compose.routers import SpectralRouter, UniformRouter
 from eigenmix.data.images import ImageSet, fashion_mnist
@@ -102,17 +103,8 @@ DOWNSTREAM = "footwear"
 MATCHED = "footwear_3x"  # the downstream LoRA at 3× the steps: the 3 concept modules' training compute
 MATCHED_ENTRY = "downstream_lora(3x steps)"
 ZERO_LABEL = "concept_heads(0 labels)"
-MERGES: dict[str, tuple[str, dict[str, Any]]] = {  # entry: (method, parameters)
-    "task_arithmetic(0.5)": ("task_arithmetic", {"scale": 0.5}),
-    "task_arithmetic(1.0)": ("task_arithmetic", {"scale": 1.0}),
-    "linear(mean)": ("linear", {"normalize": True}),
-    "ties": ("ties", {}),
-    "tsv": ("tsv", {}),
-    "iso_c": ("iso_c", {}),
-    "spectral": ("spectral", {}),
-    "knots": ("knots", {}),
-    "star": ("star", {}),
-}
+# entry: (method, parameters): those of eigenmix bench vision's concepts part, and two more
+MERGES: dict[str, tuple[str, dict[str, Any]]] = {**concept_merges.MERGES, "knots": ("knots", {}), "star": ("star", {})}
 FOLDS = 4
 HEAD_PARAMS = 1280 * len(CLASSES) + len(CLASSES)
 T = TypeVar("T")

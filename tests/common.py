@@ -136,3 +136,20 @@ def small_data(folder: Path, names=("trec", "cola"), train=48, test=24) -> Path:
             lines = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in rows)
             (folder / task.name / f"{split}.jsonl").write_text(lines)
     return folder
+
+
+def fashion_pngs(folder: Path, n: int = 6, prefix: str = ""):
+    """The first ``n`` Fashion-MNIST test images as PNGs in ``folder`` with their ``labels.csv``
+    (``file,label``, the class names); returns the :class:`ImageSet` they came from."""
+    from PIL import Image
+
+    from eigenmix.data.images import fashion_mnist
+
+    folder.mkdir(parents=True)
+    data = fashion_mnist("test", limit=n)
+    lines = ["file,label"]
+    for i in range(n):
+        Image.fromarray(data.images[i].numpy(), mode="L").save(folder / f"{prefix}{i}.png")
+        lines.append(f"{prefix}{i}.png,{data.class_names[int(data.labels[i])]}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return data

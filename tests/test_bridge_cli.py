@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from common import eigenmix_script
+from common import eigenmix_script, fashion_pngs
 from eigenmix.bridge import BridgeSettings, fit_bridge, load_bridge
-from eigenmix.data.images import ImageRow, fashion_mnist
+from eigenmix.data.images import ImageRow
 from eigenmix.harness.anchors import image_anchors, imagenet_classes, text_embeddings
 from eigenmix.harness.bridge_run import image_features
 
@@ -36,14 +36,7 @@ def fitted(tmp_path_factory):
     (root / "bridge.yaml").write_text(yaml.safe_dump({"image_anchors": "image.safetensors", "text_anchors": "names.txt", "fit": FIT}))
     done = run("bridge", "fit", root / "bridge.yaml", "--out", root / "bridge")
     assert done.returncode == 0, done.stderr
-    pngs = root / "pngs"
-    pngs.mkdir()
-    data = fashion_mnist("test", limit=6)
-    lines = ["file,label"]
-    for i in range(6):
-        Image.fromarray(data.images[i].numpy(), mode="L").save(pngs / f"{i}.png")
-        lines.append(f"{i}.png,{data.class_names[int(data.labels[i])]}")
-    (pngs / "labels.csv").write_text("\n".join(lines) + "\n")
+    data = fashion_pngs(root / "pngs", 6, "")
     return root, data
 
 

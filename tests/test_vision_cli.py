@@ -16,8 +16,7 @@ from peft import LoraConfig, PeftModel
 from PIL import Image
 from safetensors.torch import save_file
 
-from common import eigenmix_script, save_random_adapter
-from eigenmix.data.images import fashion_mnist
+from common import eigenmix_script, fashion_pngs, save_random_adapter
 from eigenmix.vision import features, inputs, load_efficientnet_lite0
 
 TARGETS = ["_blocks.1._expand_conv", "_blocks.1._project_conv", "_conv_head"]
@@ -43,14 +42,7 @@ def setup(tmp_path_factory):
         (folder / "head.json").write_text(json.dumps({"task": f"concept{i}", "label_names": ["a", "b", "c"]}))
     done = run("library", "build", root / "concept0", root / "concept1", "--out", root / "lib")
     assert done.returncode == 0, done.stderr
-    pngs = root / "pngs"
-    pngs.mkdir()
-    data = fashion_mnist("test", limit=6)
-    lines = ["file,label"]
-    for i in range(6):
-        Image.fromarray(data.images[i].numpy(), mode="L").save(pngs / f"img{i}.png")
-        lines.append(f"img{i}.png,{data.class_names[int(data.labels[i])]}")
-    (pngs / "labels.csv").write_text("\n".join(lines) + "\n")
+    data = fashion_pngs(root / "pngs", 6, "img")
     return root, lite0, data
 
 

@@ -74,6 +74,7 @@ def test_classify_pngs_by_class_names_through_the_script(fitted):
         ({"image_anchors": "nan.safetensors", "text_anchors": "names.txt"}, "NaN/Inf"),
         ({"image_anchors": "image.safetensors", "text_anchors": "names.txt", "image_dim": 512}, "image_dim 512"),
         ({"image_anchors": "image.safetensors"}, "both image_anchors and text_anchors"),
+        ({"image_anchors": "flat.safetensors", "text_anchors": "names.txt"}, "must be (n, d), got shape (120,)"),
     ],
 )
 def test_bad_bridge_configs_are_one_line(fitted, tmp_path, config, message):
@@ -84,16 +85,25 @@ def test_bad_bridge_configs_are_one_line(fitted, tmp_path, config, message):
     nan = image_anchors()[:N].float().contiguous()
     nan[3, 5] = float("nan")
     save_file({"features": nan}, str(tmp_path / "nan.safetensors"))
+    save_file({"features": torch.zeros(N)}, str(tmp_path / "flat.safetensors"))
     (tmp_path / "bridge.yaml").write_text(yaml.safe_dump({**config, "fit": FIT}))
     done = run("bridge", "fit", tmp_path / "bridge.yaml", "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("labels", "message"), [(",", "none empty"), ("cat,cat", "named twice"), ("cat", "at least 2")])
-def test_bad_label_lists_are_one_line(fitted, tmp_path, labels, message):
+@pytest.mark.parametrize(
+    ("labels", "inputs", "message"),
+    [
+        (",", "pngs", "none empty"),
+        ("cat,cat", "pngs", "named twice"),
+        ("cat", "pngs", "at least 2"),
+        ("a,b", "nowhere", "no such file or folder"),
+    ],
+)
+def test_bad_label_lists_and_inputs_are_one_line(fitted, tmp_path, labels, inputs, message):
     root, _ = fitted
-    done = run("bridge", "classify", root / "bridge", "--inputs", root / "pngs", "--labels", labels, "--out", tmp_path / "out")
+    done = run("bridge", "classify", root / "bridge", "--inputs", root / inputs, "--labels", labels, "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr and not (tmp_path / "out").exists()
 

@@ -36,7 +36,12 @@ def explain(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
     max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
-    image_size: int = typer.Option(64, "--image-size", min=1, help="Side the images are resized to (images; a multiple of 32)."),
+    image_size: int = typer.Option(
+        64,
+        "--image-size",
+        min=32,
+        help="Side the images are resized to (images; a multiple of 32: the side the adapters were trained at).",
+    ),
     top: int = typer.Option(5, "--top", min=1, help="Directions listed per module."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:

@@ -45,7 +45,12 @@ def route(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Route the first N rows only (default: all)."),
     max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
-    image_size: int = typer.Option(64, "--image-size", min=1, help="Side the images are resized to (images; a multiple of 32)."),
+    image_size: int = typer.Option(
+        64,
+        "--image-size",
+        min=32,
+        help="Side the images are resized to (images; a multiple of 32: the side the adapters were trained at).",
+    ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run a routed library over rows of text or images: each row's coefficients, its top module and that module's prediction."""

@@ -457,6 +457,8 @@ def read_image_inputs(path: Path | str, *, limit: int | None = None) -> list[Ima
     The first ``limit`` images (all by default). Every mistake is one :class:`InvalidInputError` line.
     """
     path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file or folder")
     if path.is_dir():
         images = read_image_folder(path, path / LABELS_CSV)
         labels: list[str | None] = [images.class_names[int(y)] for y in images.labels]

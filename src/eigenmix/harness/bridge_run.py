@@ -81,8 +81,10 @@ def read_image_features(path: Path) -> Tensor:
     from eigenmix.io.safetensors_io import read_safetensors
 
     tensors = read_safetensors(path)
-    if set(tensors) != {"features"} or tensors["features"].ndim != 2:
-        raise InvalidInputError(f"{path}: needs one tensor 'features' of shape (n, d), got {sorted(tensors)}")
+    if set(tensors) != {"features"}:
+        raise InvalidInputError(f"{path}: needs one tensor 'features' of shape (n, d), got tensors {sorted(tensors)}")
+    if tensors["features"].ndim != 2:
+        raise InvalidInputError(f"{path}: tensor 'features' must be (n, d), got shape {tuple(tensors['features'].shape)}")
     return tensors["features"].to(torch.float64)
 
 

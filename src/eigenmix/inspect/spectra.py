@@ -3,6 +3,7 @@ rank each layer needs to keep 90% / 99% of its spectral energy."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, SpectralDelta
@@ -60,10 +61,15 @@ def layer_report(layer: str, delta: LowRankDelta | SpectralDelta | DenseDelta) -
     )
 
 
+def _natural(name: str) -> list[int | str]:
+    """``blocks.2`` before ``blocks.10``: the numbers in a layer name compared as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def module_report(module: Module) -> list[LayerReport]:
-    """:func:`layer_report` for every matrix layer of ``module``, in layer order."""
+    """:func:`layer_report` for every matrix layer of ``module``, in layer order (block numbers as numbers)."""
     reports = []
-    for name, delta in module.layers.items():
+    for name, delta in sorted(module.layers.items(), key=lambda item: _natural(item[0])):
         if isinstance(delta, DenseDelta) and not delta.is_matrix:
             continue
         reports.append(layer_report(name, delta))

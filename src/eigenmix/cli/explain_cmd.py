@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from eigenmix.cli.console import make_console
-from eigenmix.cli.options import FORCE_HELP
+from eigenmix.cli.options import BATCH_SIZE, FORCE_HELP, IMAGE_SIZE, MAX_LENGTH
 
 REPORT = "explain.json"
 
@@ -34,14 +34,9 @@ def explain(
     base_model: Path | None = typer.Option(
         None, "--base-model", help="The base model folder (default: the one the target names; all-MiniLM-L6-v2 is bundled)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
-    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
-    image_size: int = typer.Option(
-        64,
-        "--image-size",
-        min=32,
-        help="Side the images are resized to (images; a multiple of 32: the side the adapters were trained at).",
-    ),
+    batch_size: int = BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
+    image_size: int = IMAGE_SIZE,
     top: int = typer.Option(5, "--top", min=1, help="Directions listed per module."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:

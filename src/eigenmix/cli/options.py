@@ -16,3 +16,10 @@ def described(model: type[BaseModel], field: str, default: Any, *flags: str, **k
 
 
 FORCE_HELP = "Replace --out if it is an earlier output of this command."
+
+# The input options of the commands that run a base model over rows (route, explain).
+BATCH_SIZE = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass.")
+MAX_LENGTH = typer.Option(128, "--max-length", min=1, help="Tokens per row (text).")
+IMAGE_SIZE = typer.Option(
+    64, "--image-size", min=32, help="Side the images are resized to (images; a multiple of 32: the side the adapters were trained at)."
+)

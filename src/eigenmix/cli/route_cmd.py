@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from eigenmix.cli.console import make_console
-from eigenmix.cli.options import FORCE_HELP
+from eigenmix.cli.options import BATCH_SIZE, FORCE_HELP, IMAGE_SIZE, MAX_LENGTH
 
 REPORT = "route_report.json"
 
@@ -42,15 +42,10 @@ def route(
     base_model: Path | None = typer.Option(
         None, "--base-model", help="The base model (default: the library's; all-MiniLM-L6-v2 and efficientnet-lite0 are bundled)."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward pass."),
+    batch_size: int = BATCH_SIZE,
     limit: int | None = typer.Option(None, "--limit", min=1, help="Route the first N rows only (default: all)."),
-    max_length: int = typer.Option(128, "--max-length", min=1, help="Tokens per row (text)."),
-    image_size: int = typer.Option(
-        64,
-        "--image-size",
-        min=32,
-        help="Side the images are resized to (images; a multiple of 32: the side the adapters were trained at).",
-    ),
+    max_length: int = MAX_LENGTH,
+    image_size: int = IMAGE_SIZE,
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run a routed library over rows of text or images: each row's coefficients, its top module and that module's prediction."""

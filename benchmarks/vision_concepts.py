@@ -77,9 +77,8 @@ import eigenmix
 from bench_common import write_result
 from eigenmix.bench import concepts as concept_merges
 from eigenmix.compose import Library, RoutedModel, Router
-from eigenmix.compose.routers import SpectralRouter, UniformRouter
+from eigenmix.compose.routers import SpectralRouter, UniformRouter, get_router
 from eigenmix.data.images import ImageSet, fashion_mnist
-from eigenmix.harness.library_run import SPECTRAL_DEFAULTS
 from eigenmix.io import read_lora_adapter
 from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
@@ -324,14 +323,16 @@ def routed_entries(args: argparse.Namespace, modules: list[Module], scorer: Scor
     library = Library()
     for module in modules:
         library.add(module, module.name)
+    defaults = get_router("spectral").defaults()
+    spectral = {k: defaults[k] for k in ("scope", "temperature", "top_k")}  # what the results record
     routers: dict[str, Router] = {
-        "routed spectral": SpectralRouter("energy", "chance", **SPECTRAL_DEFAULTS),
+        "routed spectral": SpectralRouter("energy", "chance", **spectral),
         "routed uniform": UniformRouter(),
     }
     entries, kept = {}, {}
     for entry, router in routers.items():
         (head_feats, test_feats), seconds = timed(scorer.routed_features, library, router)
-        settings = {"router": router.name, **(SPECTRAL_DEFAULTS if router.name == "spectral" else {}), "calibration": "chance"}
+        settings = {"router": router.name, **(spectral if router.name == "spectral" else {}), "calibration": "chance"}
         entries[entry] = {"kind": "composition", **settings, **scorer.score(head_feats, test_feats), "feature_seconds": seconds}
         kept[entry] = test_feats
         print(f"  {entry}: {entries[entry]['acc']:.4f} (cv {entries[entry]['cv_acc']:.4f})", flush=True)

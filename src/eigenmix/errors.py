@@ -7,6 +7,9 @@ problem. The CLI turns these into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class EigenmixError(Exception):
     """Base class of every error eigenmix raises on purpose."""
@@ -31,3 +34,10 @@ class NonFiniteError(InvalidInputError):
 class ExecutorError(EigenmixError):
     """A distributed executor could not run the work: Ray is missing, a worker crashed or was
     killed, the cluster is unreachable."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string: the hint
+    of every unknown-name message (merge methods, routers)."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -140,7 +140,7 @@ def run_concepts(settings: BenchSettings, ev: Evaluator, cache_dir: Path, consol
     for module in modules:
         library.add(module)
     for name, router in (
-        ("routed spectral", SpectralRouter(calibration="chance", scope="all", temperature=0.2)),
+        ("routed spectral", SpectralRouter()),  # the registered defaults: eigenmix route's
         ("routed uniform", UniformRouter()),
     ):
         entries[name] = score(_routed(ev, library, router))

@@ -41,6 +41,7 @@ def explain(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Explain a merge, a tuned composition or a routed library: which directions of which module contribute what, per input."""
+    from eigenmix.compose.routers.registry import DEFAULT
     from eigenmix.errors import InvalidInputError
     from eigenmix.explain.report import report_html
     from eigenmix.harness.backbones import read_rows
@@ -56,10 +57,10 @@ def explain(
         raise InvalidInputError(f"--router: {target} is a {chosen.kind} adapter, not a library; only a library is routed")
     encoder = base_for(chosen, base_model, max_length, image_size)
     rows = read_rows(inputs, encoder, text_field=text_field, group_field=group_field)
-    routing = make_router(router or "spectral", chosen.library, encoder) if chosen.kind == "library" else None
+    routing = make_router(router or DEFAULT, chosen.library, encoder) if chosen.kind == "library" else None
     console = make_console()
     columns = (TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    extra = {"inputs_file": str(inputs), "router": (router or "spectral") if routing is not None else None}
+    extra = {"inputs_file": str(inputs), "router": (router or DEFAULT) if routing is not None else None}
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("explain", total=len(rows))
         ex = explain_rows(chosen, encoder, rows, router=routing, batch_size=batch_size, extra=extra,

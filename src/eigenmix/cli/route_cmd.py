@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,13 +51,16 @@ def route(
 ) -> None:
     """Run a routed library over rows of text or images: each row's coefficients, its top module and that module's prediction."""
     from eigenmix.compose import load_library
+    from eigenmix.compose.routers import get_router
     from eigenmix.errors import InvalidInputError
     from eigenmix.harness.backbones import read_rows
     from eigenmix.harness.library_run import ROUTERS, load_base, make_router, route_rows
     from eigenmix.io.atomic import atomic_dir, destination
 
-    choices = {"--router": (router, ROUTERS), "--calibration": (calibration, ("chance", "stats", "stream")),
-               "--level": (level, ("sequence", "token")), "--scope": (scope or "all", ("layer", "first", "all"))}  # fmt: skip
+    spectral = get_router("spectral").params.model_fields  # the settings' values: the spectral router's
+    values = {key: get_args(spectral[key].annotation) for key in ("calibration", "level", "scope")}
+    choices = {"--router": (router, ROUTERS), "--calibration": (calibration, values["calibration"]),
+               "--level": (level, values["level"]), "--scope": (scope or "all", values["scope"])}  # fmt: skip
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise InvalidInputError(f"{flag} '{value}': choose from {', '.join(allowed)}")
@@ -66,15 +70,7 @@ def route(
     rows = read_rows(inputs, encoder, limit=limit)
     stream = lambda: (batch for _, batch in encoder.batches(rows, batch_size))  # noqa: E731
     chosen = make_router(
-        router,
-        library,
-        encoder,
-        calibration=calibration,  # type: ignore[arg-type]  # checked above
-        temperature=temperature,
-        top_k=top_k,
-        level=level,  # type: ignore[arg-type]
-        scope=scope,  # type: ignore[arg-type]
-        stream=stream,
+        router, library, encoder, calibration=calibration, temperature=temperature, top_k=top_k, level=level, scope=scope, stream=stream
     )
     console = make_console()
     columns = (TextColumn("routing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -2,7 +2,7 @@
 statistics the spectral router's ``calibration: stats`` standardises by.
 
 One forward pass of the base model per module over rows of that module's task; per routed
-layer, the sequence score (:func:`eigenmix.compose.routers.spectral.sequence_scores`) of
+layer, the sequence score (:func:`eigenmix.compose.scores.sequence_scores`) of
 every module is recorded, and module k keeps the mean and spread of *its own* score on
 *its own* rows. Nothing but these two numbers per layer and module is kept.
 
@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from eigenmix.compose.hooks import on_input
 from eigenmix.compose.library import Library
-from eigenmix.compose.routers.spectral import Score, sequence_scores
 from eigenmix.compose.routing import pooled
+from eigenmix.compose.scores import Score, sequence_scores
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import row_mask
 

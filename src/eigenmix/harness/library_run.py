@@ -9,16 +9,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from eigenmix.compose import Entry, Library, RoutedModel, Router
-from eigenmix.compose.calibrate import module_statistics, stored_gate_rows, stored_statistics, stream_statistics
-from eigenmix.compose.hooks import first_routed_layer
-from eigenmix.compose.routers import ArrowRouter, LearnedRouter, SpectralRouter, UniformRouter
-from eigenmix.compose.routers.learned import gate_from_rows
+from eigenmix.compose.calibrate import module_statistics
+from eigenmix.compose.routers.registry import Stream, get_router, router_names
 from eigenmix.data.images import ImageRow
 from eigenmix.errors import InvalidInputError
 from eigenmix.harness.backbones import IMAGE_SIZE, Backbone, Row, load_backbone, read_rows
@@ -26,13 +24,7 @@ from eigenmix.io import read_lora_adapter
 from eigenmix.io.heads import HEAD_FILE, has_head, head_meta
 from eigenmix.io.safetensors_io import read_safetensors
 
-ROUTERS = ("spectral", "arrow", "learned", "uniform")
-# The defaults are the settings the composition benchmark chose on validation rows for every
-# tier (benchmarks/results/compose/results.json, "chosen"): one decision per sequence from
-# every layer's scores (two passes), a dense softmax (spectral at T 0.2, the gate at T 3).
-SPECTRAL_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 0.2, "top_k": None}
-LEARNED_DEFAULTS: dict[str, Any] = {"scope": "all", "temperature": 3.0, "top_k": None}
-Calibration = Literal["chance", "stats", "stream"]
+ROUTERS = router_names()  # the default first
 
 
 def module_spec(raw: str) -> tuple[str | None, Path]:
@@ -95,38 +87,22 @@ def make_router(
     library: Library,
     encoder: Backbone,
     *,
-    calibration: Calibration = "chance",
+    calibration: str | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
-    level: Literal["sequence", "token"] = "sequence",
-    scope: Literal["layer", "first", "all"] | None = None,
-    stream: Callable[[], Any] | None = None,
+    level: str | None = None,
+    scope: str | None = None,
+    stream: Stream | None = None,
 ) -> Router:
-    """A router by name (``spectral`` with its calibration, ``arrow``, ``learned`` from the
-    rows the modules keep, ``uniform``); unset settings take the defaults above."""
-    if name == "uniform":
-        return UniformRouter()
-    if name == "arrow":
-        return ArrowRouter(top_k=top_k or 3, temperature=temperature or 1.0)
-    if name == "learned":
-        d = LEARNED_DEFAULTS
-        first = (scope or d["scope"]) == "first"
-        layers = [first_routed_layer(encoder.model, library.layers)] if first else library.layers
-        gate = gate_from_rows(library, layers, stored_gate_rows(library, layers))
-        return LearnedRouter(gate, temperature=temperature or d["temperature"], top_k=top_k if top_k is not None else d["top_k"])
-    if name == "spectral":
-        d = SPECTRAL_DEFAULTS
-        settings: dict[str, Any] = {
-            "level": level, "scope": scope or d["scope"], "temperature": temperature or d["temperature"],
-            "top_k": top_k if top_k is not None else d["top_k"],
-        }  # fmt: skip
-        if calibration == "stats":
-            return SpectralRouter("energy", "stats", stats=stored_statistics(library), **settings)
-        if calibration == "stream":
-            assert stream is not None
-            return SpectralRouter("energy", "stats", stats=stream_statistics(encoder.model, library, stream()), **settings)
-        return SpectralRouter("energy", "chance", **settings)
-    raise InvalidInputError(f"unknown router '{name}' (choose from {', '.join(ROUTERS)})")
+    """The router registered as ``name`` (:mod:`eigenmix.compose.routers.registry`) on
+    ``encoder``'s model; a setting left None takes the router's registered default, and one
+    the router does not have is ignored (``route`` passes every option to every router).
+    ``stream``: the batches of the rows about to be routed (``spectral`` with calibration
+    ``stream``)."""
+    entry = get_router(name)
+    given = {"calibration": calibration, "temperature": temperature, "top_k": top_k, "level": level, "scope": scope}
+    settings = {k: v for k, v in given.items() if v is not None and k in entry.params.model_fields}
+    return entry.build(library, encoder.model, settings, stream=stream)
 
 
 @torch.no_grad()

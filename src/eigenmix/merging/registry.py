@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from eigenmix.errors import InvalidInputError
+from eigenmix.errors import InvalidInputError, did_you_mean
 from eigenmix.merging.calibration import Kind as CalibrationKind
 from eigenmix.merging.calibration import LayerGrams
 
@@ -128,14 +128,6 @@ class MergeMethod:
                     problems.append(f"method '{self.name}', parameter '{where}': {e['msg']}")
             known = ", ".join(self.params.model_fields)
             raise InvalidInputError("; ".join(problems) + f" (its parameters: {known})") from None
-
-
-def did_you_mean(word: str, choices: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _REGISTRY: dict[str, MergeMethod] = {}

@@ -33,7 +33,16 @@ from eigenmix.bench.compose.settings import ComposeSettings
 from eigenmix.bench.suites import get_suite
 from eigenmix.compose import Library, Router
 from eigenmix.compose.calibrate import calibrate, stream_statistics
-from eigenmix.compose.routers import ArrowRouter, GivenRouter, LearnedRouter, SpectralRouter, UniformRouter, fit_gate, gate_features
+from eigenmix.compose.routers import (
+    ArrowRouter,
+    GivenRouter,
+    LearnedRouter,
+    SpectralRouter,
+    UniformRouter,
+    fit_gate,
+    gate_features,
+    get_router,
+)
 from eigenmix.harness.evaluator import Evaluator, Head, Split, head_accuracies
 from eigenmix.harness.splits import CarvedTask
 
@@ -98,7 +107,7 @@ def run_routing(
 
     entries: dict[str, tuple[Make, dict[str, tuple], dict]] = {
         "uniform": (lambda: UniformRouter(), {}, {}),
-        "arrow": (lambda: ArrowRouter(top_k=3, temperature=1.0), {}, {"top_k": 3, "temperature": 1.0}),
+        "arrow": (lambda: ArrowRouter(), {}, get_router("arrow").defaults()),  # PEFT's defaults
         "spectral": (lambda **p: SpectralRouter(calibration="chance", **p), spectral_grid, {"rows_per_module": 0}),
         "spectral+stats(n=16)": (
             lambda **p: SpectralRouter(calibration="stats", stats=own, **p), spectral_grid,

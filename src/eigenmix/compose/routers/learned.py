@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from eigenmix.compose.calibrate import stored_gate_rows
 from eigenmix.compose.hooks import first_routed_layer, on_input
 from eigenmix.compose.library import LayerView, Library
+from eigenmix.compose.routers.registry import RouterParams, Stream, register
 from eigenmix.compose.routing import Batch, Scope, mix, pooled
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import row_mask
@@ -142,3 +145,31 @@ def gate_from_rows(library: Library, layers: Sequence[str], rows: Mapping[str, M
         features.append(torch.cat(parts, dim=-1))
         labels.append(torch.full((parts[0].shape[0],), k, dtype=torch.long))
     return fit_gate(torch.cat(features), torch.cat(labels), len(library), layers=list(layers) if len(layers) > 1 else None, **fit)
+
+
+class LearnedParams(RouterParams):
+    """The learned router's settings in ``eigenmix route`` (the composition benchmark's choice:
+    a gate of every layer, a dense softmax at temperature 3); the class's own defaults are
+    a gate's plain top-1."""
+
+    scope: Scope = Field(
+        "all", description="first: a gate of the first routed layer, deciding there; all (and layer): of every routed layer (two passes)"
+    )
+    temperature: float = Field(3.0, gt=0, description="softmax temperature of the gate's logits")
+    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (None: all)")
+
+
+@register(
+    "learned",
+    router=LearnedRouter,
+    params=LearnedParams,
+    description="a logistic-regression gate on the input's projections on the modules' row spaces, fitted on the rows they keep",
+    paper="eigenmix (this library): a small learned gate in the spirit of LoRA-Flow and PHATGOOSE; in eigenmix.compose.routers.learned",
+    url=None,
+)
+def build_learned(library: Library, model: nn.Module, p: LearnedParams, stream: Stream | None) -> LearnedRouter:
+    """The gate fitted on the pooled rows each module keeps (``eigenmix library add --rows``)
+    at the first routed layer (``scope: first``) or at every layer."""
+    layers = [first_routed_layer(model, library.layers)] if p.scope == "first" else library.layers
+    gate = gate_from_rows(library, layers, stored_gate_rows(library, layers))
+    return LearnedRouter(gate, temperature=p.temperature, top_k=p.top_k)

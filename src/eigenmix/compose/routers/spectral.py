@@ -1,12 +1,7 @@
 """eigenmix's parameter-free router: how strongly each module reads the input.
 
-Module k's response to ``x`` lives in its row space: ``V_kᵀ x`` (design note 5). Two scores:
-
-- ``energy``: ``‖V_kᵀ x‖ / ‖x‖``, the share of ``x`` in the module's row space (in [0, 1]);
-- ``response``: ``‖diag(σ_k) V_kᵀ x‖ / (‖σ_k‖ ‖x‖)``, the norm of the module's update on ``x``
-  per unit of its own spectrum.
-
-Per sequence, a module's score is its per-token score averaged over the real tokens.
+Module k's response to ``x`` lives in its row space: ``V_kᵀ x`` (design note 5); the scores,
+``energy`` and ``response``, are in :mod:`eigenmix.compose.scores`.
 
 Raw scores are not comparable across modules (a module of higher rank, or one whose row
 space holds common directions, wins every input), so they are calibrated:
@@ -22,6 +17,13 @@ Coefficients are a softmax of the scores at ``temperature`` over the ``top_k`` h
 sequence (its tokens' scores averaged) or per token: in every layer (``scope: layer``), once from
 the scores averaged over every layer (``all``: a first, scoring pass on the base model), or
 once at the first routed layer (``first``).
+
+Registered as ``spectral`` (:mod:`eigenmix.compose.routers.registry`) with the settings the
+composition benchmark chose on validation rows (``benchmarks/results/compose/results.json``,
+"chosen"): one decision per sequence from every layer's scores (two passes), a dense softmax
+at temperature 0.2. There, ``calibration: stream`` takes the statistics of the whole stream
+being routed once (:func:`eigenmix.compose.calibrate.stream_statistics`), as ``stats`` takes
+those the modules keep.
 """
 
 from __future__ import annotations
@@ -30,58 +32,51 @@ import math
 from typing import Literal
 
 import torch
-from torch import Tensor
+from pydantic import Field
+from torch import Tensor, nn
 
-from eigenmix.compose.library import LayerView
+from eigenmix.compose.calibrate import stored_statistics, stream_statistics
+from eigenmix.compose.library import LayerView, Library
+from eigenmix.compose.routers.registry import RouterParams, Stream, register
 from eigenmix.compose.routing import Batch, Scope, layer_average, mix
+from eigenmix.compose.scores import Score, module_energy, sequence_scores
 from eigenmix.errors import InvalidInputError
 
-Score = Literal["energy", "response"]
 Calibration = Literal["none", "chance", "stats", "stream"]
 Level = Literal["sequence", "token"]
 
 
-def module_energy(x: Tensor, view: LayerView, score: Score = "energy") -> Tensor:
-    """Raw scores ``(…, K_l)`` of ``x`` ``(…, n)`` (one product with the stacked ``V``)."""
-    norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    _, S, V, ranks = view.stacked
-    z = x @ V.to(x.dtype)  # (…, Σr)
-    if score == "response":
-        z = z * S.to(x.dtype)
-    parts = torch.split(z.square(), list(ranks), dim=-1)
-    energy = torch.stack([p.sum(-1) for p in parts], dim=-1).sqrt()  # (…, K_l)
-    if score == "energy":
-        return energy / norm
-    spectra = torch.stack([s.norm() for s in view.S]).clamp(min=1e-12).to(x.dtype)
-    return energy / spectra / norm
+class SpectralParams(RouterParams):
+    """The spectral router's settings (its defaults: the composition benchmark's choice)."""
+
+    calibration: Literal["chance", "stats", "stream"] = Field(
+        "chance", description="chance (the adapters alone), stats (the statistics the modules keep), stream (the routed rows')"
+    )
+    temperature: float = Field(0.2, gt=0, description="softmax temperature")
+    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (None: all)")
+    level: Level = Field("sequence", description="route each sequence (its tokens' scores averaged) or each token")
+    scope: Scope = Field(
+        "all", description="all: one decision from every layer's scores (two passes); layer: in every layer; first: at the first layer"
+    )
 
 
-def sequence_scores(x: Tensor, view: LayerView, mask: Tensor | None, score: Score = "energy") -> Tensor:
-    """Per sequence ``(rows, 1, K_l)``: each module's score averaged over the real tokens of
-    ``x`` ``(rows, tokens, n)`` (not the score of the averaged token, which mixes the tokens
-    before the module reads them and tells the tasks apart less well)."""
-    s = module_energy(x, view, score)  # (rows, tokens, K_l)
-    if mask is None:
-        return s.mean(1, keepdim=True)
-    m = mask.to(s.dtype).unsqueeze(-1)
-    return (s * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1.0)
+_D = SpectralParams()  # the constructor's defaults are the registered ones
 
 
 class SpectralRouter:
-    """The parameter-free spectral router (see the module docstring for each setting). The
-    defaults (one decision from every layer's scores, temperature 0.2, dense) are what the
-    composition benchmark chose on validation rows for every calibration."""
+    """The parameter-free spectral router (see the module docstring for each setting); the
+    defaults are the registered ones (:class:`SpectralParams`)."""
 
     name = "spectral"
 
     def __init__(
         self,
         score: Score = "energy",
-        calibration: Calibration = "chance",
-        level: Level = "sequence",
-        scope: Scope = "all",
-        temperature: float = 0.2,
-        top_k: int | None = None,
+        calibration: Calibration = _D.calibration,
+        level: Level = _D.level,
+        scope: Scope = _D.scope,
+        temperature: float = _D.temperature,
+        top_k: int | None = _D.top_k,
         stats: dict[str, tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         if calibration == "stats" and not stats:
@@ -118,3 +113,24 @@ class SpectralRouter:
     def decide(self, scores: dict[str, Tensor], views: dict[str, LayerView], k: int) -> Tensor:
         """Coefficients from the scores averaged over every layer (``scope = "all"``)."""
         return mix(layer_average(scores, views, k), self.temperature, self.top_k)
+
+
+@register(
+    "spectral",
+    router=SpectralRouter,
+    params=SpectralParams,
+    description="how much of the input lies in each module's row space (‖V_kᵀ x‖ / ‖x‖), calibrated; a softmax of the scores",
+    paper="eigenmix (this library): spectral energy routing, design note 5; rule in eigenmix.compose.routers.spectral",
+    url=None,
+)
+def build_spectral(library: Library, model: nn.Module, p: SpectralParams, stream: Stream | None) -> SpectralRouter:
+    """The energy score with ``p``'s calibration: ``stats`` from the statistics the modules
+    keep, ``stream`` from the rows about to be routed (both standardise as ``stats``)."""
+    stats = None
+    if p.calibration == "stats":
+        stats = stored_statistics(library)
+    elif p.calibration == "stream":
+        if stream is None:
+            raise InvalidInputError("calibration 'stream' needs the rows being routed")
+        stats = stream_statistics(model, library, stream())
+    return SpectralRouter("energy", "chance" if stats is None else "stats", p.level, p.scope, p.temperature, p.top_k, stats)

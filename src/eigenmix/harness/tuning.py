@@ -24,10 +24,10 @@ from eigenmix.data.images import ImageExample
 from eigenmix.harness.calibration import calibration_source
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
-from eigenmix.merging import get_method
 from eigenmix.modules import Module
 from eigenmix.tune.fit import TaskData, TuneResult, TuneSettings, fit_coefficients, search_module_weights
-from eigenmix.tune.live import CALIBRATED, Init, build
+from eigenmix.tune.live import Init, build
+from eigenmix.tune.starts import get_start
 
 Row = TypeVar("Row", Example, ImageExample)
 
@@ -99,9 +99,8 @@ def tune_tasks(
     ev.apply(None)
     shape = {"init": spec.init, "scale": spec.scale, "flatten": spec.flatten, "granularity": spec.granularity, "level": spec.level}
     source = None
-    if spec.init in CALIBRATED:  # the start's statistics from the same unlabeled rows
-        kind = get_method(spec.init).calibration
-        assert kind is not None
+    kind = get_start(spec.init).calibration
+    if kind is not None:  # the start's statistics from the same unlabeled rows
         source = calibration_source(kind, ev.encoder, modules, [ev.batches(x, 16) for x in texts])
     comp = build(ev.encoder, modules, calibration=source, **shape)  # type: ignore[arg-type]
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eigenmix.compose.hooks import on_output
+from eigenmix.compose.hooks import StopPass, on_output, stop_after
 from eigenmix.compose.sites import site_at
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import row_mask
@@ -46,10 +46,6 @@ from eigenmix.modules import Module, factor_pair, matrix_view, tensor_kind
 from eigenmix.spectral import default_rtol, orthonormal_range
 
 Batches = Iterable[Mapping[str, Tensor]]
-
-
-class _Stop(Exception):
-    """Raised by a hook after the last block a pass needs."""
 
 
 class _Recorder:
@@ -113,10 +109,10 @@ def _run(
     shapes: Mapping[str, tuple[int, int]],
     recorder: _Recorder,
     batches: Batches,
-    stop_after: str | None = None,
+    last: str | None = None,
 ) -> None:
     """Forward passes over ``batches`` with ``x R Lᵀ`` added at the layers of ``apply`` and
-    the inputs of ``record`` recorded; each pass stops after the module ``stop_after``."""
+    the inputs of ``record`` recorded; each pass stops after the module ``last``."""
     recorded = set(record)
     handles = []
 
@@ -133,21 +129,18 @@ def _run(
 
         return change
 
-    def stop(*_: Any) -> None:
-        raise _Stop
-
     try:
         for layer in set(apply) | recorded:
             handles.append(on_output(model, layer, shapes[layer], hook(layer)))
-        if stop_after is not None:
-            handles.append(model.get_submodule(stop_after).register_forward_hook(stop))
+        if last is not None:
+            handles.append(stop_after(model, last))
         with torch.no_grad():
             for batch in batches:
                 if not isinstance(batch, Mapping) or not all(isinstance(v, Tensor) for v in batch.values()):
                     got = type(batch).__name__
                     raise InvalidInputError(f"a calibration batch must be a dict of tensors (the model's keyword inputs); got {got}")
                 recorder.batch(row_mask(batch))
-                with contextlib.suppress(_Stop):
+                with contextlib.suppress(StopPass):
                     try:
                         model(**batch)
                     except (RuntimeError, ValueError, TypeError, IndexError) as err:

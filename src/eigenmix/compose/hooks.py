@@ -4,11 +4,16 @@ forward hook that changes its output (:func:`on_output`), most often by adding `
 (:func:`add_to_output`: ``y = W0 x + b + update(x)``), or that reads its input
 (:func:`on_input`). The hooked functions see rows: the input ``(batch, tokens, n)``, the
 output ``(batch, tokens, m)`` (a conv's unfolded patches and per-position channels).
-The model is not modified; removing the hook gives it back unchanged."""
+The model is not modified; removing the hook gives it back unchanged.
+
+:func:`stop_after` ends a forward pass after any submodule (a block, not a site: it reads no
+rows), so a pass that needs only the first blocks computes no more. Every forward hook of
+the package is registered here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -43,6 +48,20 @@ def on_input(model: nn.Module, name: str, shape: tuple[int, ...], read: Callable
 def add_to_output(model: nn.Module, name: str, shape: tuple[int, ...], update: Callable[[Tensor], Tensor]) -> RemovableHandle:
     """Hook ``update(x)`` (rows ``(batch, tokens, n) → (batch, tokens, m)``) onto the site ``name``'s output."""
     return on_output(model, name, shape, lambda x, out: out + update(x))
+
+
+class StopPass(Exception):
+    """Raised by :func:`stop_after`'s hook to end a forward pass (its caller suppresses it)."""
+
+
+def stop_after(model: nn.Module, name: str) -> RemovableHandle:
+    """Hook onto the submodule ``name`` (any module) that raises :class:`StopPass` once it
+    has run: the modules after it are not computed."""
+
+    def hook(*_: Any) -> None:
+        raise StopPass
+
+    return model.get_submodule(name).register_forward_hook(hook)
 
 
 def first_routed_layer(model: nn.Module, layers: Collection[str]) -> str:

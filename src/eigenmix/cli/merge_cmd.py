@@ -81,8 +81,7 @@ def merge(
     with Progress(*columns, console=console) as bar:
         job = bar.add_task("merge", total=len(layers), layer="")
         result = run_merge(
-            cfg, dest, modules=modules, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer),
-            calibration=calibration.source if calibration is not None else None, report=report,
+            cfg, dest, modules=modules, plan=plan, on_layer=lambda r: bar.update(job, advance=1, layer=r.layer), report=report,
         )  # fmt: skip
     console.print(result_table(result, out))
     short = [o for o in result.outputs if cfg.output.rank is not None and o.exact_rank < cfg.output.rank]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from eigenmix.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 from eigenmix.io.safetensors_io import all_finite
+from eigenmix.merging.continual import MergeState, fold_all, outputs
 from eigenmix.merging.elementwise import weighted
 from eigenmix.merging.plan import Executor, MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext
@@ -110,7 +111,7 @@ def context(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None)
 
 def merge_layer(plan: MergePlan, item: LayerInput, thresholds: Tensor | None = None) -> AnyDelta:
     """Merge one layer's deltas as ``plan`` says; a result that is not finite is an error."""
-    if plan.method.continual is not None and plan.method.continual.sequential:
+    if plan.method.sequential:
         raise InvalidInputError(f"'{plan.method.name}' is sequential: it merges whole modules in order (merge, iter_merge), not one layer")
     dtype, p = work_dtype(item.deltas), plan.params
     rule = plan.method.vector_rule(p)
@@ -175,11 +176,12 @@ def run_plan(modules: Sequence[Module], plan: MergePlan, executor: Executor | No
     """Merge ``modules`` as ``plan`` says, yielding ``(layer, delta, LayerResult)`` per layer
     (the modules must fit together: :func:`check_compatible`); ``executor`` runs the layers
     elsewhere (Ray tasks), with the same results, in the same order."""
-    sequential = plan.method.continual is not None and plan.method.continual.sequential
-    if sequential and executor is not None:
+    if plan.method.sequential and executor is not None:
         raise InvalidInputError(f"'{plan.method.name}' folds whole modules in order; it runs on the local executor")
-    if sequential:
-        yield from _run_sequential(modules, plan)
+    folding = time.perf_counter()
+    state = sequential_state(modules, plan)
+    if state is not None:
+        yield from state_layers(state, modules_work_dtype(modules), time.perf_counter() - folding)
         return
     thresholds = None
     if plan.method.trims_globally(plan.params):
@@ -202,20 +204,15 @@ def run_plan(modules: Sequence[Module], plan: MergePlan, executor: Executor | No
         yield item.layer, delta, LayerResult(item.layer, tuple(delta.shape), rank, time.perf_counter() - start)
 
 
-def _run_sequential(modules: Sequence[Module], plan: MergePlan) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
-    """A sequential method (OPCM): the modules folded in, in order; then the layers."""
-    from eigenmix.merging.continual import fold_all
-
-    start = time.perf_counter()
-    state = fold_all(modules, plan.method.name, plan.params, plan.weights)
-    yield from state_layers(state, modules_work_dtype(modules), time.perf_counter() - start)
+def sequential_state(modules: Sequence[Module], plan: MergePlan) -> MergeState | None:
+    """The merge of a sequential method (OPCM): ``modules`` folded in, in order, from an empty
+    state (the one place that does it); None for a method that merges layer by layer."""
+    return fold_all(modules, plan.method.name, plan.params, plan.weights) if plan.method.sequential else None
 
 
-def state_layers(state: Any, dtype: torch.dtype, seconds: float = 0.0) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
+def state_layers(state: MergeState, dtype: torch.dtype, seconds: float = 0.0) -> Iterator[tuple[str, AnyDelta, LayerResult]]:
     """The layers a continual merge state writes (:func:`eigenmix.merging.continual.outputs`),
     in ``dtype`` and checked to be finite."""
-    from eigenmix.merging.continual import outputs
-
     per_layer = seconds / max(len(state.layers), 1)
     for layer, delta in outputs(state):
         out: AnyDelta

@@ -104,6 +104,12 @@ class MergeMethod:
     calibration: CalibrationKind | None = None
     linear_map: bool = False
 
+    @property
+    def sequential(self) -> bool:
+        """Whether its all-at-once merge folds whole modules in, in order (OPCM), so it has
+        no merge of one layer (:func:`eigenmix.merging.engine.sequential_state`)."""
+        return self.continual is not None and bool(self.continual.sequential)
+
     def vector_rule(self, params: MergeParams) -> VectorRule:
         return self.vectors(params) if callable(self.vectors) else self.vectors
 

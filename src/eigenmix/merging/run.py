@@ -21,9 +21,10 @@ from eigenmix.io.merged_output import LayerOutput, stream_merged_adapter, write_
 from eigenmix.io.peft_lora import adapter_digest
 from eigenmix.io.task_vector import shared_base
 from eigenmix.merging.config import MergeConfig
-from eigenmix.merging.continual import MergeState, fold, fold_all, from_merged, load_state, save_state
-from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, state_layers
+from eigenmix.merging.continual import MergeState, fold, from_merged, load_state, save_state
+from eigenmix.merging.engine import LayerResult, check_compatible, merged_extras, run_plan, sequential_state, state_layers
 from eigenmix.merging.executor import RayExecutor
+from eigenmix.merging.plan import MergePlan
 from eigenmix.modules import AnyDelta, Module, modules_work_dtype
 from eigenmix.spectral import SVD, default_threads, torch_threads
 
@@ -80,19 +81,27 @@ def run_merge(
     dest: Destination,
     *,
     modules: list[Module] | None = None,
+    plan: MergePlan | None = None,
     on_layer: Callable[[LayerResult], None] | None = None,
-    calibration: object = None,
     report: dict | None = None,
 ) -> MergeRun:
-    """Merge as ``config`` says and write the result to ``dest`` atomically (``calibration``:
-    the statistics of a calibrated method, :func:`eigenmix.harness.calibration.config_calibration`;
-    ``report``: more entries for ``merge_report.json``), with ``config.threads`` torch threads
-    (default: the cores not already busy; small dense algebra always runs on one)."""
+    """Merge as ``config`` says and write the result to ``dest`` atomically, with
+    ``config.threads`` torch threads (default: the cores not already busy; small dense
+    algebra always runs on one).
+
+    Args:
+        modules: the modules :func:`load_modules` read (default: read here).
+        plan: the config's plan as the caller built it, once (``config.plan(source)`` with
+            the statistics of a calibrated method,
+            :func:`eigenmix.harness.calibration.config_calibration`; default ``config.plan()``).
+        on_layer: called after each layer.
+        report: more entries for ``merge_report.json``.
+    """
     threads = config.threads or default_threads()
     with torch_threads(threads):
         start = time.perf_counter()
         modules = modules if modules is not None else load_modules(config)
-        plan = config.plan(calibration)
+        plan = plan if plan is not None else config.plan()
         extras = merged_extras(modules, config.extras)
         heads = side_heads(config)
         results: list[LayerResult] = []
@@ -103,9 +112,7 @@ def run_merge(
                 on_layer(result)
 
         continual = plan.method.continual
-        state = continued_state(config, modules) if config.continue_from is not None else None
-        if state is None and continual is not None and continual.sequential:
-            state = fold_all(modules, plan.method.name, plan.params, plan.weights)
+        state = continued_state(config, modules) if config.continue_from is not None else sequential_state(modules, plan)
         dtype = modules_work_dtype(modules)
         executor = None
         if config.executor.kind == "ray":

@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)  # the merge benchmark's --quick run (3 tasks, ~2-3 min), prints the table
 	$(VENV)/bin/eigenmix bench merge --quick --force --out runs/bench-quick
 
-test: $(STAMP) browser datasets
-	$(PY) -m pytest
+test: $(STAMP) browser datasets  # one pytest worker per core (tests/conftest.py shares the cores out)
+	$(PY) -m pytest -n auto --dist loadfile
 
 browser:  # headless Chromium for the report's browser test (Debian's package; the test says so when it is missing)
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -25,12 +25,13 @@ browser:  # headless Chromium for the report's browser test (Debian's package; t
 	  echo "could not install chromium (apt-get): the browser test will fail and say so"
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+IMAGENET_NAMES := /usr/share/darknet/data/imagenet.labels.list
 
-datasets:  # Fashion-MNIST for the image readers' tests (Debian's package; the reader says so when it is missing)
-	@test -f $(FASHION_MNIST) || \
+datasets:  # Fashion-MNIST and ImageNet's class names (Debian's packages; the readers say so when they are missing)
+	@test -f $(FASHION_MNIST) -a -f $(IMAGENET_NAMES) || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
-	  echo "could not install dataset-fashion-mnist (apt-get): the Fashion-MNIST tests will fail and say so"
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist darknet >/dev/null; } || \
+	  echo "could not install dataset-fashion-mnist / darknet (apt-get): the Fashion-MNIST and bridge tests will fail and say so"
 
 lint: $(STAMP)  # style, types, and the import layering of ARCHITECTURE.md
 	$(VENV)/bin/ruff check src tests benchmarks scripts
@@ -48,3 +49,8 @@ bench-tasks: $(STAMP)  # the full 8-task merge benchmark (~30 min with training,
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+.PHONY: docs
+MKDOCS ?= serve
+docs: $(STAMP)  # the documentation site: serves it at http://127.0.0.1:8000 (`make docs MKDOCS=build`: builds it, --strict, into site/)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs $(MKDOCS)

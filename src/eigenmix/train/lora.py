@@ -7,41 +7,27 @@ encoder layers only, so adapters of different tasks merge cleanly); the head bes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
+from pydantic import Field
 
 from eigenmix.data import Task
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.io.heads import HEAD_META
 from eigenmix.seeds import derived_seed
-from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder, predict
+from eigenmix.train.encoder import EncoderClassifier, load_encoder, predict
 from eigenmix.train.loop import fit
+from eigenmix.train.recipe import TrainRecipe
+from eigenmix.train.save import pin_base_model_id, save_head
 
-# Every attention and MLP linear of a BERT encoder layer (the pooler is not used).
-BERT_LINEARS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 
-
-class LoraRecipe(BaseModel):
-    """One training recipe, used for every task."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class LoraRecipe(TrainRecipe):
+    """One LoRA training recipe (PEFT), used for every task."""
 
     r: int = Field(8, ge=1, description="LoRA rank")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / r)")
-    target_modules: str = Field(BERT_LINEARS, description="regex of the encoder linears that get LoRA")
-    steps: int = Field(30, ge=1, description="optimizer steps")
-    batch_size: int = Field(16, ge=1, description="rows per step")
-    max_length: int = Field(64, ge=8, description="tokens per row (dynamic padding)")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the LoRA factors")
-    head_lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the head")
-    dropout: bool = Field(False, description="the base model's dropout while training (off: ~30% faster steps on CPU)")
-    warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up; then linear decay to 0 (0: constant)")
-    seed: int = Field(0, description="seed of initialisation and batch order (combined with the task name)")
 
 
 def train_adapter(
@@ -73,25 +59,9 @@ def train_adapter(
     seconds, loss_value = fit(model, lambda _, enc: model(**enc), [task], tokenizer, groups, recipe, seed=recipe.seed, on_step=on_step)
     with atomic_dir(out, overwrite=overwrite, marker=HEAD_META) as tmp:
         peft_encoder.save_pretrained(str(tmp))
-        _pin_base_model_id(tmp / "adapter_config.json")
-        save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / "head.safetensors"))
-        meta = {
-            "task": task.name,
-            "label_names": list(task.label_names),
-            "recipe": recipe.model_dump(),
-            "train_rows": len(task.train),
-            "train_seconds": round(seconds, 3),
-            "final_loss": loss_value,
-        }
-        (tmp / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
+        pin_base_model_id(tmp / "adapter_config.json")
+        save_head(tmp, model.head, task, recipe.model_dump(), seconds, loss_value)
     return {"train_seconds": seconds, "final_loss": loss_value}
-
-
-def _pin_base_model_id(config_path: Path) -> None:
-    """Record the hub id, not this machine's site-packages path, as the base model."""
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = MINILM_ID
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate_adapter(adapter: Path | str, task: Task, *, limit: int | None = None, max_length: int = 64) -> float:

@@ -1,0 +1,50 @@
+"""``svf``: Singular Value Fine-tuning, one trained scale per singular value of the base
+weight (Transformer², Sun et al., 2025): ``W' = U diag(S ⊙ z) Vᵀ``, ``z = 1`` at the start.
+
+The update is ``U diag(S ⊙ (z − 1)) Vᵀ``: saved as a LoRA with ``B = U`` and
+``A = diag(S ⊙ (z − 1)) Vᵀ``, of rank ``min(m, n)`` (or the top ``r`` singular values when
+``r`` is given), with ``min(m, n)`` (or ``r``) trained numbers a layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from eigenmix.train.kinds.registry import KindLayer, KindParams, LayerContext, TrainKind, register
+
+
+class SvfParams(KindParams):
+    r: int | None = Field(None, ge=1, description="scale only the top r singular values (default: every one, min(m, n))")  # type: ignore[assignment]
+
+
+class SvfLayer(KindLayer):
+    U: Tensor
+    S: Tensor
+    Vh: Tensor
+
+    def __init__(self, W: Tensor, params: SvfParams, ctx: LayerContext) -> None:
+        super().__init__()
+        U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+        k = min(params.r or len(S), len(S))
+        self.register_buffer("U", U[:, :k].float())
+        self.register_buffer("S", S[:k].float())
+        self.register_buffer("Vh", Vh[:k].float())
+        self.z = nn.Parameter(torch.ones(k))
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.U, (self.S * (self.z - 1)).unsqueeze(1) * self.Vh
+
+
+KIND = register(
+    TrainKind(
+        "svf",
+        SvfLayer,  # type: ignore[arg-type]
+        SvfParams,
+        description="one trained scale per singular value of the base weight (z = 1 is the base model)",
+        paper="Transformer²: Self-adaptive LLMs (Sun, Cetin and Tang, ICLR 2025)",
+        url="https://arxiv.org/abs/2501.06252",
+        saved_rank="min(m, n), or r",
+    )
+)

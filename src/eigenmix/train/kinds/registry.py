@@ -102,8 +102,8 @@ def register(kind: TrainKind) -> TrainKind:
 
 
 def get_kind(name: str) -> TrainKind:
-    """The kind called ``name``, or one line naming the choices."""
-    _load()
+    """The kind called ``name``, or one line naming the choices (importing
+    :mod:`eigenmix.train.kinds` registers the built-in kinds)."""
     if name not in _KINDS:
         raise InvalidInputError(f"unknown training kind '{name}'{did_you_mean(name, _KINDS)} (choose from {', '.join(sorted(_KINDS))})")
     return _KINDS[name]
@@ -111,13 +111,4 @@ def get_kind(name: str) -> TrainKind:
 
 def all_kinds() -> list[TrainKind]:
     """Every registered kind, by name."""
-    _load()
     return [_KINDS[n] for n in sorted(_KINDS)]
-
-
-def _load() -> None:
-    import eigenmix.train.kinds.lora
-    import eigenmix.train.kinds.orthogonal
-    import eigenmix.train.kinds.pissa
-    import eigenmix.train.kinds.spectral_adapter
-    import eigenmix.train.kinds.svf  # noqa: F401

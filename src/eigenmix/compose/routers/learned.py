@@ -156,7 +156,7 @@ class LearnedParams(RouterParams):
         "all", description="first: a gate of the first routed layer, deciding there; all (and layer): of every routed layer (two passes)"
     )
     temperature: float = Field(3.0, gt=0, description="softmax temperature of the gate's logits")
-    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (None: all)")
+    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (unset: all)")
 
 
 @register(

@@ -50,10 +50,10 @@ class SpectralParams(RouterParams):
     """The spectral router's settings (its defaults: the composition benchmark's choice)."""
 
     calibration: Literal["chance", "stats", "stream"] = Field(
-        "chance", description="chance (the adapters alone), stats (the statistics the modules keep), stream (the routed rows')"
+        "chance", description="chance (the adapters alone), stats (the statistics the modules keep), stream (those of the rows routed)"
     )
     temperature: float = Field(0.2, gt=0, description="softmax temperature")
-    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (None: all)")
+    top_k: int | None = Field(None, ge=1, description="keep the k largest coefficients (unset: all)")
     level: Level = Field("sequence", description="route each sequence (its tokens' scores averaged) or each token")
     scope: Scope = Field(
         "all", description="all: one decision from every layer's scores (two passes); layer: in every layer; first: at the first layer"

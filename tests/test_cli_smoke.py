@@ -29,7 +29,7 @@ def ok(done: subprocess.CompletedProcess) -> str:
 
 COMMANDS = [
     [], ["inspect"], ["overlap"], ["methods"], ["merge"], ["tune"], ["bench"], ["bench", "merge"], ["bench", "compose"], ["demo"],
-    ["library"], ["library", "build"], ["library", "add"], ["library", "remove"], ["library", "list"], ["route"], ["explain"],
+    ["library"], ["library", "build"], ["library", "add"], ["library", "remove"], ["library", "list"], ["route"], ["explain"], ["train"],
 ]  # fmt: skip
 
 

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -117,10 +116,10 @@ def test_the_spectral_adapter_moves_the_top_singular_vectors():
 
 def _library(shapes, seed=0, r=3):
     g = torch.Generator().manual_seed(seed)
-    return [
-        Module(f"m{k}", {name: LowRankDelta(torch.randn(m, r, generator=g), torch.randn(r, n, generator=g)) for name, (m, n) in shapes.items()})
-        for k in range(2)
-    ]
+    def delta(m: int, n: int) -> LowRankDelta:
+        return LowRankDelta(torch.randn(m, r, generator=g), torch.randn(r, n, generator=g))
+
+    return [Module(f"m{k}", {name: delta(m, n) for name, (m, n) in shapes.items()}) for k in range(2)]
 
 
 def test_an_orthogonal_module_is_orthogonal_to_every_library_module_on_both_sides():
@@ -179,5 +178,5 @@ def test_the_hooked_model_is_the_base_with_the_dense_update_and_peft_loads_the_s
 def test_orthogonal_needs_a_library_and_targets_must_exist():
     with pytest.raises(InvalidInputError, match="needs a library"):
         attach(_net(), get_kind("orthogonal"), get_kind("orthogonal").parse_params({}), ["fc"], seed=0)
-    with pytest.raises(InvalidInputError, match="no nn.Linear or ungrouped nn.Conv2d layer of the model matches 'nothing'"):
+    with pytest.raises(InvalidInputError, match=r"no nn\.Linear or ungrouped nn\.Conv2d layer of the model matches 'nothing'"):
         target_layers(_net(), "nothing")

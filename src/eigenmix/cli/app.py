@@ -13,6 +13,7 @@ from eigenmix.cli.inspect_cmd import inspect, overlap
 from eigenmix.cli.library_cmd import app as library_app
 from eigenmix.cli.merge_cmd import merge, methods
 from eigenmix.cli.route_cmd import route
+from eigenmix.cli.train_cmd import train
 from eigenmix.cli.tune_cmd import tune
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.command()(demo)
 app.command()(merge)
 app.command()(methods)
 app.command()(tune)
+app.command()(train)
 app.command()(route)
 app.command()(explain)
 app.add_typer(library_app, name="library")

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from eigenmix.data import Task
-from eigenmix.io.atomic import atomic_dir
+from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.heads import HEAD_META
 from eigenmix.io.peft_lora import write_lora_files
 from eigenmix.modules import Module
@@ -38,14 +38,16 @@ class ModuleRecipe(TrainRecipe):
 def train_module(
     task: Task,
     recipe: ModuleRecipe,
-    out: Path | str,
+    out: Destination | Path | str,
     *,
     library: Sequence[Module] = (),
+    base_model: Path | str | None = None,
     overwrite: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Train a module of ``recipe.kind`` and a head on ``task.train`` (orthogonal to
     ``library``'s modules for the ``orthogonal`` kind); save both atomically to ``out``.
+    The encoder is ``base_model`` (a local folder), by default all-MiniLM-L6-v2.
 
     Returns:
         ``{"train_seconds": …, "final_loss": …, "trained_parameters": …}``.
@@ -54,14 +56,14 @@ def train_module(
     params = kind.parse_params(recipe.params)
     seed = derived_seed(recipe.seed, task.name)
     torch.manual_seed(seed)
-    encoder, tokenizer = load_encoder()
+    encoder, tokenizer = load_encoder(base_model)
     encoder.requires_grad_(False)
     bases = library_bases(library) if kind.needs_library else None
     trainable = attach(encoder, kind, params, target_layers(encoder, recipe.target_modules), seed=seed, library=bases)
     model = EncoderClassifier(encoder, encoder.config.hidden_size, task.num_labels)
     groups = [{"params": trainable.parameters(), "lr": recipe.lr}, {"params": list(model.head.parameters()), "lr": recipe.head_lr}]
     seconds, loss = fit(model, lambda _, enc: model(**enc), [task], tokenizer, groups, recipe, seed=recipe.seed, on_step=on_step)
-    module = trainable.module(task.name, base_model=MINILM_ID)
+    module = trainable.module(task.name, base_model=str(base_model) if base_model is not None else MINILM_ID)
     trainable.remove()
     count = sum(p.numel() for p in trainable.parameters())
     with atomic_dir(out, overwrite=overwrite, marker=HEAD_META) as tmp:

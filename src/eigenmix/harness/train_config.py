@@ -1,0 +1,85 @@
+"""The ``eigenmix train`` YAML config, validated by pydantic before any work starts.
+
+Example::
+
+    task: trec                  # a task folder under data_dir (default: the bundled tasks)
+    kind: orthogonal            # lora, pissa, svf, spectral_adapter or orthogonal
+    params: {r: 8, alpha: 16}   # the kind's parameters (eigenmix train --kinds lists them)
+    library:                    # orthogonal: the modules to stay orthogonal to (PEFT LoRA folders)
+      - adapters/sst2
+      - adapters/cola
+    recipe: {steps: 30, batch_size: 16, lr: 0.001}
+    seed: 0
+
+Relative paths are resolved against the config file's folder. The base model is the
+bundled all-MiniLM-L6-v2 (a local transformers encoder folder with ``base_model``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eigenmix.io.peft_config import CONFIG_NAME
+from eigenmix.io.yaml_config import read_yaml_config
+from eigenmix.train.kinds import get_kind
+from eigenmix.train.module import ModuleRecipe
+from eigenmix.train.recipe import TrainRecipe
+
+
+class TrainConfig(BaseModel):
+    """One module to train."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str = Field(description="the task: a folder under data_dir in the bundled JSONL format")
+    kind: str = Field("lora", description="the training kind (eigenmix.train.kinds)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters")
+    library: list[Path] = Field(default_factory=list, description="orthogonal: PEFT LoRA adapter folders to stay orthogonal to")
+    data_dir: Path | None = Field(None, description="a folder of tasks in the bundled JSONL format (default: bundled)")
+    base_model: Path | None = Field(None, description="a local transformers encoder folder (default: the bundled all-MiniLM-L6-v2)")
+    recipe: TrainRecipe = Field(default_factory=TrainRecipe, description="layers and schedule")
+
+    @field_validator("library")
+    @classmethod
+    def _adapters(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not (path / CONFIG_NAME).is_file():
+                raise ValueError(f"{path} is not a PEFT adapter folder (no {CONFIG_NAME})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        kind = get_kind(self.kind)
+        kind.parse_params(self.params)
+        if kind.needs_library and not self.library:
+            raise ValueError(f"kind '{self.kind}' trains against a library: give library: [adapter folders]")
+        if self.library and not kind.needs_library:
+            raise ValueError(f"library: only the kinds that train against one use it ('{self.kind}' does not)")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"data_dir: {self.data_dir} is not a folder")
+        return self
+
+    def module_recipe(self) -> ModuleRecipe:
+        return ModuleRecipe(**self.recipe.model_dump(), kind=self.kind, params=self.params)
+
+    def inputs(self) -> list[Path]:
+        """Every path the run reads."""
+        return [*self.library, *(p for p in (self.data_dir, self.base_model) if p is not None)]
+
+
+def _resolve_library(raw: dict[str, Any], root: Path) -> dict[str, Any]:
+    library = raw.get("library")
+    if isinstance(library, list):
+        raw = {**raw, "library": [str(root / Path(p).expanduser()) if isinstance(p, str) else p for p in library]}
+    return raw
+
+
+def load_train_config(path: Path | str) -> TrainConfig:
+    """Read and validate a train config; every problem is one :class:`InvalidInputError` line."""
+    return read_yaml_config(path, TrainConfig, ("data_dir", "base_model"), translate=_resolve_library)
+
+
+__all__ = ["TrainConfig", "load_train_config"]

@@ -1,0 +1,95 @@
+"""``eigenmix train`` through the installed script, each in a fresh process, on the real
+all-MiniLM-L6-v2: an svf module and a module orthogonal to a library, each then merged,
+put in a library, routed and explained like any adapter, and loaded in PEFT; bad configs
+are one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common import small_data
+from test_cli_smoke import eigenmix, ok
+
+
+def _config(path, body: str):
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(minilm_adapters, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    small_data(root / "data", names=("sst2",))
+    recipe = "recipe: {steps: 3, batch_size: 8, max_length: 32}\ndata_dir: data\n"
+    cola = minilm_adapters / "adapters" / "cola"
+    _config(root / "svf.yaml", f"task: sst2\nkind: svf\n{recipe}")
+    _config(root / "orth.yaml", f"task: sst2\nkind: orthogonal\nparams: {{r: 4}}\nlibrary: [{cola}]\n{recipe}")
+    out = ok(eigenmix("train", root / "svf.yaml", "--out", root / "svf"))
+    assert "13,824 trained parameters" in " ".join(out.split())  # 384 singular values × 36 linears
+    ok(eigenmix("train", root / "orth.yaml", "--out", root / "orth"))
+    return root
+
+
+def test_an_orthogonal_module_stays_orthogonal_to_its_library_once_saved(trained, minilm_adapters):
+    from eigenmix.io.peft_lora import read_lora_adapter
+
+    new, old = read_lora_adapter(trained / "orth"), read_lora_adapter(minilm_adapters / "adapters" / "cola")
+    assert set(new.layers) == set(old.layers) and len(new.layers) == 36
+    for name in new.layers:
+        a, b = old.layers[name].dense().double(), new.layers[name].dense().double()
+        scale = a.norm() * b.norm()
+        assert (a.T @ b).abs().max() < 1e-5 * scale and (a @ b.T).abs().max() < 1e-5 * scale
+    meta = json.loads((trained / "orth" / "head.json").read_text())
+    assert meta["task"] == "sst2" and meta["recipe"]["kind"] == "orthogonal" and meta["recipe"]["params"]["r"] == 4
+
+
+def test_trained_modules_merge_route_explain_and_load_in_peft(trained, minilm_adapters, tmp_path):
+    from peft import PeftModel
+
+    from eigenmix.io.peft_lora import read_lora_adapter
+    from eigenmix.train import load_encoder
+
+    cola = minilm_adapters / "adapters" / "cola"
+    modules = "".join(f"  - {{path: {trained / name}}}\n" for name in ("svf", "orth"))
+    (tmp_path / "merge.yaml").write_text(f"method: task_arithmetic\nmodules:\n{modules}")
+    ok(eigenmix("merge", tmp_path / "merge.yaml", "--out", tmp_path / "merged"))
+    ok(eigenmix("library", "build", trained / "orth", cola, "--out", tmp_path / "lib"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in [("a fine film", "sst2"), ("him the book gave", "cola")]))
+    ok(eigenmix("route", tmp_path / "lib", "--inputs", rows, "--out", tmp_path / "routed"))
+    ok(eigenmix("explain", tmp_path / "lib", "--inputs", rows, "--out", tmp_path / "ex"))  # (a rank-384 svf merge explains slowly)
+    assert json.loads((tmp_path / "ex" / "explain.json").read_text())["parts"] == ["orth", "cola"]
+    encoder, tokenizer = load_encoder()
+    enc = tokenizer(["a fine film"], return_tensors="pt")
+    with torch.no_grad():
+        base = encoder(**enc).last_hidden_state
+        peft = PeftModel.from_pretrained(encoder, str(trained / "svf")).eval()
+        tuned = peft(**enc).last_hidden_state
+    layer = "encoder.layer.0.attention.self.query"
+    assert read_lora_adapter(trained / "svf").layers[layer].rank == 384 and not torch.allclose(tuned, base, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("task: sst2\nkind: svd\n", "unknown training kind 'svd' (did you mean 'svf'?)"),
+        ("task: sst2\nkind: orthogonal\n", "kind 'orthogonal' trains against a library"),
+        ("task: sst2\nkind: lora\nparams: {rank: 4}\n", "kind 'lora', parameter 'rank'"),
+        ("task: nope\n", "no task 'nope'"),
+        ("task: sst2\nrecipe: {stpes: 3}\n", "did you mean 'steps'"),
+    ],
+)
+def test_bad_configs_are_one_line_and_write_nothing(body, message, tmp_path):
+    done = eigenmix("train", _config(tmp_path / "c.yaml", body), "--out", tmp_path / "o")
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dry_run_writes_nothing_and_kinds_are_listed(tmp_path):
+    out = ok(eigenmix("train", _config(tmp_path / "c.yaml", "task: trec\nkind: pissa\n"), "--out", tmp_path / "o", "--dry-run"))
+    assert "dry run" in out and "'pissa' module (r=8, alpha=None)" in " ".join(out.split()) and not (tmp_path / "o").exists()
+    listed = " ".join(ok(eigenmix("train", "--kinds")).split())
+    assert all(k in listed for k in ("lora", "pissa", "svf", "spectral_adapter", "orthogonal"))

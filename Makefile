@@ -34,7 +34,7 @@ datasets:  # Fashion-MNIST and ImageNet's class names (Debian's packages; the re
 	  echo "could not install dataset-fashion-mnist / darknet (apt-get): the Fashion-MNIST and bridge tests will fail and say so"
 
 lint: $(STAMP)  # style, types, and the import layering of ARCHITECTURE.md
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

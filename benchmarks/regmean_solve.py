@@ -51,7 +51,7 @@ def inputs(m: int, n: int, seed: int = 0):
 def one(kind: str, shape: str, alpha: float, out: Path) -> None:
     """One solve in this process; its result (and figures) to ``out``."""
     from eigenmix import merge
-    from eigenmix.merging.calibration import Grams
+    from eigenmix.merging.statistics import Grams
     from eigenmix.modules import LowRankDelta, Module
 
     torch.set_num_threads(2)

@@ -279,8 +279,8 @@ def test_scope_all_decides_from_every_layers_scores(adapters):
 def test_calibration_statistics_by_hand_and_without_side_effects(adapters):
     """calibrate: each module's own mean/std of its score on its own rows; stream_statistics:
     every module's over all rows; neither changes the model's outputs."""
-    from eigenmix.compose.calibrate import calibrate, stream_statistics
     from eigenmix.compose.hooks import on_input
+    from eigenmix.compose.router_stats import calibrate, stream_statistics
     from eigenmix.compose.routers import module_energy
 
     library = library_of(adapters)

@@ -13,7 +13,7 @@ from peft import LoraConfig
 
 from common import base_model, inputs, make_adapter
 from eigenmix.compose import Library
-from eigenmix.compose.calibrate import module_statistics, stored_statistics
+from eigenmix.compose.router_stats import module_statistics, stored_statistics
 from eigenmix.compose.routers import ArrowRouter, LearnedRouter, SpectralRouter, UniformRouter
 from eigenmix.compose.routers.registry import RouterParams, all_routers, get_router, register, router_names
 from eigenmix.errors import InvalidInputError

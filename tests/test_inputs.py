@@ -32,7 +32,7 @@ def real_tokens(batches) -> dict[int, list[int]]:
 
 def test_a_row_is_the_same_tokens_on_every_path(tokenizer):
     """Alone, in any batch, and through each harness path (which all go through TextInputs)."""
-    from eigenmix.harness.calibration import tokenized
+    from eigenmix.harness.calibration_rows import tokenized
 
     inputs = TextInputs(tokenizer, 64)
     alone = {i: real_tokens(inputs.batches([r], 1))[0] for i, r in enumerate(ROWS)}

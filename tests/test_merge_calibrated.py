@@ -17,9 +17,9 @@ import eigenmix
 from dense_reference import thin_svd
 from eigenmix.compose.grams import MergedGrams, OwnGrams, block_of, gram_statistics
 from eigenmix.errors import InvalidInputError
-from eigenmix.merging.calibration import Grams
 from eigenmix.merging.methods.spectral import spectral_coefficients
 from eigenmix.merging.methods.spectral_align import aligned_spectrum
+from eigenmix.merging.statistics import Grams
 from eigenmix.modules import DenseDelta, LowRankDelta, Module, layer_spectra
 
 FIXTURE = Path(__file__).parent / "fixtures" / "regmean_reference.json"

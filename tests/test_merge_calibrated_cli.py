@@ -14,7 +14,7 @@ import yaml
 import eigenmix
 from eigenmix.compose import gram_statistics
 from eigenmix.data.inputs import read_inputs
-from eigenmix.harness.calibration import tokenized
+from eigenmix.harness.calibration_rows import tokenized
 from eigenmix.inputs import TextInputs
 from eigenmix.io import read_lora_adapter
 from eigenmix.modules import Module

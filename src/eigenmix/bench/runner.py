@@ -159,7 +159,7 @@ def entries(method: str, settings: BenchSettings) -> list[tuple[str, int | None]
 def calibration(method: str, modules: list[Module], tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator, rows: int):
     """The statistics of a calibrated entry: ``rows`` unlabeled training rows per task, drawn
     as the tuned entries draw theirs (never validation or test rows; labels never read)."""
-    from eigenmix.harness.calibration import calibration_source
+    from eigenmix.harness.calibration_rows import calibration_source
     from eigenmix.harness.tuning import draw
 
     kind = get_method(method).calibration

@@ -55,7 +55,7 @@ def merge(
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"shard_size": out_shard_size})})
     dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=REPORT)  # before loading anything
     modules = load_modules(cfg)
-    from eigenmix.harness.calibration import config_calibration
+    from eigenmix.harness.calibration_rows import config_calibration
 
     calibration = config_calibration(cfg, modules)  # rows read, model loaded: every mistake before any work
     plan = cfg.plan(calibration.source if calibration is not None else None)

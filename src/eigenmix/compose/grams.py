@@ -11,7 +11,7 @@ orthonormal basis ``B`` of the modules' row spaces instead (``R × R``, R ≤ Σ
 full Gram's diagonal (``n``) for RegMean's shrinkage.
 
 - :func:`gram_statistics`: each task's rows through the base model with its own module
-  applied (RegMean's inputs) — fixed :class:`~eigenmix.merging.calibration.Grams`.
+  applied (RegMean's inputs) — fixed :class:`~eigenmix.merging.statistics.Grams`.
 - :class:`OwnGrams`: the same inputs, block by block (one block's Grams held at a time: what
   ``eigenmix merge`` uses, whatever the model's depth).
 - :class:`MergedGrams`: RegMean++'s inputs, block by block: each task's rows through the
@@ -41,7 +41,7 @@ from eigenmix.compose.hooks import StopPass, on_output, stop_after
 from eigenmix.compose.sites import site_at
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import row_mask
-from eigenmix.merging.calibration import Grams, Kind, LayerGrams
+from eigenmix.merging.statistics import Grams, Kind, LayerGrams
 from eigenmix.modules import Module, factor_pair, matrix_view, tensor_kind
 from eigenmix.spectral import default_rtol, orthonormal_range
 
@@ -198,7 +198,7 @@ def block_of(layer: str) -> str:
 
 class BlockGrams(ABC):
     """Statistics computed block by block as the merge proceeds (a
-    :class:`~eigenmix.merging.calibration.GramSource`): the Grams of a block are taken when
+    :class:`~eigenmix.merging.statistics.GramSource`): the Grams of a block are taken when
     its first layer is merged, from every task's rows, and only one block's are held — the
     memory of a calibrated merge is one block's Grams, whatever the depth of the model.
     Each pass stops after the block. Arguments as for :func:`gram_statistics`; the engine

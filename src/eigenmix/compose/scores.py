@@ -1,6 +1,6 @@
 """How strongly each module of a library reads an input: the spectral scores that the
 spectral router (:mod:`eigenmix.compose.routers.spectral`) routes by and that the
-calibration statistics (:mod:`eigenmix.compose.calibrate`) standardise.
+calibration statistics (:mod:`eigenmix.compose.router_stats`) standardise.
 
 Module k's response to ``x`` lives in its row space: ``V_kᵀ x`` (design note 5).
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from eigenmix.compose import Entry, Library, RoutedModel, Router
-from eigenmix.compose.calibrate import module_statistics
+from eigenmix.compose.router_stats import module_statistics
 from eigenmix.compose.routers.registry import Stream, get_router, router_names
 from eigenmix.data.images import ImageRow
 from eigenmix.errors import InvalidInputError

@@ -21,7 +21,7 @@ from torch import Tensor
 from eigenmix.compose import Composition, Granularity, Level
 from eigenmix.data import Example
 from eigenmix.data.images import ImageExample
-from eigenmix.harness.calibration import calibration_source
+from eigenmix.harness.calibration_rows import calibration_source
 from eigenmix.harness.evaluator import Evaluator, Head
 from eigenmix.harness.splits import CarvedTask
 from eigenmix.modules import Module

@@ -6,7 +6,6 @@ registered; ``@register(...)`` adds a method; ``run_merge`` runs a config file e
 """
 
 from eigenmix.merging import methods  # noqa: F401 - importing it registers the built-in methods
-from eigenmix.merging.calibration import Grams, GramSource, LayerGrams
 from eigenmix.merging.engine import (
     LayerInput,
     LayerResult,
@@ -20,6 +19,7 @@ from eigenmix.merging.engine import (
 )
 from eigenmix.merging.plan import MergePlan, make_plan
 from eigenmix.merging.registry import LayerContext, MergeMethod, MergeParams, all_methods, get_method, register
+from eigenmix.merging.statistics import Grams, GramSource, LayerGrams
 
 __all__ = [
     "GramSource",

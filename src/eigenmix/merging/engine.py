@@ -331,7 +331,7 @@ def merge(
         on_layer: called after each layer (progress bars, tables).
         calibration: the layer-input statistics of a calibrated method (``regmean``,
             ``regmean_pp``, ``lot``, ``spectral_ls``, ``spectral_align``): fixed
-            :class:`~eigenmix.merging.calibration.Grams` (your own tensors, or
+            :class:`~eigenmix.merging.statistics.Grams` (your own tensors, or
             :func:`eigenmix.compose.gram_statistics` of a model and rows), or
             :class:`eigenmix.compose.MergedGrams` for the methods that follow the merge.
         **params: the method's parameters (validated; unknown names are errors).

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.merging.calibration import GramSource, check_source
 from eigenmix.merging.registry import MergeMethod, MergeParams, get_method
+from eigenmix.merging.statistics import GramSource, check_source
 from eigenmix.modules import AnyDelta, Module
 
 Done = tuple[str, AnyDelta, float]  # layer, merged delta, seconds

@@ -28,8 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from eigenmix.errors import InvalidInputError, did_you_mean
-from eigenmix.merging.calibration import Kind as CalibrationKind
-from eigenmix.merging.calibration import LayerGrams
+from eigenmix.merging.statistics import Kind as CalibrationKind
+from eigenmix.merging.statistics import LayerGrams
 
 Kind = Literal["spectral", "elementwise"]
 VectorRule = Literal["sum", "mean", "weighted_mean", "method"]
@@ -87,7 +87,7 @@ class MergeMethod:
             with no SVD.
         calibration: the layer-input statistics the method needs (``"own"``: each task's
             inputs to its own model; ``"merged"``: to the merged model's earlier blocks),
-            or None (:mod:`eigenmix.merging.calibration`).
+            or None (:mod:`eigenmix.merging.statistics`).
     """
 
     name: str

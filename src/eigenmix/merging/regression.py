@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from eigenmix.merging.calibration import LayerGrams
+from eigenmix.merging.statistics import LayerGrams
 from eigenmix.spectral import SVD, LayerSpectra, default_rtol, numerical_rank
 
 Normalize = Literal["mean", "sum"]

@@ -93,7 +93,7 @@ def run_merge(
         modules: the modules :func:`load_modules` read (default: read here).
         plan: the config's plan as the caller built it, once (``config.plan(source)`` with
             the statistics of a calibrated method,
-            :func:`eigenmix.harness.calibration.config_calibration`; default ``config.plan()``).
+            :func:`eigenmix.harness.calibration_rows.config_calibration`; default ``config.plan()``).
         on_layer: called after each layer.
         report: more entries for ``merge_report.json``.
     """

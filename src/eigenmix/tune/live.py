@@ -13,7 +13,7 @@ from torch import nn
 
 from eigenmix.compose import Composition, Granularity, LayerFactors, Level
 from eigenmix.errors import InvalidInputError
-from eigenmix.merging.calibration import GramSource
+from eigenmix.merging.statistics import GramSource
 from eigenmix.modules import Module, SpectralDelta, layer_spectra
 from eigenmix.tune.starts import Init, LayerStart, get_start
 

@@ -25,11 +25,11 @@ from torch import Tensor
 from eigenmix.compose import LayerFactors, Level, layer_factors
 from eigenmix.errors import InvalidInputError, did_you_mean
 from eigenmix.merging import get_method
-from eigenmix.merging.calibration import Kind as CalibrationKind
-from eigenmix.merging.calibration import LayerGrams
 from eigenmix.merging.methods.spectral import spectral_coefficients
 from eigenmix.merging.methods.spectral_align import SpectralAlignParams, aligned_spectrum
 from eigenmix.merging.methods.spectral_ls import SpectralLsParams, ls_coefficients
+from eigenmix.merging.statistics import Kind as CalibrationKind
+from eigenmix.merging.statistics import LayerGrams
 from eigenmix.spectral import LayerSpectra
 
 Init = Literal["spectral", "task_arithmetic", "spectral_ls", "spectral_align"]  # the registered names (a test keeps them equal)

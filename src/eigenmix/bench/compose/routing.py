@@ -32,7 +32,7 @@ from eigenmix.bench.compose.passes import one_batch, own_task, routed_pass, rout
 from eigenmix.bench.compose.settings import ComposeSettings
 from eigenmix.bench.suites import get_suite
 from eigenmix.compose import Library, Router
-from eigenmix.compose.calibrate import calibrate, stream_statistics
+from eigenmix.compose.router_stats import calibrate, stream_statistics
 from eigenmix.compose.routers import (
     ArrowRouter,
     GivenRouter,

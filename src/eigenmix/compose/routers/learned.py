@@ -19,9 +19,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from eigenmix.compose.calibrate import stored_gate_rows
 from eigenmix.compose.hooks import first_routed_layer, on_input
 from eigenmix.compose.library import LayerView, Library
+from eigenmix.compose.router_stats import stored_gate_rows
 from eigenmix.compose.routers.registry import RouterParams, Stream, register
 from eigenmix.compose.routing import Batch, Scope, mix, pooled
 from eigenmix.errors import InvalidInputError

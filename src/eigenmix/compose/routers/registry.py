@@ -15,7 +15,7 @@ a one-line description, its paper and a factory. The factory builds the router f
   from them (the spectral router's ``calibration: stream``), or None.
 
 Everything else a factory needs it reads from the library through :mod:`eigenmix.compose`
-(the statistics and pooled rows the modules keep, :mod:`eigenmix.compose.calibrate`), so the
+(the statistics and pooled rows the modules keep, :mod:`eigenmix.compose.router_stats`), so the
 whole of building a router lives here, below ``harness/``; ``harness/library_run.make_router``
 only hands over the backbone's model and the rows' batches.
 

@@ -10,7 +10,7 @@ space holds common directions, wins every input), so they are calibrated:
 - ``chance``: divided by their value for an isotropic random input (``√(r_k / n)`` for the
   energy, ``1 / √n`` for the response): what the adapters alone tell;
 - ``stats``: standardised by the module's own mean and spread on a few unlabeled rows of its
-  own task (:func:`eigenmix.compose.calibrate.calibrate`, kept in the library beside it);
+  own task (:func:`eigenmix.compose.router_stats.calibrate`, kept in the library beside it);
 - ``stream``: standardised over the rows of the batch itself (no stored statistics).
 
 Coefficients are a softmax of the scores at ``temperature`` over the ``top_k`` highest, per
@@ -22,7 +22,7 @@ Registered as ``spectral`` (:mod:`eigenmix.compose.routers.registry`) with the s
 composition benchmark chose on validation rows (``benchmarks/results/compose/results.json``,
 "chosen"): one decision per sequence from every layer's scores (two passes), a dense softmax
 at temperature 0.2. There, ``calibration: stream`` takes the statistics of the whole stream
-being routed once (:func:`eigenmix.compose.calibrate.stream_statistics`), as ``stats`` takes
+being routed once (:func:`eigenmix.compose.router_stats.stream_statistics`), as ``stats`` takes
 those the modules keep.
 """
 
@@ -35,8 +35,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from eigenmix.compose.calibrate import stored_statistics, stream_statistics
 from eigenmix.compose.library import LayerView, Library
+from eigenmix.compose.router_stats import stored_statistics, stream_statistics
 from eigenmix.compose.routers.registry import RouterParams, Stream, register
 from eigenmix.compose.routing import Batch, Scope, layer_average, mix
 from eigenmix.compose.scores import Score, module_energy, sequence_scores
@@ -80,7 +80,7 @@ class SpectralRouter:
         stats: dict[str, tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         if calibration == "stats" and not stats:
-            raise InvalidInputError("calibration 'stats' needs each module's statistics (eigenmix.compose.calibrate)")
+            raise InvalidInputError("calibration 'stats' needs each module's statistics (eigenmix.compose.router_stats)")
         if temperature <= 0:
             raise InvalidInputError(f"temperature must be positive; got {temperature}")
         self.score, self.calibration, self.level, self.scope = score, calibration, level, scope

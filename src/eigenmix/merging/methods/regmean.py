@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from eigenmix.merging.calibration import LayerGrams
 from eigenmix.merging.registry import LayerContext, MergeParams, register
 from eigenmix.merging.regression import regression, regression_svd
+from eigenmix.merging.statistics import LayerGrams
 from eigenmix.spectral import SVD, LayerSpectra
 
 

@@ -42,10 +42,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from eigenmix.merging.calibration import LayerGrams
 from eigenmix.merging.methods.regmean import grams_of
 from eigenmix.merging.registry import LayerContext, MergeParams, register
 from eigenmix.merging.regression import lift_update, regression, root
+from eigenmix.merging.statistics import LayerGrams
 from eigenmix.spectral import SVD, LayerSpectra, numerical_rank
 
 

@@ -26,10 +26,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from eigenmix.merging.calibration import LayerGrams
 from eigenmix.merging.methods.regmean import grams_of
 from eigenmix.merging.methods.spectral import merged_core, spectral_coefficients
 from eigenmix.merging.registry import LayerContext, MergeParams, register
+from eigenmix.merging.statistics import LayerGrams
 from eigenmix.spectral import SVD, LayerSpectra
 
 

@@ -16,8 +16,8 @@ from eigenmix.data.images import read_image_inputs
 from eigenmix.data.inputs import read_inputs
 from eigenmix.errors import InvalidInputError
 from eigenmix.inputs import TextInputs, TextRow
-from eigenmix.merging.calibration import GramSource, Kind
 from eigenmix.merging.config import MergeConfig
+from eigenmix.merging.statistics import GramSource, Kind
 from eigenmix.modules import Module
 
 

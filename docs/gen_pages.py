@@ -5,7 +5,8 @@ What the code already knows is read from the code, never written twice:
 - ``reference/methods.md``: every merge method of ``eigenmix.merging.registry`` (name, paper,
   parameters with their types, defaults and descriptions, calibration, vector rule, ...);
 - ``reference/routers.md``: every router of ``eigenmix.compose.routers.registry``;
-- ``reference/config.md``: the YAML configs of ``merge``, ``tune`` and ``bridge fit``, from their
+- ``reference/kinds.md``: every training kind of ``eigenmix.train.kinds`` (``eigenmix train``);
+- ``reference/config.md``: the YAML configs of ``merge``, ``tune``, ``train`` and ``bridge fit``, from their
   pydantic models (the ``Field`` descriptions the CLI and the error messages use too);
 - ``reference/cli.md``: every command and option of the ``eigenmix`` script (its Typer app);
 - ``examples.md``: one entry per ``examples/*.py``, from the script's docstring.
@@ -34,8 +35,9 @@ EXAMPLES = REPO / "examples"
 
 
 def cell(text: object) -> str:
-    """One table cell: no line breaks, ``|`` escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: no line breaks, ``|`` escaped outside code spans (a table leaves those whole)."""
+    parts = " ".join(str(text).split()).split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
@@ -236,6 +238,28 @@ def routers_page() -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- the training kinds reference
+
+
+def kinds_page() -> str:
+    from eigenmix.train.kinds import all_kinds
+
+    kinds = all_kinds()
+    out = [
+        "# Training kinds\n",
+        "Generated at build time from `eigenmix.train.kinds` (the registry `eigenmix train --kinds` lists and a",
+        "train config's `kind:` is checked against). Every kind is saved as a PEFT LoRA adapter `(B, A)` of the",
+        "rank below. How to train one: [Train a module](../guide/train.md).\n",
+        table(["kind", "saved rank", "description"], [(f"[`{k.name}`](#{k.name})", k.saved_rank, k.description) for k in kinds]),
+    ]
+    for k in kinds:
+        paper = f"[{k.paper}]({k.url})" if k.url else (k.paper or "—")
+        facts = [("paper", paper), ("saved rank", k.saved_rank), ("needs a library", "yes (`library:`)" if k.needs_library else "no")]
+        out += [f"## `{k.name}` {{#{k.name}}}\n", f"{k.description}\n", table(["property", "value"], facts)]
+        out += ["**Parameters**\n", fields_table(k.params, {})]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------- the config reference
 
 
@@ -252,6 +276,7 @@ def config_section(title: str, intro: str, root: Any, anchors: dict[type, str]) 
 
 def config_page() -> str:
     from eigenmix.harness.bridge_run import BridgeConfig
+    from eigenmix.harness.train_config import TrainConfig
     from eigenmix.harness.tune_config import TuneConfig
     from eigenmix.merging.config import MergeConfig
     from eigenmix.merging.registry import MergeParams
@@ -269,6 +294,13 @@ def config_page() -> str:
             "Learned coefficients ([guide](../guide/tune.md)). Relative paths are resolved against the config file's folder.",
             TuneConfig,
             "tune",
+        ),
+        (
+            "`eigenmix train CONFIG`",
+            "One module trained on a text task ([guide](../guide/train.md)). `params:` holds the kind's own parameters: "
+            "[Training kinds](kinds.md). Relative paths are resolved against the config file's folder.",
+            TrainConfig,
+            "train",
         ),
         ("`eigenmix bridge fit CONFIG`", "A bridge between two encoders ([guide](../guide/bridge.md)).", BridgeConfig, "bridge"),
     ]
@@ -427,6 +459,7 @@ def pages() -> dict[str, str | bytes]:
     generated: dict[str, str | bytes] = {
         "reference/methods.md": methods_page(),
         "reference/routers.md": routers_page(),
+        "reference/kinds.md": kinds_page(),
         "reference/config.md": config_page(),
         "reference/cli.md": cli_page(),
         "architecture.md": imported_markdown(REPO / "ARCHITECTURE.md"),

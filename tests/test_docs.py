@@ -299,6 +299,7 @@ def template(minilm_adapters, tmp_path_factory, pages) -> Path:
 
 
 RUN_PAGES = [
+    "docs/guide/train.md",
     "docs/guide/merge.md",
     "docs/guide/calibrated-merge.md",
     "docs/guide/tune.md",
@@ -345,11 +346,14 @@ def site(tmp_path_factory) -> Path:
 def test_the_site_has_the_generated_reference(site):
     from eigenmix.compose.routers.registry import all_routers
     from eigenmix.merging import all_methods
+    from eigenmix.train.kinds import all_kinds
 
     methods = (site / "reference" / "methods" / "index.html").read_text(encoding="utf-8")
     assert all(f'id="{m.name}"' in methods for m in all_methods())
     routers = (site / "reference" / "routers" / "index.html").read_text(encoding="utf-8")
     assert all(f'id="{r.name}"' in routers for r in all_routers())
+    kinds = (site / "reference" / "kinds" / "index.html").read_text(encoding="utf-8")
+    assert all(f'id="{k.name}"' in kinds for k in all_kinds())
     assert (site / "results" / "multitask_merge" / "results.png").is_file()
     assert (site / "architecture" / "index.html").is_file()
 

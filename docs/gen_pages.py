@@ -426,18 +426,23 @@ def examples_page() -> str:
     out = [
         "# Examples\n",
         "Short, runnable scripts in the repository's `examples/` folder, each one job end to end.",
-        "`tests/test_examples.py` runs every one of them. Each page below is generated from the script's",
-        "docstring; the source link opens the file itself.\n",
+        "`tests/test_examples.py` runs every one of them. Each entry below is the script's own docstring;",
+        "the source link opens the file itself.\n",
     ]
     readme = EXAMPLES / "README.md"
     if readme.is_file():
         out.append("[The examples' README](examples/about.md) says what to run first.\n")
     for script in sorted(EXAMPLES.glob("*.py")):
         doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
-        summary, _, rest = doc.partition("\n\n")
-        out += [f"## `{script.name}`\n", " ".join(summary.split()) + "\n"]
-        if rest.strip():
-            out += ["<!-- not run: tests/test_examples.py runs every example -->", "```bash", rest.strip(), "```\n"]
+        out.append(f"## `{script.name}`\n")
+        for paragraph in doc.split("\n\n"):
+            lines = [line for line in paragraph.splitlines() if line.strip()]
+            if lines and all(line.startswith(" ") for line in lines):  # the docstring's indented usage lines
+                usage = "\n".join(line.strip() for line in lines)
+                out += ["<!-- not run: usage lines that name your own files; tests/test_examples.py runs every script on tiny inputs -->"]
+                out += ["```bash", usage, "```\n"]
+            elif lines:
+                out.append(" ".join(" ".join(lines).split()) + "\n")
         out.append(f"Source: [examples/{script.name}](examples/{script.name})\n")
     return "\n".join(out)
 

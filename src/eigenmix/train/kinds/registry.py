@@ -55,6 +55,16 @@ class KindLayer(nn.Module):
     def factors(self) -> tuple[Tensor, Tensor]:  # pragma: no cover - every kind overrides it
         raise NotImplementedError
 
+    def keep_top_singular(self, W: Tensor, k: int | None) -> int:
+        """Keep ``W``'s top ``k`` (default all) singular triplets as float32 buffers ``U``
+        ``(m, k)``, ``S`` ``(k,)``, ``V`` ``(n, k)`` (an SVD in float64); returns ``k``."""
+        U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+        k = min(k or len(S), len(S))
+        self.register_buffer("U", U[:, :k].float())
+        self.register_buffer("S", S[:k].float())
+        self.register_buffer("V", Vh[:k].T.float())
+        return k
+
 
 @dataclass(frozen=True)
 class TrainKind:

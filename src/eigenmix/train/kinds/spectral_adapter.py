@@ -22,11 +22,7 @@ class SpectralAdapterLayer(KindLayer):
 
     def __init__(self, W: Tensor, params: KindParams, ctx: LayerContext) -> None:
         super().__init__()
-        U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
-        r = min(params.r, len(S))
-        self.register_buffer("U", U[:, :r].float())
-        self.register_buffer("S", S[:r].float())
-        self.register_buffer("V", Vh[:r].T.float())
+        r = self.keep_top_singular(W, params.r)
         self.AU = nn.Parameter(torch.zeros(W.shape[0], r))
         self.AV = nn.Parameter(torch.zeros(W.shape[1], r))
 

@@ -22,19 +22,14 @@ class SvfParams(KindParams):
 class SvfLayer(KindLayer):
     U: Tensor
     S: Tensor
-    Vh: Tensor
+    V: Tensor
 
     def __init__(self, W: Tensor, params: SvfParams, ctx: LayerContext) -> None:
         super().__init__()
-        U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
-        k = min(params.r or len(S), len(S))
-        self.register_buffer("U", U[:, :k].float())
-        self.register_buffer("S", S[:k].float())
-        self.register_buffer("Vh", Vh[:k].float())
-        self.z = nn.Parameter(torch.ones(k))
+        self.z = nn.Parameter(torch.ones(self.keep_top_singular(W, params.r)))
 
     def factors(self) -> tuple[Tensor, Tensor]:
-        return self.U, (self.S * (self.z - 1)).unsqueeze(1) * self.Vh
+        return self.U, (self.S * (self.z - 1)).unsqueeze(1) * self.V.T
 
 
 KIND = register(

@@ -27,9 +27,9 @@ from bench_common import write_result
 from eigenmix import merge
 from eigenmix.data import load_tasks
 from eigenmix.io import read_lora_adapter, write_lora_adapter
+from eigenmix.kinds import all_kinds
 from eigenmix.modules import Module
 from eigenmix.train import ModuleRecipe, evaluate_adapter, quiet_transformers, train_module
-from eigenmix.train.kinds import all_kinds
 
 
 def row_overlap(a: Module, b: Module) -> float:

@@ -5,7 +5,7 @@ What the code already knows is read from the code, never written twice:
 - ``reference/methods.md``: every merge method of ``eigenmix.merging.registry`` (name, paper,
   parameters with their types, defaults and descriptions, calibration, vector rule, ...);
 - ``reference/routers.md``: every router of ``eigenmix.compose.routers.registry``;
-- ``reference/kinds.md``: every training kind of ``eigenmix.train.kinds`` (``eigenmix train``);
+- ``reference/kinds.md``: every training kind of ``eigenmix.kinds`` (``eigenmix train``);
 - ``reference/config.md``: the YAML configs of ``merge``, ``tune``, ``train`` and ``bridge fit``, from their
   pydantic models (the ``Field`` descriptions the CLI and the error messages use too);
 - ``reference/cli.md``: every command and option of the ``eigenmix`` script (its Typer app);
@@ -242,12 +242,12 @@ def routers_page() -> str:
 
 
 def kinds_page() -> str:
-    from eigenmix.train.kinds import all_kinds
+    from eigenmix.kinds import all_kinds
 
     kinds = all_kinds()
     out = [
         "# Training kinds\n",
-        "Generated at build time from `eigenmix.train.kinds` (the registry `eigenmix train --kinds` lists and a",
+        "Generated at build time from `eigenmix.kinds` (the registry `eigenmix train --kinds` lists and a",
         "train config's `kind:` is checked against). Every kind is saved as a PEFT LoRA adapter `(B, A)` of the",
         "rank below. How to train one: [Train a module](../guide/train.md).\n",
         table(["kind", "saved rank", "description"], [(f"[`{k.name}`](#{k.name})", k.saved_rank, k.description) for k in kinds]),

@@ -345,8 +345,8 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_has_the_generated_reference(site):
     from eigenmix.compose.routers.registry import all_routers
+    from eigenmix.kinds import all_kinds
     from eigenmix.merging import all_methods
-    from eigenmix.train.kinds import all_kinds
 
     methods = (site / "reference" / "methods" / "index.html").read_text(encoding="utf-8")
     assert all(f'id="{m.name}"' in methods for m in all_methods())

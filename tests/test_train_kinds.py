@@ -1,4 +1,4 @@
-"""Training kinds (eigenmix.train.kinds): each against an independent computation, and a
+"""Training kinds (eigenmix.kinds): each against an independent computation, and a
 trained module of each kind saved as a PEFT adapter that PEFT and eigenmix read back."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from eigenmix.errors import InvalidInputError
+from eigenmix.kinds import LayerContext, all_kinds, attach, get_kind, library_bases, target_layers
+from eigenmix.kinds.registry import TrainKind, register
 from eigenmix.modules import LowRankDelta, Module
-from eigenmix.train.kinds import LayerContext, all_kinds, attach, get_kind, library_bases, target_layers
-from eigenmix.train.kinds.registry import TrainKind, register
 
 
 class ConvNet(nn.Module):

@@ -290,3 +290,39 @@ def test_linear_head_matches_sklearns_logistic_regression(fashion):
     ]:
         with pytest.raises(InvalidInputError, match=message):
             fit_linear_head(*bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# training kinds on images
+
+
+@pytest.mark.parametrize("kind", ["svf", "orthogonal"])
+def test_a_module_of_a_training_kind_on_images_is_a_conv_lora_that_peft_loads(kind, trouser, trained, tmp_path):
+    """``train_image_module``: an ``svf`` module (one scale per singular value of each conv's
+    matrix view) and one ``orthogonal`` to the PEFT-trained trouser adapter, 3 steps each;
+    saved as conv LoRAs that PEFT loads (the loaded model equals the dense update added to
+    the kernels), with the head beside; the orthogonal one is orthogonal to its library."""
+    from eigenmix.vision import train_image_module
+    from eigenmix.vision.heads import load_image_adapter
+
+    library = [read_lora_adapter(trained[0])]
+    recipe = RECIPE.model_copy(update={"steps": 3})
+    done = train_image_module(trouser, recipe, tmp_path / kind, kind=kind, params={"r": 4} if kind == "orthogonal" else {}, library=library)
+    module = read_lora_adapter(tmp_path / kind)
+    names = lora_targets(load_efficientnet_lite0(), LITE0_CONVS)
+    assert set(module.layers) == set(names) and module.layers["_conv_stem"].tensor().ndim == 4
+    if kind == "svf":
+        assert done["trained_parameters"] == sum(min(module.layers[n].shape) for n in names)
+    else:
+        for name, old in library[0].layers.items():
+            a, b = old.dense().double(), module.layers[name].dense().double()
+            assert (a.T @ b).abs().max() < 1e-5 * a.norm() * b.norm() and (a @ b.T).abs().max() < 1e-5 * a.norm() * b.norm()
+    model, head, meta = load_image_adapter(tmp_path / kind)  # through PEFT
+    assert meta["recipe"]["kind"] == kind and meta["size"] == 32 and head.out_features == 2
+    dense = load_efficientnet_lite0()
+    with torch.no_grad():
+        for name in names:
+            dense.get_submodule(name).weight += module.layers[name].tensor()
+    x = inputs(32).pixels(trouser.test.images[:4])
+    with torch.no_grad():
+        assert torch.allclose(model(x), dense(x), atol=1e-4)

@@ -1,4 +1,4 @@
-"""``eigenmix train``: train one module of a training kind (``eigenmix.train.kinds``) on a
+"""``eigenmix train``: train one module of a training kind (``eigenmix.kinds``) on a
 text task, as a YAML config says; ``--kinds`` lists the kinds and their parameters."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def train(
 ) -> None:
     """Train a module in spectral form (lora, pissa, svf, spectral_adapter, or orthogonal to a library) as a YAML config says."""
     from eigenmix.errors import InvalidInputError
-    from eigenmix.train.kinds import all_kinds
+    from eigenmix.kinds import all_kinds
 
     console = make_console()
     if kinds:
@@ -44,7 +44,7 @@ def _train(config: Path, out: Path, *, dry_run: bool, force: bool, console: Cons
     from eigenmix.io.atomic import destination
     from eigenmix.io.heads import HEAD_META
     from eigenmix.io.peft_lora import read_lora_adapter
-    from eigenmix.train.kinds import get_kind
+    from eigenmix.kinds import get_kind
     from eigenmix.train.module import train_module
 
     cfg = load_train_config(config)

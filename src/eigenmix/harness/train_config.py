@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from eigenmix.io.peft_config import CONFIG_NAME
 from eigenmix.io.yaml_config import read_yaml_config
-from eigenmix.train.kinds import get_kind
+from eigenmix.kinds import get_kind
 from eigenmix.train.module import ModuleRecipe
 from eigenmix.train.recipe import TrainRecipe
 
@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: str = Field(description="the task: a folder under data_dir in the bundled JSONL format")
-    kind: str = Field("lora", description="the training kind (eigenmix.train.kinds)")
+    kind: str = Field("lora", description="the training kind (eigenmix.kinds)")
     params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters")
     library: list[Path] = Field(default_factory=list, description="orthogonal: PEFT LoRA adapter folders to stay orthogonal to")
     data_dir: Path | None = Field(None, description="a folder of tasks in the bundled JSONL format (default: bundled)")

@@ -1,4 +1,4 @@
-"""Train one module of any kind (:mod:`eigenmix.train.kinds`) plus its head on one text task.
+"""Train one module of any kind (:mod:`eigenmix.kinds`) plus its head on one text task.
 
 The base encoder is frozen and unchanged; the kind's layers are hooked onto it, trained by
 the one loop (:func:`eigenmix.train.loop.fit`), and saved as a PEFT LoRA adapter (rank and
@@ -19,17 +19,17 @@ from eigenmix.data import Task
 from eigenmix.io.atomic import Destination, atomic_dir
 from eigenmix.io.heads import HEAD_META
 from eigenmix.io.peft_lora import write_lora_files
+from eigenmix.kinds import attach, get_kind, library_bases, target_layers
 from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
 from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder
-from eigenmix.train.kinds import attach, get_kind, library_bases, target_layers
 from eigenmix.train.loop import fit
 from eigenmix.train.recipe import TrainRecipe
 from eigenmix.train.save import save_head
 
 
 class ModuleRecipe(TrainRecipe):
-    """A training recipe with its kind (``eigenmix.train.kinds``) and the kind's parameters."""
+    """A training recipe with its kind (``eigenmix.kinds``) and the kind's parameters."""
 
     kind: str = Field("lora", description="the training kind: lora, pissa, svf, spectral_adapter or orthogonal")
     params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters (e.g. r, alpha)")

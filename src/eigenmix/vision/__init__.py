@@ -18,7 +18,7 @@ from eigenmix.vision.backbone import (
 )
 from eigenmix.vision.heads import evaluate_image_adapter, fit_linear_head, image_features, load_image_adapter
 from eigenmix.vision.tasks import ImageTask, class_subset, grouped, image_task, one_vs_rest, relabel
-from eigenmix.vision.train import LITE0_CONVS, ImageLoraRecipe, lora_targets, train_image_adapter
+from eigenmix.vision.train import LITE0_CONVS, ImageLoraRecipe, lora_targets, train_image_adapter, train_image_module
 
 __all__ = [
     "FEATURE_DIM",
@@ -46,4 +46,5 @@ __all__ = [
     "preprocess",
     "relabel",
     "train_image_adapter",
+    "train_image_module",
 ]

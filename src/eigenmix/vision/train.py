@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from eigenmix.data.images import ImageSet
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.atomic import atomic_dir, destination
 from eigenmix.io.heads import HEAD_FILE, HEAD_META
+from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
 from eigenmix.vision.backbone import FEATURE_DIM, MODEL_NAME, features, inputs, load_efficientnet_lite0
 from eigenmix.vision.tasks import ImageTask
@@ -124,6 +126,7 @@ def _fit(
     recipe: ImageLoraRecipe,
     seed: int,
     on_step: Callable[[int, float], None] | None,
+    trainable: list[nn.Parameter] | None = None,
 ) -> tuple[float, float]:
     """AdamW on the LoRA factors and the head for ``recipe.steps`` random batches; the model
     stays in eval mode (batch norm's running statistics are not updated).
@@ -131,7 +134,7 @@ def _fit(
     Returns:
         ``(seconds, last loss)``.
     """
-    lora = [p for p in model.parameters() if p.requires_grad]
+    lora = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": lora, "lr": recipe.lr}, {"params": list(head.parameters()), "lr": recipe.head_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     pixels = inputs(recipe.size).pixels
@@ -191,19 +194,68 @@ def train_image_adapter(
     with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
         _pin_base_model(tmp / "adapter_config.json")
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
-        meta = {
-            "task": task.name,
-            "label_names": list(task.label_names),
-            "recipe": recipe.model_dump(),
-            "train_rows": len(task.train),
-            "train_seconds": round(seconds, 3),
-            "final_loss": loss_value,
-            "modality": MODALITY,
-            "size": recipe.size,
-        }
-        (tmp / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
+        _write_head(tmp, head, task, recipe.model_dump(), seconds, loss_value, recipe.size)
     return {"train_seconds": seconds, "final_loss": loss_value}
+
+
+def train_image_module(
+    task: ImageTask,
+    recipe: ImageLoraRecipe,
+    out: Path | str,
+    *,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    library: Sequence[Module] = (),
+    overwrite: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train a module of a training kind (:mod:`eigenmix.kinds`) on the frozen backbone's
+    convs (``recipe.target_modules``) and a linear head, as :func:`train_image_adapter` does
+    with PEFT LoRA; saved in the same format (a PEFT conv LoRA of the kind's rank). The kind's
+    parameters are ``params`` (``recipe.r`` and ``recipe.alpha`` are PEFT LoRA's); the
+    ``orthogonal`` kind stays orthogonal to ``library``'s modules.
+
+    Returns:
+        ``{"train_seconds": …, "final_loss": …, "trained_parameters": …}``.
+    """
+    from eigenmix.io.peft_lora import write_lora_files
+    from eigenmix.kinds import attach, get_kind, library_bases
+
+    dest = destination(out, overwrite=overwrite, marker=HEAD_META)
+    chosen = get_kind(kind)
+    settings = chosen.parse_params(params)
+    seed = derived_seed(recipe.seed, task.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        base = load_efficientnet_lite0().requires_grad_(False)
+        names = lora_targets(base, recipe.target_modules)
+        bases = library_bases(library) if chosen.needs_library else None
+        trainable = attach(base, chosen, settings, names, seed=seed, library=bases)
+        head = nn.Linear(FEATURE_DIM, task.num_labels)
+    seconds, loss_value = _fit(base, head, task.train, recipe, seed, on_step, trainable.parameters())
+    module = trainable.module(task.name, base_model=MODEL_NAME)
+    trainable.remove()
+    count = sum(p.numel() for p in trainable.parameters())
+    with atomic_dir(dest) as tmp:
+        write_lora_files(module, tmp)
+        extra = {"kind": kind, "params": settings.model_dump(), "trained_parameters": count}
+        _write_head(tmp, head, task, recipe.model_dump() | extra, seconds, loss_value, recipe.size)
+    return {"train_seconds": seconds, "final_loss": loss_value, "trained_parameters": float(count)}
+
+
+def _write_head(folder: Path, head: nn.Linear, task: ImageTask, recipe: dict[str, Any], seconds: float, loss: float, size: int) -> None:
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+    meta = {
+        "task": task.name,
+        "label_names": list(task.label_names),
+        "recipe": recipe,
+        "train_rows": len(task.train),
+        "train_seconds": round(seconds, 3),
+        "final_loss": loss,
+        "modality": MODALITY,
+        "size": size,
+    }
+    (folder / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _pin_base_model(config_path: Path) -> None:

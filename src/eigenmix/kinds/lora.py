@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from eigenmix.train.kinds.registry import KindLayer, KindParams, LayerContext, TrainKind, register
+from eigenmix.kinds.registry import KindLayer, KindParams, LayerContext, TrainKind, register
 
 
 class LoraParams(KindParams):

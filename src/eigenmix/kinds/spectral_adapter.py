@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from eigenmix.train.kinds.registry import KindLayer, KindParams, LayerContext, TrainKind, register
+from eigenmix.kinds.registry import KindLayer, KindParams, LayerContext, TrainKind, register
 
 
 class SpectralAdapterLayer(KindLayer):

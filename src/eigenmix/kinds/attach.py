@@ -15,9 +15,9 @@ from torch.utils.hooks import RemovableHandle
 
 from eigenmix.compose.hooks import add_to_output
 from eigenmix.errors import InvalidInputError
+from eigenmix.kinds.registry import KindLayer, KindParams, LayerBasis, LayerContext, TrainKind
 from eigenmix.modules import LowRankDelta, Module
 from eigenmix.seeds import derived_seed
-from eigenmix.train.kinds.registry import KindLayer, KindParams, LayerBasis, LayerContext, TrainKind
 
 
 def target_layers(model: nn.Module, pattern: str) -> list[str]:

@@ -34,7 +34,7 @@ class KindParams(BaseModel):
 class LayerBasis:
     """The directions a library's modules already use at one layer: orthonormal columns
     ``Q_out`` ``(m, c)`` spanning their updates' column spaces and ``Q_in`` ``(n, c')``
-    their row spaces (see :func:`eigenmix.train.kinds.orthogonal.library_bases`)."""
+    their row spaces (see :func:`eigenmix.kinds.orthogonal.library_bases`)."""
 
     Q_out: Tensor
     Q_in: Tensor
@@ -113,7 +113,7 @@ def register(kind: TrainKind) -> TrainKind:
 
 def get_kind(name: str) -> TrainKind:
     """The kind called ``name``, or one line naming the choices (importing
-    :mod:`eigenmix.train.kinds` registers the built-in kinds)."""
+    :mod:`eigenmix.kinds` registers the built-in kinds)."""
     if name not in _KINDS:
         raise InvalidInputError(f"unknown training kind '{name}'{did_you_mean(name, _KINDS)} (choose from {', '.join(sorted(_KINDS))})")
     return _KINDS[name]

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from eigenmix.kinds.lora import LoraParams, lora_init
+from eigenmix.kinds.registry import KindLayer, LayerBasis, LayerContext, TrainKind, register
 from eigenmix.modules import Module
-from eigenmix.train.kinds.lora import LoraParams, lora_init
-from eigenmix.train.kinds.registry import KindLayer, LayerBasis, LayerContext, TrainKind, register
 
 
 def span(blocks: Iterable[Tensor], rtol: float = 1e-6) -> Tensor:

@@ -4,6 +4,7 @@ text task, as a YAML config says; ``--kinds`` lists the kinds and their paramete
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from eigenmix.cli.console import make_console
 from eigenmix.cli.options import FORCE_HELP
+
+if TYPE_CHECKING:
+    from eigenmix.vision import ImageTask
 
 
 def train(
@@ -46,15 +50,22 @@ def _train(config: Path, out: Path, *, dry_run: bool, force: bool, console: Cons
     from eigenmix.io.peft_lora import read_lora_adapter
     from eigenmix.kinds import get_kind
     from eigenmix.train.module import train_module
+    from eigenmix.vision import train_image_module
 
     cfg = load_train_config(config)
     dest = destination(out, overwrite=force, inputs=[config, *cfg.inputs()], marker=HEAD_META)
-    (task,) = load_tasks(cfg.data_dir, names=[cfg.task])
     library = [read_lora_adapter(p) for p in cfg.library]
-    kind, recipe = get_kind(cfg.kind), cfg.module_recipe()
+    kind = get_kind(cfg.kind)
     params = kind.parse_params(cfg.params).model_dump()
-    console.print(f"plan: train a '{kind.name}' module ({', '.join(f'{k}={v}' for k, v in params.items())}) on {task.name} "
-                  f"({len(task.train)} rows, {task.num_labels} classes) for {recipe.steps} steps → {out}")  # fmt: skip
+    images = image_task_of(cfg.task, cfg.images) if cfg.images is not None else None
+    (text,) = load_tasks(cfg.data_dir, names=[cfg.task]) if images is None else (None,)
+    if images is not None:
+        steps, what, classes = cfg.image_recipe().steps, f"{len(images.train)} images at {cfg.image_recipe().size} px", images.label_names
+    else:
+        assert text is not None
+        steps, what, classes = cfg.text_recipe().steps, f"{len(text.train)} rows", text.label_names
+    console.print(f"plan: train a '{kind.name}' module ({', '.join(f'{k}={v}' for k, v in params.items())}) on {cfg.task} "
+                  f"({what}, {len(classes)} classes) for {steps} steps → {out}")  # fmt: skip
     if library:
         console.print(f"orthogonal to {len(library)} modules: {', '.join(m.name for m in library)}")
     if dry_run:
@@ -62,8 +73,32 @@ def _train(config: Path, out: Path, *, dry_run: bool, force: bool, console: Cons
         return
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
-        job = bar.add_task("train", total=recipe.steps, note="")
-        done = train_module(task, recipe, dest, library=library, base_model=cfg.base_model,
-                            on_step=lambda _, loss: bar.update(job, advance=1, note=f"loss {loss:.4f}"))  # fmt: skip
+        job = bar.add_task("train", total=steps, note="")
+
+        def on_step(_: int, loss: float) -> None:
+            bar.update(job, advance=1, note=f"loss {loss:.4f}")
+
+        if images is not None:
+            done = train_image_module(images, cfg.image_recipe(), dest, kind=cfg.kind, params=cfg.params, library=library, on_step=on_step)
+        else:
+            assert text is not None
+            done = train_module(text, cfg.module_recipe(), dest, library=library, base_model=cfg.base_model, on_step=on_step)
     console.print(f"{int(done['trained_parameters']):,} trained parameters; final loss {done['final_loss']:.4f}; "
                   f"{done['train_seconds']:.1f} s → {out}/ (PEFT adapter, head.safetensors, head.json)")  # fmt: skip
+
+
+def image_task_of(name: str, images: Path) -> ImageTask:
+    """The labelled images of an image module as a task (classes: the labels, sorted)."""
+    from eigenmix.data.images import ImageExample, image_set, read_image_inputs
+    from eigenmix.errors import InvalidInputError
+    from eigenmix.vision import ImageTask
+
+    rows = read_image_inputs(images)
+    unlabeled = [r.line for r in rows if r.group is None]
+    if unlabeled:
+        raise InvalidInputError(f"{images}: image {unlabeled[0]} has no label (training reads labelled images)")
+    classes = sorted({str(r.group) for r in rows})
+    if len(classes) < 2:
+        raise InvalidInputError(f"{images}: needs images of at least 2 classes, got {classes}")
+    train = image_set([ImageExample(r.image, classes.index(str(r.group))) for r in rows], classes)
+    return ImageTask(name, train, train)  # the test split is not read by training

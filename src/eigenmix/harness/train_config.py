@@ -13,6 +13,16 @@ Example::
 
 Relative paths are resolved against the config file's folder. The base model is the
 bundled all-MiniLM-L6-v2 (a local transformers encoder folder with ``base_model``).
+
+An image module (a conv module on EfficientNet-Lite0) names its labelled images instead of a
+data folder — a folder of PNGs with ``labels.csv`` or an IDX images file — and its recipe is
+``eigenmix.vision``'s (``size``, ``batch_size``, ``steps``, …; ``r`` and ``alpha`` there are
+PEFT LoRA's, the kind's own go in ``params``); the classes are the labels, sorted::
+
+    task: footwear
+    images: images/footwear
+    kind: svf
+    recipe: {steps: 200, size: 64}
 """
 
 from __future__ import annotations
@@ -20,13 +30,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eigenmix.io.peft_config import CONFIG_NAME
 from eigenmix.io.yaml_config import read_yaml_config
 from eigenmix.kinds import get_kind
 from eigenmix.train.module import ModuleRecipe
 from eigenmix.train.recipe import TrainRecipe
+from eigenmix.vision.train import ImageLoraRecipe
 
 
 class TrainConfig(BaseModel):
@@ -40,7 +51,10 @@ class TrainConfig(BaseModel):
     library: list[Path] = Field(default_factory=list, description="orthogonal: PEFT LoRA adapter folders to stay orthogonal to")
     data_dir: Path | None = Field(None, description="a folder of tasks in the bundled JSONL format (default: bundled)")
     base_model: Path | None = Field(None, description="a local transformers encoder folder (default: the bundled all-MiniLM-L6-v2)")
-    recipe: TrainRecipe = Field(default_factory=TrainRecipe, description="layers and schedule")
+    images: Path | None = Field(None, description="an image module: its labelled images (a PNG folder with labels.csv, an IDX file)")
+    recipe: dict[str, Any] = Field(
+        default_factory=dict, description="layers and schedule: a text TrainRecipe's fields, or for images ImageLoraRecipe's (size, …)"
+    )
 
     @field_validator("library")
     @classmethod
@@ -60,14 +74,29 @@ class TrainConfig(BaseModel):
             raise ValueError(f"library: only the kinds that train against one use it ('{self.kind}' does not)")
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise ValueError(f"data_dir: {self.data_dir} is not a folder")
+        if self.images is not None and not self.images.exists():
+            raise ValueError(f"images: no such file or folder {self.images}")
+        if self.images is not None and self.data_dir is not None:
+            raise ValueError("give images (an image module) or data_dir (text tasks), not both")
+        try:
+            self.image_recipe() if self.images is not None else self.text_recipe()
+        except ValidationError as err:
+            problems = "; ".join(f"recipe.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(problems) from None
         return self
 
+    def text_recipe(self) -> TrainRecipe:
+        return TrainRecipe.model_validate(self.recipe)
+
+    def image_recipe(self) -> ImageLoraRecipe:
+        return ImageLoraRecipe.model_validate(self.recipe)
+
     def module_recipe(self) -> ModuleRecipe:
-        return ModuleRecipe(**self.recipe.model_dump(), kind=self.kind, params=self.params)
+        return ModuleRecipe(**self.text_recipe().model_dump(), kind=self.kind, params=self.params)
 
     def inputs(self) -> list[Path]:
         """Every path the run reads."""
-        return [*self.library, *(p for p in (self.data_dir, self.base_model) if p is not None)]
+        return [*self.library, *(p for p in (self.data_dir, self.base_model, self.images) if p is not None)]
 
 
 def _resolve_library(raw: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -79,7 +108,7 @@ def _resolve_library(raw: dict[str, Any], root: Path) -> dict[str, Any]:
 
 def load_train_config(path: Path | str) -> TrainConfig:
     """Read and validate a train config; every problem is one :class:`InvalidInputError` line."""
-    return read_yaml_config(path, TrainConfig, ("data_dir", "base_model"), translate=_resolve_library)
+    return read_yaml_config(path, TrainConfig, ("data_dir", "base_model", "images"), translate=_resolve_library)
 
 
 __all__ = ["TrainConfig", "load_train_config"]

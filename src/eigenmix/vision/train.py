@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from eigenmix.data.images import ImageSet
 from eigenmix.errors import InvalidInputError
-from eigenmix.io.atomic import atomic_dir, destination
+from eigenmix.io.atomic import Destination, atomic_dir, destination
 from eigenmix.io.heads import HEAD_FILE, HEAD_META
 from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
@@ -201,7 +201,7 @@ def train_image_adapter(
 def train_image_module(
     task: ImageTask,
     recipe: ImageLoraRecipe,
-    out: Path | str,
+    out: Destination | Path | str,
     *,
     kind: str,
     params: dict[str, Any] | None = None,
@@ -221,7 +221,7 @@ def train_image_module(
     from eigenmix.io.peft_lora import write_lora_files
     from eigenmix.kinds import attach, get_kind, library_bases
 
-    dest = destination(out, overwrite=overwrite, marker=HEAD_META)
+    dest = out if isinstance(out, Destination) else destination(out, overwrite=overwrite, marker=HEAD_META)
     chosen = get_kind(kind)
     settings = chosen.parse_params(params)
     seed = derived_seed(recipe.seed, task.name)

@@ -103,6 +103,19 @@ def run_cli(monkeypatch, *args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def fails_in_process(monkeypatch, capsys, *args) -> str:  # type: ignore[no-untyped-def]
+    """Run the ``eigenmix`` console script in-process on a bad input, as the installed script
+    would be run: exit code 2 and one line on stderr (no traceback); that line. The tests that
+    check this end to end keep one or two bad inputs through the script in a fresh process
+    (``test_cli_smoke.eigenmix``); the rest run here, without the 3-4 s of a fresh start."""
+    capsys.readouterr()  # what was printed before this run is not its output
+    code = run_cli(monkeypatch, *args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
 def raw_adapter(folder: Path, shapes: dict[str, tuple[int, int]], *, r: int = 4, seed: int = 0, base: str = "tiny/base") -> Path:
     """A PEFT-format LoRA adapter written directly (no model): ``shapes`` maps layer → (out, in)."""
     import json

@@ -1,7 +1,8 @@
 """``eigenmix explain`` through the installed script, each in a fresh process, on real
 all-MiniLM-L6-v2 adapters: a merged adapter (with the residual of a merge that is no
 reweighting), a routed library and a single adapter; the report opened in headless
-Chromium; every bad input one line, exit code 2, nothing written."""
+Chromium; every bad input one line, exit code 2, nothing written (two of them through the
+script, the others in-process)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import raw_adapter
+from common import fails_in_process, raw_adapter
 from test_cli_smoke import eigenmix, ok
 
 
@@ -145,14 +146,17 @@ def fails(done) -> str:
     return lines[0]
 
 
-def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, tmp_path):
+def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, tmp_path, monkeypatch, capsys):
+    """Two bad inputs through the installed script in a fresh process (one refused before the
+    model loads, one after); the others in-process (``fails_in_process``: the same one line,
+    exit code 2)."""
     merged, rows = explained / "merged", explained / "probe.jsonl"
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "notext.jsonl").write_text('{"sentence": "hello"}\n')
     (tmp_path / "notafolder").mkdir()
     (tmp_path / "notafolder" / "x.txt").write_text("x")
+    assert "no such file" in fails(eigenmix("explain", merged, "--inputs", tmp_path / "missing.jsonl", "--out", tmp_path / "o"))
     cases = {
-        "no such file": ("explain", merged, "--inputs", tmp_path / "missing.jsonl", "--out", tmp_path / "o"),
         "has no rows": ("explain", merged, "--inputs", tmp_path / "empty.jsonl", "--out", tmp_path / "o"),
         "no field 'text'": ("explain", merged, "--inputs", tmp_path / "notext.jsonl", "--out", tmp_path / "o"),
         "not an adapter, library or tuned folder": ("explain", tmp_path / "notafolder", "--inputs", rows, "--out", tmp_path / "o"),
@@ -161,7 +165,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, t
         "input": ("explain", merged, "--inputs", rows, "--out", merged),  # the output may not be the target
     }
     for expect, args in cases.items():
-        assert expect in fails(eigenmix(*args)), expect
+        assert expect in fails_in_process(monkeypatch, capsys, *args), expect
     # an adapter of another model: its layers are not the base model's
     other = raw_adapter(
         tmp_path / "other", {"encoder.layer.0.attention.self.query": (10, 12)}, base="sentence-transformers/all-MiniLM-L6-v2"
@@ -173,17 +177,19 @@ def test_bad_inputs_are_one_line_and_write_nothing(explained, minilm_adapters, t
     report = json.loads((moved / "merge_report.json").read_text())
     report["config"]["modules"][0]["path"] = str(tmp_path / "gone")
     (moved / "merge_report.json").write_text(json.dumps(report))
-    assert "holds no adapter now" in fails(eigenmix("explain", moved, "--inputs", rows, "--out", tmp_path / "o"))
+    assert "holds no adapter now" in fails_in_process(monkeypatch, capsys, "explain", moved, "--inputs", rows, "--out", tmp_path / "o")
     # a merge whose module folder now holds another adapter
     shutil.copytree(minilm_adapters / "adapters" / "cola", tmp_path / "swapped" / "trec")  # same name, other weights
     report["config"]["modules"][0]["path"] = str(tmp_path / "swapped" / "trec")
     (moved / "merge_report.json").write_text(json.dumps(report))
-    assert "is not the adapter this output was made from" in fails(eigenmix("explain", moved, "--inputs", rows, "--out", tmp_path / "o"))
-    assert "reads at most 512 tokens" in fails(
-        eigenmix("explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--max-length", "1000")
+    assert "is not the adapter this output was made from" in fails_in_process(
+        monkeypatch, capsys, "explain", moved, "--inputs", rows, "--out", tmp_path / "o"
     )
-    assert "only a library is routed" in fails(
-        eigenmix("explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--router", "uniform")
+    assert "reads at most 512 tokens" in fails_in_process(
+        monkeypatch, capsys, "explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--max-length", "1000"
+    )
+    assert "only a library is routed" in fails_in_process(
+        monkeypatch, capsys, "explain", merged, "--inputs", rows, "--out", tmp_path / "o", "--router", "uniform"
     )
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))
 

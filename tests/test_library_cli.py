@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import raw_adapter
+from common import fails_in_process, raw_adapter
 from eigenmix.train import MINILM_ID
 from test_cli_smoke import eigenmix, ok
 
@@ -130,24 +130,36 @@ def bad(args, message, lib):
     assert snapshot(lib) == before
 
 
-def test_bad_inputs_are_one_line_and_leave_the_library_as_it_was(built, minilm_adapters, tmp_path):
+def bad_in_process(monkeypatch, capsys, args, message, lib):
+    """``bad`` without a fresh process (``fails_in_process``: one line, exit code 2)."""
+    before = snapshot(lib)
+    assert message in fails_in_process(monkeypatch, capsys, *args)
+    assert snapshot(lib) == before
+
+
+def test_bad_inputs_are_one_line_and_leave_the_library_as_it_was(built, minilm_adapters, tmp_path, monkeypatch, capsys):
+    """Two bad inputs through the installed script in a fresh process (``library add``,
+    ``route``); the others in-process."""
     lib = tmp_path / "lib"
     shutil.copytree(built / "lib", lib)
     other_base = raw_adapter(tmp_path / "other_base", {"encoder.layer.0.attention.self.query": (384, 384)}, base="other/model")
     other_shape = raw_adapter(tmp_path / "other_shape", {"encoder.layer.0.attention.self.query": (16, 384)}, base=MINILM_ID)
     bad(["library", "add", lib, other_base], "base model", lib)
-    bad(["library", "add", lib, other_shape], "shape", lib)
-    bad(["library", "add", lib, minilm_adapters / "adapters" / "trec"], "already has a module named 'trec'", lib)
-    bad(["library", "add", lib, f"bad/name={minilm_adapters / 'adapters' / 'trec'}"], "", lib)
-    bad(["library", "remove", lib, "nothere"], "has no module 'nothere'", lib)
+    bad_in_process(monkeypatch, capsys, ["library", "add", lib, other_shape], "shape", lib)
+    trec = minilm_adapters / "adapters" / "trec"
+    bad_in_process(monkeypatch, capsys, ["library", "add", lib, trec], "already has a module named 'trec'", lib)
+    bad_in_process(monkeypatch, capsys, ["library", "add", lib, f"bad/name={trec}"], "", lib)
+    bad_in_process(monkeypatch, capsys, ["library", "remove", lib, "nothere"], "has no module 'nothere'", lib)
     bad(["route", lib, "--inputs", built / "mixed.jsonl", "--out", tmp_path / "r", "--router", "nope"], "--router 'nope'", lib)
-    bad(["route", lib, "--inputs", lib / "library.json", "--out", tmp_path / "r"], "", lib)
-    bad(["route", lib, "--inputs", built / "mixed.jsonl", "--out", lib / "r"], "inside an input", lib)
+    bad_in_process(monkeypatch, capsys, ["route", lib, "--inputs", lib / "library.json", "--out", tmp_path / "r"], "", lib)
+    bad_in_process(monkeypatch, capsys, ["route", lib, "--inputs", built / "mixed.jsonl", "--out", lib / "r"], "inside an input", lib)
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "index", "missing"])
-def test_a_corrupt_or_truncated_library_is_one_line(built, tmp_path, damage):
+def test_a_corrupt_or_truncated_library_is_one_line(built, tmp_path, damage, monkeypatch, capsys):
+    """``route`` through the installed script in a fresh process; ``library list`` and
+    ``library remove`` in-process."""
     lib = tmp_path / "lib"
     shutil.copytree(built / "lib", lib)
     module = lib / "modules" / "cola.safetensors"
@@ -157,12 +169,9 @@ def test_a_corrupt_or_truncated_library_is_one_line(built, tmp_path, damage):
         (lib / "library.json").write_text("{not json")
     else:
         module.unlink()
-    for args in (
-        ["library", "list", lib],
-        ["library", "remove", lib, "trec"],
-        ["route", lib, "--inputs", built / "mixed.jsonl", "--out", tmp_path / "r"],
-    ):
-        bad(args, str(lib), lib)
+    for args in (["library", "list", lib], ["library", "remove", lib, "trec"]):
+        bad_in_process(monkeypatch, capsys, args, str(lib), lib)
+    bad(["route", lib, "--inputs", built / "mixed.jsonl", "--out", tmp_path / "r"], str(lib), lib)
 
 
 def test_learned_and_stats_need_the_modules_rows(minilm_adapters, built, tmp_path):

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 import eigenmix
+from common import fails_in_process
 from eigenmix.compose import gram_statistics
 from eigenmix.data.inputs import read_inputs
 from eigenmix.harness.calibration_rows import tokenized
@@ -82,14 +83,22 @@ def _refused(root: Path, cfg: Path, match: str) -> None:
     assert not out.exists() and not list(root.glob(".refused*"))
 
 
-def test_bad_calibration_inputs_are_one_line_and_write_nothing(setup):
+def _refused_in_process(monkeypatch, capsys, root: Path, cfg: Path, match: str) -> None:
+    out = root / "refused"
+    assert match in fails_in_process(monkeypatch, capsys, "merge", cfg, "--out", out), match
+    assert not out.exists() and not list(root.glob(".refused*"))
+
+
+def test_bad_calibration_inputs_are_one_line_and_write_nothing(setup, monkeypatch, capsys):
+    """The first bad input through the installed script in a fresh process; the others
+    in-process (``fails_in_process``: the same one line, exit code 2)."""
     root, adapters, rows = setup
     (root / "empty.jsonl").write_text("")
     (root / "no-text.jsonl").write_text('{"sentence": "no text field"}\n')
     section = {"max_length": 32}
+    missing = {"trec": {"file": str(root / "missing.jsonl")}, "cola": {"file": str(rows["cola"])}}
+    _refused(root, config(root, adapters, rows, "regmean", calibration={**section, "modules": missing}), "does not exist")
     cases = [
-        ({"calibration": {**section, "modules": {"trec": {"file": str(root / "missing.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
-         "does not exist"),
         ({"calibration": {**section, "modules": {"trec": {"file": str(root / "empty.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
          "has no rows"),
         ({"calibration": {**section, "modules": {"trec": {"file": str(root / "no-text.jsonl")}, "cola": {"file": str(rows["cola"])}}}},
@@ -104,5 +113,5 @@ def test_bad_calibration_inputs_are_one_line_and_write_nothing(setup):
          "calibration.modules.trec.rows"),
     ]  # fmt: skip
     for changes, match in cases:
-        _refused(root, config(root, adapters, rows, "regmean", **changes), match)
-    _refused(root, config(root, adapters, rows, "task_arithmetic"), "uses no calibration rows")
+        _refused_in_process(monkeypatch, capsys, root, config(root, adapters, rows, "regmean", **changes), match)
+    _refused_in_process(monkeypatch, capsys, root, config(root, adapters, rows, "task_arithmetic"), "uses no calibration rows")

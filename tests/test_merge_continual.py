@@ -156,28 +156,30 @@ def test_eigenmix_merge_continue_from_equals_merging_all_at_once(raw, tmp_path, 
     assert state["modules"] == ["a0", "a1", "c_only"]
 
 
-def test_continue_from_mistakes_are_one_line(raw, tmp_path):
-    from test_cli_smoke import eigenmix, ok
+def test_continue_from_mistakes_are_one_line(raw, tmp_path, monkeypatch, capsys):
+    """The first mistake through the installed script in a fresh process; the others, and
+    the two merges they continue from, in-process (``fails_in_process``: the same one line,
+    exit code 2)."""
+    from common import fails_in_process, run_cli
+    from test_cli_smoke import eigenmix
 
     (a, b, c), _ = raw
-    ok(eigenmix("merge", write_config(tmp_path / "ab.yaml", "task_arithmetic", [(a, 1.0), (b, 1.0)]), "--out", tmp_path / "ab"))
-    ok(eigenmix("merge", write_config(tmp_path / "ties.yaml", "ties", [(a, 1.0), (b, 1.0)]), "--out", tmp_path / "ties"))
+    for name, method in (("ab", "task_arithmetic"), ("ties", "ties")):
+        cfg = write_config(tmp_path / f"{name}.yaml", method, [(a, 1.0), (b, 1.0)])
+        assert run_cli(monkeypatch, "merge", cfg, "--out", tmp_path / name) == 0
+    cfg = write_config(tmp_path / "1.yaml", "linear", [(c, 1.0)], continue_from=tmp_path / "ab")
+    done = eigenmix("merge", cfg, "--out", tmp_path / "out")
+    assert done.returncode == 2 and "is a 'task_arithmetic' merge" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out").exists()
     cases = [
-        (write_config(tmp_path / "1.yaml", "linear", [(c, 1.0)], continue_from=tmp_path / "ab"), "is a 'task_arithmetic' merge"),
         (write_config(tmp_path / "2.yaml", "task_arithmetic", [(c, 1.0)], {"scale": 0.5}, continue_from=tmp_path / "ab"), "parameters"),
         (write_config(tmp_path / "3.yaml", "task_arithmetic", [(a, 1.0)], continue_from=tmp_path / "ab"), "already in this merge"),
         (write_config(tmp_path / "4.yaml", "task_arithmetic", [(c, 1.0)], continue_from=tmp_path / "ties"), "no merge_state.json"),
         (write_config(tmp_path / "5.yaml", "ties", [(c, 1.0)], continue_from=tmp_path / "ab"), "cannot fold"),
     ]
     for cfg, message in cases:
-        done = eigenmix("merge", cfg, "--out", tmp_path / "out")
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert message in fails_in_process(monkeypatch, capsys, "merge", cfg, "--out", tmp_path / "out"), message
         assert not (tmp_path / "out").exists()
-    done = eigenmix(
-        "merge",
-        write_config(tmp_path / "6.yaml", "task_arithmetic", [(c, 1.0)], continue_from=tmp_path / "ab"),
-        "--out",
-        tmp_path / "ab",
-        "--force",
-    )
-    assert done.returncode == 2 and "input" in done.stderr
+    cfg = write_config(tmp_path / "6.yaml", "task_arithmetic", [(c, 1.0)], continue_from=tmp_path / "ab")
+    assert "input" in fails_in_process(monkeypatch, capsys, "merge", cfg, "--out", tmp_path / "ab", "--force")

@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel
 from PIL import Image
 from safetensors.torch import save_file
 
-from common import eigenmix_script, fashion_pngs, save_random_adapter
+from common import eigenmix_script, fails_in_process, fashion_pngs, save_random_adapter
 from eigenmix.vision import features, inputs, load_efficientnet_lite0
 
 TARGETS = ["_blocks.1._expand_conv", "_blocks.1._project_conv", "_conv_head"]
@@ -111,13 +111,19 @@ def png(folder, *images, listed=None):
         (lambda d: png(d, np.zeros((28, 28), np.uint8), np.zeros((28, 28), np.uint8), listed=1), [], "does not label"),
     ],
 )
-def test_bad_image_inputs_are_one_line(setup, tmp_path, make, flags, message):
+def test_bad_image_inputs_are_one_line(setup, tmp_path, make, flags, message, monkeypatch, capsys):
+    """A corrupt PNG through the installed script in a fresh process; the others in-process
+    (``fails_in_process``: the same one line, exit code 2)."""
     root, _, _ = setup
     (tmp_path / "in").mkdir()
     source = make(tmp_path / "in")
-    done = run("route", root / "lib", "--inputs", source, "--out", tmp_path / "out", *flags)
-    assert done.returncode == 2, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    args = ("route", root / "lib", "--inputs", source, "--out", tmp_path / "out", *flags)
+    if message == "corrupt PNG":
+        done = run(*args)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    else:
+        assert message in fails_in_process(monkeypatch, capsys, *args)
     assert not (tmp_path / "out").exists()
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from common import small_data
+from common import fails_in_process, small_data
 from test_cli_smoke import eigenmix, ok
 
 
@@ -82,9 +82,15 @@ def test_trained_modules_merge_route_explain_and_load_in_peft(trained, minilm_ad
         ("task: sst2\nrecipe: {stpes: 3}\n", "did you mean 'steps'"),
     ],
 )
-def test_bad_configs_are_one_line_and_write_nothing(body, message, tmp_path):
-    done = eigenmix("train", _config(tmp_path / "c.yaml", body), "--out", tmp_path / "o")
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+def test_bad_configs_are_one_line_and_write_nothing(body, message, tmp_path, monkeypatch, capsys):
+    """The first through the installed script in a fresh process; the others in-process
+    (``fails_in_process``: the same one line, exit code 2)."""
+    args = ("train", _config(tmp_path / "c.yaml", body), "--out", tmp_path / "o")
+    if "svd" in body:
+        done = eigenmix(*args)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    else:
+        assert message in fails_in_process(monkeypatch, capsys, *args)
     assert not (tmp_path / "o").exists()
 
 

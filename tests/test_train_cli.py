@@ -99,3 +99,22 @@ def test_a_dry_run_writes_nothing_and_kinds_are_listed(tmp_path):
     assert "dry run" in out and "'pissa' module (r=8, alpha=None)" in " ".join(out.split()) and not (tmp_path / "o").exists()
     listed = " ".join(ok(eigenmix("train", "--kinds")).split())
     assert all(k in listed for k in ("lora", "pissa", "svf", "spectral_adapter", "orthogonal"))
+
+
+def test_an_image_module_through_the_script(tmp_path):
+    """An svf module on Lite0's convs from a folder of labelled PNGs (2 steps at 32 px): a
+    conv LoRA with its head; a text recipe field on an image module is one line."""
+    from common import fashion_pngs
+    from eigenmix.io.peft_lora import read_lora_adapter
+
+    fashion_pngs(tmp_path / "pngs", n=12)
+    config = _config(tmp_path / "image.yaml", "task: fashion\nimages: pngs\nkind: svf\nrecipe: {steps: 2, size: 32, batch_size: 4}\n")
+    out = " ".join(ok(eigenmix("train", config, "--out", tmp_path / "svf")).split())
+    assert "12 images at 32 px" in out and "trained parameters" in out
+    meta = json.loads((tmp_path / "svf" / "head.json").read_text())
+    assert meta["modality"] == "image" and meta["size"] == 32 and meta["recipe"]["kind"] == "svf"
+    kernel = read_lora_adapter(tmp_path / "svf").layers["_conv_stem"].kernel
+    assert kernel is not None and kernel[:2] == (32, 3) and len(kernel) == 4  # a conv LoRA
+    bad = _config(tmp_path / "bad.yaml", "task: fashion\nimages: pngs\nrecipe: {max_length: 32}\n")
+    done = eigenmix("train", bad, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "recipe.max_length" in done.stderr and not (tmp_path / "o").exists()

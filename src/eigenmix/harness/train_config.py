@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eigenmix.errors import did_you_mean
 from eigenmix.io.peft_config import CONFIG_NAME
 from eigenmix.io.yaml_config import read_yaml_config
 from eigenmix.kinds import get_kind
@@ -78,11 +79,16 @@ class TrainConfig(BaseModel):
             raise ValueError(f"images: no such file or folder {self.images}")
         if self.images is not None and self.data_dir is not None:
             raise ValueError("give images (an image module) or data_dir (text tasks), not both")
+        model: type[BaseModel] = ImageLoraRecipe if self.images is not None else TrainRecipe
         try:
-            self.image_recipe() if self.images is not None else self.text_recipe()
+            model.model_validate(self.recipe)
         except ValidationError as err:
-            problems = "; ".join(f"recipe.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(problems) from None
+            problems = []
+            for e in err.errors():
+                where = ".".join(map(str, e["loc"]))
+                hint = did_you_mean(where, model.model_fields) if e["type"] == "extra_forbidden" else ""
+                problems.append(f"recipe.{where}: {e['msg']}{hint}")
+            raise ValueError("; ".join(problems)) from None
         return self
 
     def text_recipe(self) -> TrainRecipe:

@@ -12,6 +12,7 @@ checked against the registry before any work starts.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,12 +49,12 @@ class LayerContext:
     library: LayerBasis | None = None  # the library to stay orthogonal to, at this layer
 
 
-class KindLayer(nn.Module):
+class KindLayer(nn.Module, ABC):
     """A layer's trainable form: ``factors()`` is its current update ``ΔW = B A``, with
     ``B`` ``(m, k)`` and ``A`` ``(k, n)``, differentiable in the trainable parameters."""
 
-    def factors(self) -> tuple[Tensor, Tensor]:  # pragma: no cover - every kind overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def factors(self) -> tuple[Tensor, Tensor]: ...
 
     def keep_top_singular(self, W: Tensor, k: int | None) -> int:
         """Keep ``W``'s top ``k`` (default all) singular triplets as float32 buffers ``U``

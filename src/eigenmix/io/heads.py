@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,20 @@ from eigenmix.io.json_file import read_json_object
 
 HEAD_FILE = "head.safetensors"
 HEAD_META = "head.json"
+
+
+def save_head(
+    folder: Path, head: Any, task: str, label_names: Sequence[str], recipe: Mapping[str, Any], train_rows: int, seconds: float, loss: float,
+    **extra: Any,
+) -> None:
+    """A trainer's ``head.safetensors`` (``head``'s state) and ``head.json`` (task, label
+    names, recipe, rows, seconds, last loss, then ``extra``: an image head's modality and size)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+    meta = {"task": task, "label_names": list(label_names), "recipe": dict(recipe), "train_rows": train_rows,
+            "train_seconds": round(seconds, 3), "final_loss": loss, **extra}  # fmt: skip
+    (folder / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def has_head(folder: Path) -> bool:

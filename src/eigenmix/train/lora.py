@@ -15,12 +15,12 @@ from pydantic import Field
 
 from eigenmix.data import Task
 from eigenmix.io.atomic import atomic_dir
-from eigenmix.io.heads import HEAD_META
+from eigenmix.io.heads import HEAD_META, save_head
 from eigenmix.seeds import derived_seed
 from eigenmix.train.encoder import EncoderClassifier, load_encoder, predict
 from eigenmix.train.loop import fit
 from eigenmix.train.recipe import TrainRecipe
-from eigenmix.train.save import pin_base_model_id, save_head
+from eigenmix.train.save import pin_base_model_id
 
 
 class LoraRecipe(TrainRecipe):
@@ -60,7 +60,7 @@ def train_adapter(
     with atomic_dir(out, overwrite=overwrite, marker=HEAD_META) as tmp:
         peft_encoder.save_pretrained(str(tmp))
         pin_base_model_id(tmp / "adapter_config.json")
-        save_head(tmp, model.head, task, recipe.model_dump(), seconds, loss_value)
+        save_head(tmp, model.head, task.name, task.label_names, recipe.model_dump(), len(task.train), seconds, loss_value)
     return {"train_seconds": seconds, "final_loss": loss_value}
 
 

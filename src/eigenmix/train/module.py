@@ -17,7 +17,7 @@ from pydantic import Field
 
 from eigenmix.data import Task
 from eigenmix.io.atomic import Destination, atomic_dir
-from eigenmix.io.heads import HEAD_META
+from eigenmix.io.heads import HEAD_META, save_head
 from eigenmix.io.peft_lora import write_lora_files
 from eigenmix.kinds import attach, get_kind, library_bases, target_layers
 from eigenmix.modules import Module
@@ -25,7 +25,6 @@ from eigenmix.seeds import derived_seed
 from eigenmix.train.encoder import MINILM_ID, EncoderClassifier, load_encoder
 from eigenmix.train.loop import fit
 from eigenmix.train.recipe import TrainRecipe
-from eigenmix.train.save import save_head
 
 
 class ModuleRecipe(TrainRecipe):
@@ -68,5 +67,6 @@ def train_module(
     count = sum(p.numel() for p in trainable.parameters())
     with atomic_dir(out, overwrite=overwrite, marker=HEAD_META) as tmp:
         write_lora_files(module, tmp)
-        save_head(tmp, model.head, task, recipe.model_dump() | {"params": params.model_dump(), "trained_parameters": count}, seconds, loss)
+        described = recipe.model_dump() | {"params": params.model_dump(), "trained_parameters": count}
+        save_head(tmp, model.head, task.name, task.label_names, described, len(task.train), seconds, loss)
     return {"train_seconds": seconds, "final_loss": loss, "trained_parameters": float(count)}

@@ -1,30 +1,11 @@
-"""What every trainer writes beside its adapter: the head and its ``head.json``."""
+"""What the text trainers write beside their adapter (the head itself: :func:`eigenmix.io.heads.save_head`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from safetensors.torch import save_file
-from torch import nn
-
-from eigenmix.data import Task
 from eigenmix.train.encoder import MINILM_ID
-
-
-def save_head(folder: Path, head: nn.Module, task: Task, recipe: dict[str, Any], seconds: float, loss: float) -> None:
-    """``head.safetensors`` and ``head.json`` (task, label names, recipe, rows, time, last loss) into ``folder``."""
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / "head.safetensors"))
-    meta = {
-        "task": task.name,
-        "label_names": list(task.label_names),
-        "recipe": recipe,
-        "train_rows": len(task.train),
-        "train_seconds": round(seconds, 3),
-        "final_loss": loss,
-    }
-    (folder / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def pin_base_model_id(config_path: Path) -> None:

@@ -32,13 +32,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from eigenmix.data.images import ImageSet
 from eigenmix.errors import InvalidInputError
 from eigenmix.io.atomic import Destination, atomic_dir, destination
-from eigenmix.io.heads import HEAD_FILE, HEAD_META
+from eigenmix.io.heads import HEAD_META, save_head
 from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
 from eigenmix.vision.backbone import FEATURE_DIM, MODEL_NAME, features, inputs, load_efficientnet_lite0
@@ -194,7 +193,7 @@ def train_image_adapter(
     with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
         _pin_base_model(tmp / "adapter_config.json")
-        _write_head(tmp, head, task, recipe.model_dump(), seconds, loss_value, recipe.size)
+        save_head(tmp, head, task.name, task.label_names, recipe.model_dump(), len(task.train), seconds, loss_value, **_image_meta(recipe))
     return {"train_seconds": seconds, "final_loss": loss_value}
 
 
@@ -239,23 +238,14 @@ def train_image_module(
     with atomic_dir(dest) as tmp:
         write_lora_files(module, tmp)
         extra = {"kind": kind, "params": settings.model_dump(), "trained_parameters": count}
-        _write_head(tmp, head, task, recipe.model_dump() | extra, seconds, loss_value, recipe.size)
+        described = recipe.model_dump() | extra
+        save_head(tmp, head, task.name, task.label_names, described, len(task.train), seconds, loss_value, **_image_meta(recipe))
     return {"train_seconds": seconds, "final_loss": loss_value, "trained_parameters": float(count)}
 
 
-def _write_head(folder: Path, head: nn.Linear, task: ImageTask, recipe: dict[str, Any], seconds: float, loss: float, size: int) -> None:
-    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
-    meta = {
-        "task": task.name,
-        "label_names": list(task.label_names),
-        "recipe": recipe,
-        "train_rows": len(task.train),
-        "train_seconds": round(seconds, 3),
-        "final_loss": loss,
-        "modality": MODALITY,
-        "size": size,
-    }
-    (folder / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
+def _image_meta(recipe: ImageLoraRecipe) -> dict[str, Any]:
+    """What an image head's ``head.json`` adds: the modality and the side it was trained at."""
+    return {"modality": MODALITY, "size": recipe.size}
 
 
 def _pin_base_model(config_path: Path) -> None:

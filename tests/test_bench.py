@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from common import run_cli, small_data
+from common import fails_in_process, run_cli, small_data
 from eigenmix.bench.cache import cache_key
 from eigenmix.bench.probe import fit_probe
 from eigenmix.bench.report import markdown_table
@@ -210,3 +210,25 @@ def test_calibrated_entries_through_the_script(tmp_path):
     assert results["config"]["calibration_rows"] == [4, 8]
     done = eigenmix(*args[:-2], "--calibration-rows", "4,x", "--out", tmp_path / "bad", "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2 and "--calibration-rows" in done.stderr and not (tmp_path / "bad").exists()
+
+
+def test_modules_of_another_kind_go_through_the_benchmark(tmp_path, monkeypatch, capsys):
+    """``--kind orthogonal``: each task's module is trained orthogonal to the modules of the
+    tasks before it (in ``--tasks`` order), so the run's overlap is zero (principal angles of
+    90°); the kind is in the config and in the cache key, an arrival order is its own entry,
+    and the trained parameters are recorded (LoRA r = 8's count)."""
+    data = small_data(tmp_path / "data")
+    args = ["bench", "merge", "--data-dir", data, "--methods", "task_arithmetic", "--steps", "3", "--val-rows", "8", "--test-rows", "8"]
+    cache = tmp_path / "cache"
+    for name, order in (("a", "trec,cola"), ("b", "cola,trec")):
+        assert run_cli(monkeypatch, *args, "--kind", "orthogonal", "--tasks", order, "--out", tmp_path / name, "--cache-dir", cache) == 0
+    first, second = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("a", "b"))
+    assert first["config"]["kind"] == "orthogonal" and first["tasks"] == ["trec", "cola"] and second["tasks"] == ["cola", "trec"]
+    for result in (first, second):
+        overlap = result["overlap"]
+        assert overlap["pairs"] == 1 and overlap["layers"] == 36 and overlap["chance_row"] > 0.01
+        assert overlap["row_overlap"] < 1e-6 and overlap["column_overlap"] < 1e-6 and overlap["min_row_angle"] > 89.9
+        assert result["trained_parameters"] == {"trec": 331_776, "cola": 331_776}  # 6 layers x (4 x 8 x 768 + 2 x 8 x 1920)
+    assert len(list((cache / "adapters").iterdir())) == 4  # the first of an order is trained alone; the second against it
+    unknown = fails_in_process(monkeypatch, capsys, *args, "--kind", "svd", "--out", tmp_path / "c", "--cache-dir", tmp_path / "c2")
+    assert "unknown training kind 'svd' (did you mean 'svf'?" in unknown and not (tmp_path / "c2").exists()

@@ -25,11 +25,12 @@ from eigenmix.bench.settings import BenchSettings
 from eigenmix.bench.suites import get_suite
 from eigenmix.harness.evaluator import Evaluator, Head, Split, load_head
 from eigenmix.harness.splits import CarvedTask, carve
+from eigenmix.inspect import mean_overlap
 from eigenmix.io import read_lora_adapter
 from eigenmix.io.atomic import atomic_dir
 from eigenmix.merging import get_method
 from eigenmix.merging import merge as merge_modules
-from eigenmix.modules import Module
+from eigenmix.modules import LowRankDelta, Module
 
 
 @contextmanager
@@ -47,12 +48,24 @@ def load_bench_tasks(settings: BenchSettings, data_dir: Path | None) -> list[Car
 
 
 def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir: Path, console: Console) -> dict[str, Path]:
-    """Train each task's adapter unless the cache has it; the cache folder of each."""
-    folders = {}
+    """Train each task's adapter unless the cache has it; the cache folder of each.
+
+    A kind other than ``lora`` is part of the cache key; an ``orthogonal`` module's key also
+    holds the keys of the modules before it (it is trained orthogonal to them, in task order)."""
+    from eigenmix.kinds import get_kind
+
+    folders: dict[str, Path] = {}
     suite = get_suite(settings.suite)
+    chained = get_kind(settings.kind).needs_library
     with _bar(console) as progress:
         for t in tasks:
-            folder = entry(cache_dir, "adapters", t.task, {"recipe": settings.recipe.model_dump(), "base": suite.base})
+            key: dict = {"recipe": settings.recipe.model_dump(), "base": suite.base}
+            if settings.kind != "lora":  # the LoRA adapters keep the keys they had before kinds existed
+                key |= {"kind": settings.kind, "params": settings.kind_params}
+            earlier = list(folders.values()) if chained else []
+            if chained:
+                key["library"] = [f.name for f in earlier]
+            folder = entry(cache_dir, "adapters", t.task, key)
             folders[t.name] = folder
             if folder.is_dir():
                 progress.add_task(f"adapter {t.name}", total=1, completed=1, note="cached")
@@ -62,7 +75,8 @@ def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir:
             def step(_: int, loss: float, job: TaskID = job) -> None:
                 progress.update(job, advance=1, note=f"loss {loss:.3f}")
 
-            suite.train(t.task, settings.recipe, folder, step)
+            library = [read_lora_adapter(f) for f in earlier]
+            suite.train(t.task, settings.recipe, folder, step, settings.kind, params=settings.kind_params, library=library)
     return folders
 
 
@@ -84,6 +98,15 @@ def floor_heads(tasks: list[CarvedTask], settings: BenchSettings, ev: Evaluator,
             progress.update(job, advance=1)
             heads[t.name] = load_head(folder)
     return heads
+
+
+def _trained(meta: dict, module: Module) -> int:
+    """The trained parameters of a module besides its head: as its trainer recorded them
+    (the kinds), else its LoRA factors (PEFT's trainer: every factor is trained)."""
+    recorded = meta.get("trained_parameters", meta.get("recipe", {}).get("trained_parameters"))
+    if recorded is not None:
+        return int(recorded)
+    return sum(d.A.numel() + d.B.numel() for d in module.layers.values() if isinstance(d, LowRankDelta))
 
 
 def _dense(module: Module) -> dict[str, torch.Tensor]:
@@ -129,6 +152,8 @@ def run_benchmark(settings: BenchSettings, data_dir: Path | None, cache_dir: Pat
         "individual": individual,
         "floor": floor,
         "methods": methods,
+        "overlap": mean_overlap(modules),
+        "trained_parameters": {m.name: _trained(train_meta[m.name], m) for m in modules},
         "config": {
             **settings.model_dump(mode="json"),
             "data_dir": str(data_dir) if data_dir else "bundled",

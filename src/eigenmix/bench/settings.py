@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,12 @@ class BenchSettings(BaseModel):
     methods: tuple[str, ...] = Field(description="registered merge methods (comma-separated; default: every registered method)")
     seed: int = Field(0, description="seeds the splits, the training and the random merges")
     recipe: LoraRecipe | ImageLoraRecipe = Field(FULL_RECIPE, description="the one LoRA recipe of every task (the suite's kind)")
+    kind: str = Field(
+        "lora",
+        description="the training kind of every module (eigenmix.kinds; lora: PEFT's trainer); orthogonal: each module "
+        "orthogonal to the modules of the tasks before it, in the order of --tasks",
+    )
+    kind_params: dict[str, Any] = Field({}, description="the kind's parameters besides its defaults (not lora's: the recipe has r, alpha)")
     val_rows: int = Field(48, ge=1, description="validation rows per task, carved from train (never trained on)")
     test_rows: int = Field(500, ge=0, description="test rows per task (the first N of the file); 0: all")
     probe_rows: int = Field(1000, ge=1, description="training rows per task for the floor's linear probe")
@@ -68,6 +75,8 @@ def make_settings(
     calibration_rows: tuple[int, ...] | None = None,
     tuned: tuple[str, ...] | None = None,
     suite: SuiteName = "text",
+    kind: str = "lora",
+    kind_params: dict[str, Any] | None = None,
 ) -> BenchSettings:
     """The settings of a run; unknown methods fail here, before any work.
 
@@ -78,6 +87,7 @@ def make_settings(
     """
     from eigenmix.bench.tuned import TUNED
     from eigenmix.data import task_names
+    from eigenmix.kinds import get_kind
     from eigenmix.merging import all_methods, get_method
 
     vision = suite == "vision"
@@ -97,4 +107,8 @@ def make_settings(
     if unknown:
         raise InvalidInputError(f"unknown tuned entry '{unknown[0]}' (known: {', '.join(TUNED)})")
     entries = tuple(tuned) if tuned else tuple(TUNED) if tune else ()
-    return BenchSettings(suite=suite, tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=entries, **sizes, **extra)
+    get_kind(kind).parse_params(kind_params or {})  # an unknown kind or parameter fails here, before any training
+    if kind == "lora" and kind_params:
+        raise InvalidInputError("the lora kind takes its rank and alpha from the recipe, not from kind parameters")
+    chosen = {"kind": kind, "kind_params": kind_params or {}}
+    return BenchSettings(suite=suite, tasks=tasks, methods=methods, seed=seed, recipe=recipe, tuned=entries, **chosen, **sizes, **extra)

@@ -53,10 +53,17 @@ class TextSuite:
 
         return list(load_tasks(data_dir, names=list(names)))
 
-    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep) -> None:
-        from eigenmix.train import train_adapter
+    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", **module: Any) -> None:
+        """``kind`` lora: PEFT's LoRA trainer; another kind: :func:`eigenmix.train.train_module`
+        with the recipe's schedule and ``module``'s ``params`` and ``library``."""
+        from eigenmix.train import ModuleRecipe, TrainRecipe, train_adapter, train_module
 
-        train_adapter(task, recipe, folder, on_step=on_step)
+        if kind == "lora":
+            train_adapter(task, recipe, folder, on_step=on_step)
+            return
+        schedule = recipe.model_dump(include=set(TrainRecipe.model_fields))
+        params = module.get("params") or {}
+        train_module(task, ModuleRecipe(**schedule, kind=kind, params=params), folder, library=module.get("library", ()), on_step=on_step)
 
     def evaluator(self, recipe: Any, tokens_per_batch: int) -> Evaluator:
         return Evaluator(recipe.max_length, tokens_per_batch)
@@ -79,13 +86,17 @@ class VisionSuite:
             raise InvalidInputError(f"unknown vision task '{unknown[0]}' (known: {', '.join(VISION_TASKS)})")
         return [_vision_task(name, seed) for name in names]
 
-    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep) -> None:
+    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", **module: Any) -> None:
+        """``kind`` lora: PEFT's conv LoRA trainer; another kind: :func:`eigenmix.vision.train_image_module`."""
         from eigenmix.data.images import image_set
-        from eigenmix.vision import ImageTask, train_image_adapter
+        from eigenmix.vision import ImageTask, train_image_adapter, train_image_module
 
         names = task.label_names
         image_task = ImageTask(task.name, image_set(task.train, names), image_set(task.test, names))
-        train_image_adapter(image_task, recipe, folder, on_step=on_step)
+        if kind == "lora":
+            train_image_adapter(image_task, recipe, folder, on_step=on_step)
+        else:
+            train_image_module(image_task, recipe, folder, kind=kind, on_step=on_step, **module)
 
     def evaluator(self, recipe: Any, tokens_per_batch: int) -> Evaluator:
         from eigenmix.harness.backbones import load_backbone

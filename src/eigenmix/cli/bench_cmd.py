@@ -31,6 +31,9 @@ STEPS = described(LoraRecipe, "steps", None, "--steps", min=1)
 TEST_ROWS = described(BenchSettings, "test_rows", None, "--test-rows", min=0)
 VAL_ROWS = described(BenchSettings, "val_rows", None, "--val-rows", min=1)
 FORCE = typer.Option(False, "--force", help=FORCE_HELP)
+KIND = typer.Option(
+    "lora", "--kind", help="The training kind of every module (eigenmix train --kinds lists them); orthogonal: in the order of --tasks."
+)
 
 
 def _cache(cache_dir: Path | None) -> Path:
@@ -82,6 +85,7 @@ def bench_merge(
         None, "--tuned", metavar="E1,E2", help="Only these tuned entries (names as in the results, e.g. 'spectral+tune(distill)')."
     ),
     calibration_rows: str | None = described(BenchSettings, "calibration_rows", None, "--calibration-rows", metavar="N1,N2"),
+    kind: str = KIND,
     force: bool = FORCE,
 ) -> None:
     """Merge per-task LoRA adapters of all-MiniLM-L6-v2 with every method and score each task."""
@@ -95,7 +99,7 @@ def bench_merge(
     settings = make_settings(
         data_dir, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps,
         test_rows=test_rows, val_rows=val_rows, tune=tune or tuned is not None,
-        calibration_rows=_sizes(calibration_rows), tuned=_entries(tuned),
+        calibration_rows=_sizes(calibration_rows), tuned=_entries(tuned), kind=kind,
     )  # fmt: skip
     results = run_benchmark(settings, data_dir, cache, console)
     _record_run(results)
@@ -170,6 +174,7 @@ def bench_compose(
     steps: int | None = STEPS,
     test_rows: int | None = TEST_ROWS,
     val_rows: int | None = VAL_ROWS,
+    kind: str = KIND,
     force: bool = FORCE,
 ) -> None:
     """Compose the merge benchmark's adapters per input: routers, cost, continual addition."""
@@ -190,7 +195,8 @@ def bench_compose(
     inputs = [p for p in (data_dir, cache, *static) if p is not None]
     dest = destination(out, overwrite=force, inputs=inputs, marker="results.json")
     bench = make_settings(
-        data_dir, tasks=_names(tasks), methods=("linear",), seed=seed, quick=quick, steps=steps, test_rows=test_rows, val_rows=val_rows
+        data_dir, tasks=_names(tasks), methods=("linear",), seed=seed, quick=quick, steps=steps, test_rows=test_rows, val_rows=val_rows,
+        kind=kind,
     )
     settings = ComposeSettings(bench=bench, parts=chosen, **({"continual_rows": 60, "cost_ks": (2, 4), "cost_repeats": 3} if quick else {}))
     results = run_compose(settings, data_dir, cache, static, console)
@@ -223,6 +229,7 @@ def bench_vision(
         None, "--tuned", metavar="E1,E2", help="Tuned entries of the merge part (default: every one; 'none': none)."
     ),
     calibration_rows: str | None = described(BenchSettings, "calibration_rows", None, "--calibration-rows", metavar="N1,N2"),
+    kind: str = KIND,
     force: bool = FORCE,
 ) -> None:
     """The same protocol on images: conv LoRAs of EfficientNet-Lite0 on Fashion-MNIST and MNIST tasks,
@@ -246,7 +253,7 @@ def bench_vision(
     settings = make_settings(
         None, tasks=_names(tasks), methods=_names(methods), seed=seed, quick=quick, steps=steps, test_rows=test_rows,
         val_rows=val_rows, tune=not entries and tuned != "none", tuned=entries or None,
-        calibration_rows=_sizes(calibration_rows), suite="vision",
+        calibration_rows=_sizes(calibration_rows), suite="vision", kind=kind,
     )  # fmt: skip
     summary: dict = {"parts": list(chosen), "seconds": {}}
     with atomic_dir(dest) as tmp:

@@ -8,7 +8,9 @@ rank-r subspaces of R^m overlap about ``r / m``; 1 means one contains the other.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from eigenmix.modules import AnyDelta, Module, delta_dtype
@@ -74,3 +76,15 @@ def _numerical_spectrum(delta: AnyDelta) -> SVD:
     """Exact float64 SVD of a matrix delta with numerically zero directions dropped."""
     f = delta.svd64()
     return f.truncate(numerical_rank(f.S, default_rtol(delta_dtype(delta))))
+
+
+def mean_overlap(modules: Sequence[Module]) -> dict[str, float]:
+    """How much a set of modules overlaps, as one number per measure: the mean over every
+    pair of modules and every matrix layer they share of :func:`module_overlap`'s column and
+    row overlaps and smallest principal angles (degrees), beside the chance overlap."""
+    rows = [row for a, b in itertools.combinations(modules, 2) for row in module_overlap(a, b)]
+    if not rows:
+        return {"pairs": 0}
+    fields = ("column_overlap", "row_overlap", "min_column_angle", "min_row_angle", "chance_column", "chance_row")
+    mean = {f: sum(getattr(r, f) for r in rows) / len(rows) for f in fields}
+    return {"pairs": len(modules) * (len(modules) - 1) // 2, "layers": len(rows), **mean}

@@ -17,7 +17,8 @@ from eigenmix.errors import InvalidInputError
 from eigenmix.harness.evaluator import load_head
 from eigenmix.io import read_lora_adapter
 
-SAME = ("suite", "tasks", "seed", "recipe", "val_rows", "test_rows", "probe_rows")
+SAME = ("suite", "tasks", "seed", "recipe", "kind", "kind_params", "val_rows", "test_rows", "probe_rows")
+BEFORE_KINDS = {"kind": "lora", "kind_params": {}}  # what a results.json written before kinds existed ran
 
 
 def static_entries(paths: list[Path], settings: ComposeSettings) -> dict[str, dict]:
@@ -32,7 +33,7 @@ def static_entries(paths: list[Path], settings: ComposeSettings) -> dict[str, di
             config = results["config"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InvalidInputError(f"{file}: not a results.json of eigenmix bench merge ({err})") from None
-        differ = [key for key in SAME if config.get(key) != mine[key]]
+        differ = [key for key in SAME if config.get(key, BEFORE_KINDS.get(key)) != mine[key]]
         if differ:
             raise InvalidInputError(f"{file}: its run differs in {', '.join(differ)}; its numbers are not on the same adapters and rows")
         for name, entry in results["methods"].items():

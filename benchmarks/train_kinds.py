@@ -1,100 +1,118 @@
-"""Modules of every training kind on the same text tasks (issue 26, a pilot at the quick size).
+"""Modules of every training kind through the benchmark's protocol (issue 26).
 
-For each kind, one module per task is trained by ``eigenmix.train.train_module`` with one
-recipe (``orthogonal``: each task's module orthogonal to the modules of the tasks before it,
-in the listed order); then per kind: each module's own test accuracy, the ``task_arithmetic``
-merge (scale 1, no search) evaluated with each task's head, normalised by the module's own
-accuracy, the trained parameters, and the overlap of the modules' row spaces (the mean squared
-cosine of the principal angles between two modules' row spaces, averaged over layers and
-pairs: 0 is orthogonal).
+For each kind, the installed script runs ``eigenmix bench merge --kind K`` (each module's
+own accuracy, every merge method and calibrated entry with its scale chosen on validation,
+the modules' mean overlap and trained parameters) and ``eigenmix bench compose --kind K
+--parts routing`` (every router). ``orthogonal`` runs in ``--orders`` arrival orders: the
+listed one, then seeded permutations (each module is trained orthogonal to the ones that
+arrived before it). One JSON and one Markdown table gather them; each run keeps its own
+``results.json`` under ``--out``.
 
-    .venv/bin/python benchmarks/train_kinds.py --tasks sst2,ag_news,trec --steps 50 \
-        --out benchmarks/results/train_kinds_quick.json
+    .venv/bin/python benchmarks/train_kinds.py --quick --out benchmarks/results/train_kinds
+
+``--quick`` is the benchmark's quick size (50 steps, 24 validation and 120 test rows per
+task); without it, the full recipe (400 steps, 500 test rows: about an hour of training per
+kind on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import shutil
-import tempfile
-import time
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from bench_common import write_result
-from eigenmix import merge
-from eigenmix.data import load_tasks
-from eigenmix.io import read_lora_adapter, write_lora_adapter
-from eigenmix.kinds import all_kinds
-from eigenmix.modules import Module
-from eigenmix.train import ModuleRecipe, evaluate_adapter, quiet_transformers, train_module
+
+TASKS = "sst2,ag_news,trec,sms_spam,subj,emotion,cola,mrpc"
+KINDS = "lora,orthogonal,svf,pissa,spectral_adapter"
+CALIBRATED = ("regmean", "regmean_pp", "spectral_align")
 
 
-def row_overlap(a: Module, b: Module) -> float:
-    """Mean over shared layers of ‖Q_aᵀ Q_b‖²_F / min(rank): the row spaces' mean squared cosine."""
-    def rows(m: Module, name: str) -> torch.Tensor:
-        f = m.layers[name].svd64()
-        return f.V[:, : max(1, int((f.S > 1e-8 * f.S[0]).sum()))]
-
-    values = []
-    for name in set(a.layers) & set(b.layers):
-        qa, qb = rows(a, name), rows(b, name)
-        values.append(float((qa.T @ qb).pow(2).sum()) / min(qa.shape[1], qb.shape[1]))
-    return sum(values) / len(values)
+def orders(tasks: list[str], count: int) -> list[list[str]]:
+    """The listed order, then ``count - 1`` permutations seeded 1, 2, …"""
+    permuted = [[tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator().manual_seed(s))] for s in range(1, count)]
+    return [tasks, *permuted]
 
 
-def with_head(adapter: Path, head_of: Path, folder: Path) -> Path:
-    shutil.copytree(adapter, folder)
-    for name in ("head.safetensors", "head.json"):
-        shutil.copy(head_of / name, folder / name)
-    return folder
+def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.Namespace) -> dict:
+    """One run of ``eigenmix bench COMMAND`` through the installed script (reused when its results exist)."""
+    if not (out / "results.json").is_file():
+        size = ["--quick"] if args.quick else []
+        parts = ["--parts", "routing"] if command == "compose" else []
+        line = [str(Path(sys.executable).parent / "eigenmix"), "bench", command, *size, "--tasks", ",".join(tasks), "--kind", kind,
+                *parts, "--cache-dir", str(args.cache_dir), "--out", str(out)]  # fmt: skip
+        print(" ".join(line[1:]), flush=True)
+        subprocess.run(line, check=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
+    return json.loads((out / "results.json").read_text())
+
+
+def summary(merge: dict, compose: dict) -> dict:
+    """The table's numbers of one kind and order."""
+    methods = merge["methods"]
+    calibrated = {n: r for n, r in methods.items() if n.split("(")[0] in CALIBRATED}
+    data_free = {n: r for n, r in methods.items() if n not in calibrated}
+    best = max(data_free, key=lambda n: data_free[n]["avg_normalized_acc"])
+    best_calibrated = max(calibrated, key=lambda n: calibrated[n]["avg_normalized_acc"]) if calibrated else None
+    routers = compose["routers"]
+    params = merge["trained_parameters"]
+    return {
+        "tasks": merge["tasks"],
+        "trained_parameters": sum(params.values()) // len(params),
+        "individual": sum(merge["individual"].values()) / len(merge["individual"]),
+        "task_arithmetic": methods["task_arithmetic"]["avg_normalized_acc"],
+        "best_merge": [best, data_free[best]["avg_normalized_acc"]],
+        "best_calibrated": [best_calibrated, calibrated[best_calibrated]["avg_normalized_acc"]] if best_calibrated else None,
+        "routers": {n: {"normalized": r["avg_normalized_acc"], "routing_acc": r.get("routing_acc")} for n, r in routers.items()},
+        "overlap": merge["overlap"],
+    }
+
+
+def markdown(result: dict) -> str:
+    header = ("| kind | order | params / module | individual | task_arithmetic | best data-free merge | best calibrated | "
+              "spectral routing (acc, norm.) | learned router (norm.) | row overlap | column overlap |")  # fmt: skip
+    lines = [header, "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    for kind, runs in result["kinds"].items():
+        for order, s in enumerate(runs):
+            spectral, learned = s["routers"]["spectral"], s["routers"].get("learned(n=64)", {})
+            calibrated = f"{s['best_calibrated'][0]} {100 * s['best_calibrated'][1]:.1f}" if s["best_calibrated"] else ""
+            cells = [kind, str(order), f"{s['trained_parameters']:,}", f"{100 * s['individual']:.1f}", f"{100 * s['task_arithmetic']:.1f}",
+                     f"{s['best_merge'][0]} {100 * s['best_merge'][1]:.1f}", calibrated,
+                     f"{100 * spectral['routing_acc']:.1f}, {100 * spectral['normalized']:.1f}",
+                     f"{100 * learned['normalized']:.1f}" if learned else "",
+                     f"{s['overlap']['row_overlap']:.3f}", f"{s['overlap']['column_overlap']:.3f}"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="sst2,ag_news,trec")
-    parser.add_argument("--kinds", default=",".join(k.name for k in all_kinds()))
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--test-rows", type=int, default=200)
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--kinds", default=KINDS)
+    parser.add_argument("--orders", type=int, default=3, help="arrival orders of the orthogonal kind")
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_kinds_quick.json"))
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "eigenmix")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_kinds"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    quiet_transformers()
-    tasks = load_tasks(names=args.tasks.split(","))
-    base = {"steps": args.steps, "batch_size": 16, "max_length": 64, "lr": 2e-3, "head_lr": 5e-3, "warmup": 0.1}
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        for kind in args.kinds.split(","):
-            entry: dict = {"individual": {}, "trained_parameters": {}, "train_seconds": {}}
-            modules: list[Module] = []
-            for task in tasks:
-                folder = root / kind / task.name
-                done = train_module(task, ModuleRecipe(**base, kind=kind), folder, library=list(modules))
-                modules.append(read_lora_adapter(folder))
-                entry["individual"][task.name] = evaluate_adapter(folder, task, limit=args.test_rows)
-                entry["trained_parameters"][task.name] = int(done["trained_parameters"])
-                entry["train_seconds"][task.name] = round(done["train_seconds"], 1)
-                print(kind, task.name, entry["individual"][task.name], flush=True)
-            start = time.perf_counter()
-            merged = merge(modules, "task_arithmetic")
-            entry["merge_seconds"] = round(time.perf_counter() - start, 2)
-            write_lora_adapter(merged, root / kind / "merged")
-            entry["merged"] = {
-                t.name: evaluate_adapter(with_head(root / kind / "merged", root / kind / t.name, root / kind / f"merged-{t.name}"), t,
-                                         limit=args.test_rows)
-                for t in tasks
-            }  # fmt: skip
-            entry["avg_individual"] = sum(entry["individual"].values()) / len(tasks)
-            entry["avg_normalized_merged"] = sum(entry["merged"][t.name] / entry["individual"][t.name] for t in tasks) / len(tasks)
-            pairs = list(itertools.combinations(modules, 2))
-            entry["row_overlap"] = sum(row_overlap(a, b) for a, b in pairs) / max(1, len(pairs))
-            results[kind] = entry
-    write_result(args.out, {"benchmark": "train_kinds", "tasks": [t.name for t in tasks], "recipe": base, "test_rows": args.test_rows,
-                            "merge": "task_arithmetic, scale 1 (no search)", "kinds": results})  # fmt: skip
+    tasks = args.tasks.split(",")
+    for kind in args.kinds.split(","):
+        for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
+            for command in ("merge", "compose"):
+                bench(command, kind, order, args.out / f"{kind}-{number}" / command, args)
+    # the table: every run under --out (earlier calls' too), kinds in KINDS' order, then orders
+    done = sorted((f for f in args.out.glob("*-*") if (f / "compose" / "results.json").is_file()),
+                  key=lambda f: (KINDS.split(",").index(f.name.rsplit("-", 1)[0]), int(f.name.rsplit("-", 1)[1])))  # fmt: skip
+    result: dict = {"benchmark": "train_kinds", "tasks": tasks, "quick": args.quick, "kinds": {}}
+    for folder in done:
+        merge, compose = (json.loads((folder / c / "results.json").read_text()) for c in ("merge", "compose"))
+        result["kinds"].setdefault(folder.name.rsplit("-", 1)[0], []).append(summary(merge, compose))
+    write_result(args.out / "train_kinds.json", result)
+    (args.out / "train_kinds.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``eigenmix train`` through the installed script, each in a fresh process, on the real
-all-MiniLM-L6-v2: an svf module and a module orthogonal to a library, each then merged,
+all-MiniLM-L6-v2: a module of every kind (one orthogonal to a library), all then merged,
 put in a library, routed and explained like any adapter, and loaded in PEFT; bad configs
 are one line, exit code 2, nothing written."""
 
@@ -30,7 +30,12 @@ def trained(minilm_adapters, tmp_path_factory):
     out = ok(eigenmix("train", root / "svf.yaml", "--out", root / "svf"))
     assert "13,824 trained parameters" in " ".join(out.split())  # 384 singular values × 36 linears
     ok(eigenmix("train", root / "orth.yaml", "--out", root / "orth"))
+    for kind in LORA_SHAPED:
+        ok(eigenmix("train", _config(root / f"{kind}.yaml", f"task: sst2\nkind: {kind}\nparams: {{r: 2}}\n{recipe}"), "--out", root / kind))
     return root
+
+
+LORA_SHAPED = ("lora", "pissa", "spectral_adapter")  # besides orthogonal (svf is a full-rank delta)
 
 
 def test_an_orthogonal_module_stays_orthogonal_to_its_library_once_saved(trained, minilm_adapters):
@@ -53,23 +58,30 @@ def test_trained_modules_merge_route_explain_and_load_in_peft(trained, minilm_ad
     from eigenmix.train import load_encoder
 
     cola = minilm_adapters / "adapters" / "cola"
-    modules = "".join(f"  - {{path: {trained / name}}}\n" for name in ("svf", "orth"))
+    modules = "".join(f"  - {{path: {trained / name}}}\n" for name in ("svf", "orth", *LORA_SHAPED))
     (tmp_path / "merge.yaml").write_text(f"method: task_arithmetic\nmodules:\n{modules}")
     ok(eigenmix("merge", tmp_path / "merge.yaml", "--out", tmp_path / "merged"))
-    ok(eigenmix("library", "build", trained / "orth", cola, "--out", tmp_path / "lib"))
+    library = [trained / name for name in ("orth", *LORA_SHAPED)]
+    ok(eigenmix("library", "build", *library, cola, "--out", tmp_path / "lib"))
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in [("a fine film", "sst2"), ("him the book gave", "cola")]))
     ok(eigenmix("route", tmp_path / "lib", "--inputs", rows, "--out", tmp_path / "routed"))
     ok(eigenmix("explain", tmp_path / "lib", "--inputs", rows, "--out", tmp_path / "ex"))  # (a rank-384 svf merge explains slowly)
-    assert json.loads((tmp_path / "ex" / "explain.json").read_text())["parts"] == ["orth", "cola"]
+    assert json.loads((tmp_path / "ex" / "explain.json").read_text())["parts"] == ["orth", *LORA_SHAPED, "cola"]
     encoder, tokenizer = load_encoder()
     enc = tokenizer(["a fine film"], return_tensors="pt")
+    layer = "encoder.layer.0.attention.self.query"
     with torch.no_grad():
         base = encoder(**enc).last_hidden_state
-        peft = PeftModel.from_pretrained(encoder, str(trained / "svf")).eval()
-        tuned = peft(**enc).last_hidden_state
-    layer = "encoder.layer.0.attention.self.query"
-    assert read_lora_adapter(trained / "svf").layers[layer].rank == 384 and not torch.allclose(tuned, base, atol=1e-4)
+        for name in ("svf", "orth", *LORA_SHAPED):  # each loads in PEFT and changes the outputs by its own delta
+            module = read_lora_adapter(trained / name)
+            peft = PeftModel.from_pretrained(encoder, str(trained / name)).eval()
+            tuned = peft(**enc).last_hidden_state
+            dense = peft.base_model.model.encoder.layer[0].attention.self.query.get_delta_weight("default")
+            assert torch.allclose(dense, module.layers[layer].dense(), atol=1e-6), name
+            assert not torch.allclose(tuned, base, atol=1e-4), name
+            encoder = peft.unload()
+    assert read_lora_adapter(trained / "svf").layers[layer].rank == 384
 
 
 @pytest.mark.parametrize(

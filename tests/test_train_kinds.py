@@ -109,7 +109,8 @@ def test_the_spectral_adapter_moves_the_top_singular_vectors():
         layer.AU.normal_(), layer.AV.normal_()
     U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
     Ur, Sr, Vr = U[:, :3], torch.diag(S[:3]), Vh[:3].T
-    expected = (Ur + layer.AU.double()) @ Sr @ (Vr + layer.AV.double()).T - Ur @ Sr @ Vr.T
+    AU, AV = layer.AU.double() / S[:3], layer.AV.double() / S[:3]  # the additions are divided by the singular values
+    expected = (Ur + AU) @ Sr @ (Vr + AV).T - Ur @ Sr @ Vr.T
     assert torch.allclose(_dense(layer), expected.detach(), atol=1e-4)
     assert sum(p.numel() for p in layer.parameters()) == 3 * (12 + 40)
 

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from common import eigenmix_script, fails_in_process, fashion_pngs
+from eigenmix.bench.bridge_figure import cats_and_dogs_png
 from eigenmix.bridge import BridgeSettings, fit_bridge, load_bridge
 from eigenmix.data.images import ImageRow
 from eigenmix.harness.anchors import image_anchors, imagenet_classes, text_embeddings
@@ -123,7 +124,8 @@ def test_bad_label_lists_and_inputs_are_one_line(fitted, tmp_path, labels, input
 
 
 def test_bench_bridge_quick_through_the_installed_script(tmp_path):
-    """One split: every entry retrieves among the unseen names, the curve ends at the full bridge, cats and dogs are measured."""
+    """One split: every entry retrieves among the unseen names, the curve ends at the full bridge, cats and dogs are measured;
+    results.png is the figure of the points results.json holds, linked from results.md."""
     done = run("bench", "bridge", "--quick", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -133,6 +135,15 @@ def test_bench_bridge_quick_through_the_installed_script(tmp_path):
     assert curve[max(curve, key=int)]["share_of_full"] == 1.0
     assert results["retrieval"]["eigenmix bridge"]["top1"] == curve[max(curve, key=int)]["top1"]
     assert len(results["cats_and_dogs"]["principal_angles_deg"]) == 5 and "Persian cat" in results["cats_and_dogs"]["names_nearest_cats"]
+    plane = results["cats_and_dogs"]["plane"]
+    assert len(plane["cats"]) == len(plane["cat_names"]) == 5 and len(plane["dogs"]) == 118 and set(plane["words"]) == {"cat", "dog"}
+    points = [*plane["cats"], *plane["dogs"], *plane["words"].values(), plane["chelsea"]]
+    assert all(len(p) == 2 and all(-1 <= v <= 1 for v in p) for p in points)  # cosines with the two directions
+    assert min(x for x, _ in plane["cats"]) > max(x for x, _ in plane["dogs"])  # the cats' direction separates them
+    png = (tmp_path / "out" / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    assert png == cats_and_dogs_png(results["cats_and_dogs"], results["feature_picking"])  # redrawn from the JSON alone
+    assert "![cats and dogs in the joint space](results.png)" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_explain_a_photo_and_a_text_through_the_script(fitted, tmp_path):

@@ -13,14 +13,18 @@ all-MiniLM-L6-v2 on ImageNet's 1,000 classes, against the published baselines.
   (``eigenmix bridge classify``'s path); the same with the bridge's best baseline, relative +csls.
 - **Cats and dogs**: the image-side rows of ImageNet's cats (281–285) and dogs (151–268) in
   the joint space: the principal angles between the two concept subspaces, the class names
-  nearest each subspace, and where scikit-image's ``chelsea`` photo (a cat) lands.
+  nearest each subspace, and where scikit-image's ``chelsea`` photo (a cat) lands; every class,
+  the photo and the words "cat" and "dog" projected on a plane for ``results.png``
+  (:mod:`eigenmix.bench.bridge_figure`).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +72,7 @@ def run_bridge_bench(settings: BridgeBenchSettings, on_line: Callable[[str], Non
         },
         **unseen,
         "zero_shot": zero_shot,
-        "cats_and_dogs": cats_and_dogs(bridge, X, Y, names, settings.image_size),
+        "cats_and_dogs": cats_and_dogs(bridge, X, Y, names, settings.templates),
         "settings": settings.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -142,9 +146,12 @@ def _zero_shot(bridge: Bridge, X: Tensor, Y: Tensor, settings: BridgeBenchSettin
     return out
 
 
-def cats_and_dogs(bridge: Bridge, X: Tensor, Y: Tensor, names: list[str], image_size: int) -> dict:
+def cats_and_dogs(bridge: Bridge, X: Tensor, Y: Tensor, names: list[str], templates: tuple[str, ...]) -> dict:
     """The cat and dog concept subspaces in the joint space (each spanned by its classes'
-    image-side rows): principal angles, nearest class names, and the ``chelsea`` photo."""
+    image-side rows): principal angles, nearest class names, the ``chelsea`` photo, and the
+    points of the figure's plane (:func:`plane`) for every class, the photo and the words
+    "cat" and "dog" (through the text side, averaged over ``templates``)."""
+    from eigenmix.harness.anchors import text_embeddings
     from eigenmix.spectral import principal_angles
 
     joint = bridge.joint(X, "image") * bridge.lam  # (1000, r)
@@ -158,6 +165,14 @@ def cats_and_dogs(bridge: Bridge, X: Tensor, Y: Tensor, names: list[str], image_
         share = (text @ Q).square().sum(-1)  # each name's energy in the subspace
         return [names[i] for i in share.topk(8).indices.tolist()]
 
+    B = plane(cats, dogs)  # (r, 2)
+    words = F.normalize(bridge.joint(text_embeddings(["cat", "dog"], templates), "text") * bridge.lam, dim=-1)  # (2, r)
+    points = {
+        "cats": _points(F.normalize(cats, dim=-1) @ B),
+        "cat_names": [names[i] for i in CATS],
+        "dogs": _points(F.normalize(dogs, dim=-1) @ B),
+        "words": dict(zip(("cat", "dog"), _points(words @ B), strict=True)),
+    }
     out: dict[str, object] = {"principal_angles_deg": angles, "names_nearest_cats": nearest(Qc), "names_nearest_dogs": nearest(Qd)}
     try:
         from skimage import data as photos
@@ -172,9 +187,45 @@ def cats_and_dogs(bridge: Bridge, X: Tensor, Y: Tensor, names: list[str], image_
             "energy_in_dogs": float((z @ Qd).square().sum()),
             "nearest_names": [names[i] for i in (text @ z).topk(5).indices.tolist()],
         }
+        points["chelsea"] = _points(z[None] @ B)[0]
     except ImportError:
         out["chelsea"] = "scikit-image is not installed"
-    return out
+    return {**out, "plane": {"x": "the cats' top direction", "y": "the dogs' top direction, orthogonal to the cats'", **points}}
+
+
+def plane(cats: Tensor, dogs: Tensor) -> Tensor:
+    """Two orthonormal directions that pull the cats and the dogs apart: the cats' top singular
+    direction, and the dogs' made orthogonal to it; each signed so its own classes sit on the
+    positive side.
+
+    Args:
+        cats: ``(c, r)`` the cat classes' rows in the joint space.
+        dogs: ``(g, r)`` the dog classes' rows.
+
+    Returns:
+        ``(r, 2)``; a unit row's coordinates ``row @ B`` are its cosines with the two directions.
+    """
+    u = torch.linalg.svd(cats.T, full_matrices=False).U[:, 0]  # (r,)
+    u = -u if (cats @ u).sum() < 0 else u
+    v = torch.linalg.svd(dogs.T, full_matrices=False).U[:, 0]
+    v = F.normalize(v - (v @ u) * u, dim=0)
+    v = -v if (dogs @ v).sum() < 0 else v
+    return torch.stack([u, v], dim=1)
+
+
+def _points(P: Tensor) -> list[list[float]]:
+    return [[round(float(a), 4), round(float(b), 4)] for a, b in P.tolist()]
+
+
+def write_results(results: dict, folder: Path) -> None:
+    """``results.json``, ``results.md`` (the figure, then the tables) and ``results.png`` into
+    ``folder`` (the caller makes it atomic). The figure's line comes first: the docs page includes
+    ``results.md`` from its third line and shows the figure from its own path."""
+    from eigenmix.bench.bridge_figure import cats_and_dogs_png
+
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "results.md").write_text("![cats and dogs in the joint space](results.png)\n\n" + markdown(results))
+    (folder / "results.png").write_bytes(cats_and_dogs_png(results["cats_and_dogs"], results["feature_picking"]))
 
 
 def markdown(results: dict) -> str:

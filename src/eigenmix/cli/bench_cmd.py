@@ -296,7 +296,7 @@ def bench_vision(
 
 @app.command("bridge")
 def bench_bridge(
-    out: Path = typer.Option(Path("runs/bench-bridge"), "--out", help="Folder for results.json and results.md, written atomically."),
+    out: Path = typer.Option(Path("runs/bench-bridge"), "--out", help="Folder for results.json, .md and .png, written atomically."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeded seen / unseen splits of ImageNet's classes."),
     unseen: int = typer.Option(200, "--unseen", min=2, max=500, help="Unseen classes per split."),
     zero_shot_images: int = typer.Option(1000, "--zero-shot-images", min=10, help="Fashion-MNIST and MNIST test images classified."),
@@ -304,7 +304,7 @@ def bench_bridge(
     force: bool = FORCE,
 ) -> None:
     """The spectral bridge between EfficientNet-Lite0 and all-MiniLM-L6-v2 on ImageNet's classes, beside the baselines."""
-    from eigenmix.bench.bridge import BridgeBenchSettings, markdown, run_bridge_bench
+    from eigenmix.bench.bridge import BridgeBenchSettings, markdown, run_bridge_bench, write_results
 
     console = make_console()
     dest = destination(out, overwrite=force, inputs=[], marker="results.json")
@@ -314,7 +314,6 @@ def bench_bridge(
     results["config"] = {"settings": settings.model_dump(mode="json")}
     _record_run(results)
     with atomic_dir(dest) as tmp:
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "results.md").write_text(markdown(results))
+        write_results(results, tmp)
     console.print(markdown(results))
-    console.print(f"results in {out}/ (results.json, results.md); {results['seconds']:.0f} s")
+    console.print(f"results in {out}/ (results.json, results.md, results.png); {results['seconds']:.0f} s")

@@ -16,22 +16,29 @@ Accuracy on the first ``--test-rows`` test rows of each task. Methods:
   scale per singular value (Transformer²'s SVF).
 - ``moe``: ``SpectralMoELinear`` with E = ``--experts`` (8), full rank, the per-token
   router, gates and routers initialised to keep the pretrained outputs.
+
+``svf`` and ``moe`` train through :func:`eigenmix.moe.param_groups`: their scales at
+``--scales-lr-ratio`` (default the layer's ``scales_lr_ratio``, 30) times the encoder-side
+lr; ``--scales-lr-ratio 1`` is the recipe of the first, committed run.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench_common import write_result
+from bench_common import machine, write_result
 from eigenmix.bench.settings import FULL_RECIPE
 from eigenmix.data import Task, load_tasks
 from eigenmix.inputs import TextInputs, mean_pool
-from eigenmix.moe import convert
+from eigenmix.moe import SpectralMoELinear, convert, param_groups
 from eigenmix.seeds import derived_seed
 from eigenmix.train import BERT_LINEARS, load_encoder
 from eigenmix.train.loop import fit
@@ -39,7 +46,7 @@ from eigenmix.train.loop import fit
 METHODS = ("lora", "svf", "moe")
 
 
-def adapt(encoder: nn.Module, method: str, experts: int) -> nn.Module:
+def adapt(encoder: nn.Module, method: str, experts: int, scales_lr_ratio: float | None = None) -> nn.Module:
     """The encoder with ``method``'s trainable layers; everything else frozen."""
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -49,6 +56,9 @@ def adapt(encoder: nn.Module, method: str, experts: int) -> nn.Module:
         convert(encoder, BERT_LINEARS, n_experts=1, gate=False)
     else:
         convert(encoder, BERT_LINEARS, n_experts=experts)
+    for module in encoder.modules():
+        if isinstance(module, SpectralMoELinear) and scales_lr_ratio is not None:
+            module.scales_lr_ratio = scales_lr_ratio
     return encoder
 
 
@@ -67,15 +77,15 @@ def accuracy(encoder: nn.Module, tokenizer: object, head: nn.Linear, task: Task,
     return right / len(test)
 
 
-def run(method: str, tasks: list[Task], steps: int, experts: int, test_rows: int, seed: int) -> dict:
+def run(method: str, tasks: list[Task], steps: int, experts: int, test_rows: int, seed: int, scales_lr_ratio: float | None = None) -> dict:
     """Train one encoder (one head per task) on ``tasks`` in turn; test accuracy per task."""
     torch.manual_seed(derived_seed(seed, method + ":" + ",".join(t.name for t in tasks)))
     encoder, tokenizer = load_encoder()
     encoder.requires_grad_(False)
-    encoder = adapt(encoder, method, experts)
+    encoder = adapt(encoder, method, experts, scales_lr_ratio)
     heads = nn.ModuleDict({t.name: nn.Linear(encoder.config.hidden_size, t.num_labels) for t in tasks})
     body = [p for p in encoder.parameters() if p.requires_grad]
-    groups = [{"params": body, "lr": FULL_RECIPE.lr}, {"params": list(heads.parameters()), "lr": FULL_RECIPE.head_lr}]
+    groups = [*param_groups(encoder, FULL_RECIPE.lr), {"params": list(heads.parameters()), "lr": FULL_RECIPE.head_lr}]
     model = nn.ModuleDict({"encoder": encoder, "heads": heads})
     recipe = FULL_RECIPE.model_copy(update={"steps": steps, "seed": seed})
     seconds, loss = fit(model, lambda name, enc: heads[name](pooled(encoder, enc)), tasks, tokenizer, groups, recipe, seed=seed)
@@ -106,6 +116,33 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def merged(old: dict, new: dict, note: dict) -> dict:
+    """``old`` with ``new``'s entries (per task and mixture, per method) in place of its own,
+    and ``note`` (which entries were rerun, when, with which code) appended to ``reruns``."""
+    if old["tasks"] != new["tasks"] or old["test_rows"] != new["test_rows"] or old["experts"] != new["experts"]:
+        raise SystemExit("--update: the existing result has other tasks, test rows or experts than this run")
+    same = ("steps", "mixture_steps", "lr", "head_lr", "batch_size", "max_length", "warmup")
+    if any(old["recipe"][key] != new["recipe"][key] for key in same):
+        raise SystemExit("--update: the existing result was trained with another recipe (steps, lr, batches)")
+    ratios = old["recipe"].get("scales_lr_ratio", {m: 1.0 for m in old["methods"] if m != "lora"})
+    return old | {
+        "methods": old["methods"] + [m for m in new["methods"] if m not in old["methods"]],
+        "recipe": old["recipe"] | {"scales_lr_ratio": ratios | new["recipe"]["scales_lr_ratio"]},
+        "per_task": {m: old["per_task"].get(m, {}) | new["per_task"].get(m, {}) for m in old["methods"] + new["methods"]},
+        "mixture": old["mixture"] | new["mixture"],
+        "reruns": [*old.get("reruns", []), note],
+    }
+
+
+def code_version() -> str:
+    """The commit this runs on (``+dirty`` with uncommitted changes to the package or this script)."""
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    paths = ["src", "benchmarks/moe_accuracy.py"]
+    dirty = subprocess.run(["git", "status", "--porcelain", *paths], cwd=root, capture_output=True, text=True).stdout
+    return head + ("+dirty" if dirty.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the result")
@@ -116,30 +153,48 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--test-rows", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scales-lr-ratio", type=float, default=None, help="svf/moe scales' lr / encoder lr (default 30)")
+    parser.add_argument("--update", action="store_true", help="rerun --methods: keep the other entries of --json")
     args = parser.parse_args()
     tasks = load_tasks(names=args.tasks.split(",") if args.tasks else None)
     methods = args.methods.split(",")
+    ratio = SpectralMoELinear.scales_lr_ratio if args.scales_lr_ratio is None else args.scales_lr_ratio
+    old = json.loads(args.json.read_text()) if args.update else None
     start = time.perf_counter()
     per_task: dict[str, dict] = {m: {} for m in methods}
+    mixture: dict[str, dict] = {}
+
+    def save() -> None:  # after every stage, so that a cut-off run keeps what it finished
+        result = {
+            "tasks": [t.name for t in tasks],
+            "methods": methods,
+            "recipe": FULL_RECIPE.model_dump()
+            | {"steps": args.steps, "mixture_steps": args.mixture_steps, "scales_lr_ratio": {m: ratio for m in methods if m != "lora"}},
+            "experts": args.experts,
+            "test_rows": args.test_rows,
+            "per_task": per_task,
+            "mixture": mixture,
+            "total_seconds": time.perf_counter() - start,
+        }
+        if old is not None:
+            rerun = {m: [t for t in per_task[m]] for m in methods}
+            note = {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "code": code_version(),
+                "per_task": rerun, "mixture": list(mixture), "scales_lr_ratio": ratio, "machine": machine(),
+            }  # fmt: skip
+            result = merged(old, result, note)
+        write_result(args.json, result)
+        args.json.with_suffix(".md").write_text(markdown(result))
+
     for method in methods:
         for task in tasks:
-            per_task[method][task.name] = run(method, [task], args.steps, args.experts, args.test_rows, args.seed)
+            per_task[method][task.name] = run(method, [task], args.steps, args.experts, args.test_rows, args.seed, args.scales_lr_ratio)
             print(method, task.name, per_task[method][task.name], flush=True)
-    mixture = {m: run(m, tasks, args.mixture_steps, args.experts, args.test_rows, args.seed) for m in methods}
+        save()
     for m in methods:
+        mixture[m] = run(m, tasks, args.mixture_steps, args.experts, args.test_rows, args.seed, args.scales_lr_ratio)
         print("mixture", m, mixture[m], flush=True)
-    result = {
-        "tasks": [t.name for t in tasks],
-        "methods": methods,
-        "recipe": FULL_RECIPE.model_dump() | {"steps": args.steps, "mixture_steps": args.mixture_steps},
-        "experts": args.experts,
-        "test_rows": args.test_rows,
-        "per_task": per_task,
-        "mixture": mixture,
-        "total_seconds": time.perf_counter() - start,
-    }
-    write_result(args.json, result)
-    args.json.with_suffix(".md").write_text(markdown(result))
+        save()
 
 
 if __name__ == "__main__":

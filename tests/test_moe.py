@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eigenmix.errors import InvalidInputError
-from eigenmix.moe import SpectralMoELinear, convert, last_routing
+from eigenmix.moe import SpectralMoEConv2d, SpectralMoELinear, convert, last_routing, param_groups
 
 
 def randomize(layer: SpectralMoELinear, seed: int) -> SpectralMoELinear:
@@ -131,6 +131,32 @@ def test_gradients_reach_only_scales_gates_and_routers(train_bases):
             assert param.grad is None and not param.requires_grad, name
     expected = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-1] in trainable)
     assert report.trainable_params == expected
+
+
+def test_param_groups_train_the_scales_of_linears_and_convs_at_their_own_rate():
+    """Adam's first step moves every parameter by its group's lr (times the sign of its
+    gradient): the scales of a conv and of a linear by ``scales_lr_ratio × lr``, the gates,
+    routers and any other trainable parameter by ``lr``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Flatten(), nn.Linear(6 * 4 * 4, 8), nn.LayerNorm(8), nn.Linear(8, 5))
+    convert(model, ["0", "2"], n_experts=3)
+    model[3].requires_grad_(True)  # a trainable layer that is not a Spectral MoE
+    model[2].scales_lr_ratio = 7.0  # per layer
+    randomize(model[0], 1), randomize(model[2], 2)
+    lr = 1e-3
+    groups = param_groups(model, lr)
+    grouped = [p for group in groups for p in group["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    model(torch.randn(2, 3, 4, 4)).square().sum().backward()
+    torch.optim.AdamW(groups, weight_decay=0.0, eps=1e-30).step()
+    expected_lr = {"0.scales": 30.0 * lr, "2.scales": 7.0 * lr}
+    for name, param in model.named_parameters():
+        if name in before:
+            step = (param.detach() - before[name]).abs()
+            torch.testing.assert_close(step, torch.full_like(step, expected_lr.get(name, lr)), rtol=1e-4, atol=1e-9)
+    assert SpectralMoEConv2d.scales_lr_ratio == SpectralMoELinear.scales_lr_ratio == 30.0
 
 
 def test_state_dict_round_trip_through_safetensors(tmp_path):

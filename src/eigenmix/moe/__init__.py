@@ -3,7 +3,7 @@ layer) whose experts share the singular vectors and rescale the spectrum, mixed 
 (per output position for a conv) by a gate and a router."""
 
 from eigenmix.moe.conv import SpectralMoEConv2d, conv_fast_forward
-from eigenmix.moe.convert import ConvertReport, convert, last_routing, matches
+from eigenmix.moe.convert import ConvertReport, convert, last_routing, matches, param_groups
 from eigenmix.moe.functional import MoEOutput, MoEParams, fast_forward, naive_forward
 from eigenmix.moe.layer import SpectralMoELinear
 
@@ -19,4 +19,5 @@ __all__ = [
     "last_routing",
     "matches",
     "naive_forward",
+    "param_groups",
 ]

@@ -86,6 +86,26 @@ def convert(
     return ConvertReport(tuple(n for n, _ in found), trainable, sum(p.numel() for p in model.parameters()))
 
 
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """Optimiser parameter groups for ``model``'s trainable parameters: the ``scales`` of
+    every Spectral MoE layer at ``lr × layer.scales_lr_ratio``, everything else at ``lr``.
+
+    Adam moves a parameter by about its learning rate per step, and a scale starts at 1,
+    so at the learning rate of a low-rank adapter the spectrum hardly moves (the reasons
+    and measurements are in :mod:`eigenmix.moe.layer`). Pass the result to
+    ``torch.optim.AdamW``; groups with no parameters are left out.
+
+    Returns:
+        ``[{"params": [...], "lr": float}, …]``, every trainable parameter in exactly one group.
+    """
+    groups: dict[float, list[nn.Parameter]] = {}
+    scales = {id(m.scales): lr * m.scales_lr_ratio for m in model.modules() if isinstance(m, SpectralMoELinear)}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault(scales.get(id(param), lr), []).append(param)
+    return [{"params": params, "lr": group_lr} for group_lr, params in groups.items()]
+
+
 def last_routing(model: nn.Module) -> dict[str, tuple[Tensor | None, Tensor | None]]:
     """``{layer: (gate (…, E), router (…, 1 | m))}`` of the last forward pass, per MoE layer."""
     return {name: (m.last_gate, m.last_router) for name, m in model.named_modules() if isinstance(m, SpectralMoELinear)}

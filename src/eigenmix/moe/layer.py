@@ -19,6 +19,14 @@ specification leaves open (see also ``docs`` in the README):
   dense product per token): the fast path's shortcut ``x W_resᵀ = x Wᵀ − x V σ Uᵀ`` holds
   only for the original ``U``, ``V``.
 - ``rank=None`` keeps every singular direction (``k = min(m, n)``, ``W_res = 0``).
+- **The scales train at ``scales_lr_ratio`` (30) times the rest's learning rate**
+  (:func:`eigenmix.moe.param_groups` builds the optimiser's groups). Adam moves every
+  parameter by about ``lr`` per step whatever its gradient's size, and a scale starts at
+  1: at a LoRA learning rate (2e-3, 100 steps with warm-up and decay) the scales of
+  all-MiniLM-L6-v2 moved by 0.02 on average (largest 0.09), so the spectrum hardly
+  changed while LoRA's ``B`` grows from 0. At 30× they move by ~0.3 and per-task accuracy
+  reaches LoRA's (emotion, 200 test rows: 65.0 → 78.5 against LoRA's 81.5; 100× overshoots,
+  SVF 59.5). The gate and router stay at ``lr``.
 - The last gate and router values are kept (detached) in ``last_gate`` / ``last_router``.
 """
 
@@ -33,6 +41,7 @@ from eigenmix.errors import InvalidInputError
 from eigenmix.moe.functional import Mode, MoEParams, fast_forward, naive_forward
 
 GATE_BIAS_INIT = 9.0
+SCALES_LR_RATIO = 30.0
 
 
 class SpectralMoELinear(nn.Module):
@@ -53,9 +62,12 @@ class SpectralMoELinear(nn.Module):
 
     A fresh layer has random ``W`` (``nn.Linear``'s init) and its SVD (``spectrum=False``
     skips that SVD, for a caller that sets the weight next); use :meth:`from_linear` to
-    wrap a pretrained one.
+    wrap a pretrained one. Train it with :func:`eigenmix.moe.param_groups` (the scales at
+    ``scales_lr_ratio`` times the learning rate; see the module docstring).
     """
 
+    scales_lr_ratio: float = SCALES_LR_RATIO
+    """The scales' learning rate over the other parameters' (:func:`eigenmix.moe.param_groups`)."""
     sigma: Tensor
     residual: Tensor | None
     bias: nn.Parameter | None

@@ -1,12 +1,12 @@
 """Modules of every training kind through the benchmark's protocol (issue 26).
 
 For each kind, the installed script runs ``eigenmix bench merge --kind K`` (each module's
-own accuracy, every merge method and calibrated entry with its scale chosen on validation,
+own accuracy, the merges of ``METHODS`` with their scales chosen on validation,
 the modules' mean overlap and trained parameters) and ``eigenmix bench compose --kind K
 --parts routing`` (every router). ``orthogonal`` runs in ``--orders`` arrival orders: the
 listed one, then seeded permutations (each module is trained orthogonal to the ones that
-arrived before it). One JSON and one Markdown table gather them; each run keeps its own
-``results.json`` under ``--out``.
+arrived before it; the routers run on the first order only). One JSON and one Markdown table
+gather them; each run keeps its own ``results.json`` under ``--out``.
 
     .venv/bin/python benchmarks/train_kinds.py --quick --out benchmarks/results/train_kinds
 
@@ -30,6 +30,10 @@ from bench_common import write_result
 
 TASKS = "sst2,ag_news,trec,sms_spam,subj,emotion,cola,mrpc"
 KINDS = "lora,orthogonal,svf,pissa,spectral_adapter"
+# The merges of the table: the strongest data-free methods of the text benchmark and two
+# calibrated ones on 64 rows per task (every method would triple the evaluation time).
+METHODS = "task_arithmetic,ties,tsv,iso_c,spectral,regmean,spectral_align"
+CALIBRATION_ROWS = "64"
 CALIBRATED = ("regmean", "regmean_pp", "spectral_align")
 
 
@@ -43,7 +47,7 @@ def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.N
     """One run of ``eigenmix bench COMMAND`` through the installed script (reused when its results exist)."""
     if not (out / "results.json").is_file():
         size = ["--quick"] if args.quick else []
-        parts = ["--parts", "routing"] if command == "compose" else []
+        parts = ["--parts", "routing"] if command == "compose" else ["--methods", METHODS, "--calibration-rows", CALIBRATION_ROWS]
         line = [str(Path(sys.executable).parent / "eigenmix"), "bench", command, *size, "--tasks", ",".join(tasks), "--kind", kind,
                 *parts, "--cache-dir", str(args.cache_dir), "--out", str(out)]  # fmt: skip
         print(" ".join(line[1:]), flush=True)
@@ -51,14 +55,15 @@ def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.N
     return json.loads((out / "results.json").read_text())
 
 
-def summary(merge: dict, compose: dict) -> dict:
-    """The table's numbers of one kind and order."""
-    methods = merge["methods"]
+def summary(merge: dict, compose: dict | None) -> dict:
+    """The table's numbers of one kind and order (routers: those of its compose run, if any)."""
+    chosen = METHODS.split(",")
+    methods = {n: r for n, r in merge["methods"].items() if n in chosen or n in [f"{m}(n={CALIBRATION_ROWS})" for m in chosen]}
     calibrated = {n: r for n, r in methods.items() if n.split("(")[0] in CALIBRATED}
     data_free = {n: r for n, r in methods.items() if n not in calibrated}
     best = max(data_free, key=lambda n: data_free[n]["avg_normalized_acc"])
     best_calibrated = max(calibrated, key=lambda n: calibrated[n]["avg_normalized_acc"]) if calibrated else None
-    routers = compose["routers"]
+    routers = compose["routers"] if compose else {}
     params = merge["trained_parameters"]
     return {
         "tasks": merge["tasks"],
@@ -78,11 +83,11 @@ def markdown(result: dict) -> str:
     lines = [header, "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for kind, runs in result["kinds"].items():
         for order, s in enumerate(runs):
-            spectral, learned = s["routers"]["spectral"], s["routers"].get("learned(n=64)", {})
+            spectral, learned = s["routers"].get("spectral"), s["routers"].get("learned(n=64)")
             calibrated = f"{s['best_calibrated'][0]} {100 * s['best_calibrated'][1]:.1f}" if s["best_calibrated"] else ""
             cells = [kind, str(order), f"{s['trained_parameters']:,}", f"{100 * s['individual']:.1f}", f"{100 * s['task_arithmetic']:.1f}",
                      f"{s['best_merge'][0]} {100 * s['best_merge'][1]:.1f}", calibrated,
-                     f"{100 * spectral['routing_acc']:.1f}, {100 * spectral['normalized']:.1f}",
+                     f"{100 * spectral['routing_acc']:.1f}, {100 * spectral['normalized']:.1f}" if spectral else "",
                      f"{100 * learned['normalized']:.1f}" if learned else "",
                      f"{s['overlap']['row_overlap']:.3f}", f"{s['overlap']['column_overlap']:.3f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
@@ -102,14 +107,15 @@ def main() -> None:
     tasks = args.tasks.split(",")
     for kind in args.kinds.split(","):
         for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
-            for command in ("merge", "compose"):
+            for command in ("merge", "compose") if number == 0 else ("merge",):  # the routers once per kind
                 bench(command, kind, order, args.out / f"{kind}-{number}" / command, args)
     # the table: every run under --out (earlier calls' too), kinds in KINDS' order, then orders
-    done = sorted((f for f in args.out.glob("*-*") if (f / "compose" / "results.json").is_file()),
+    done = sorted((f for f in args.out.glob("*-*") if (f / "merge" / "results.json").is_file()),
                   key=lambda f: (KINDS.split(",").index(f.name.rsplit("-", 1)[0]), int(f.name.rsplit("-", 1)[1])))  # fmt: skip
     result: dict = {"benchmark": "train_kinds", "tasks": tasks, "quick": args.quick, "kinds": {}}
     for folder in done:
-        merge, compose = (json.loads((folder / c / "results.json").read_text()) for c in ("merge", "compose"))
+        merge = json.loads((folder / "merge" / "results.json").read_text())
+        compose = json.loads((folder / "compose" / "results.json").read_text()) if (folder / "compose").is_dir() else None
         result["kinds"].setdefault(folder.name.rsplit("-", 1)[0], []).append(summary(merge, compose))
     write_result(args.out / "train_kinds.json", result)
     (args.out / "train_kinds.md").write_text(markdown(result))

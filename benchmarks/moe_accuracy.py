@@ -160,6 +160,7 @@ def main() -> None:
     methods = args.methods.split(",")
     ratio = SpectralMoELinear.scales_lr_ratio if args.scales_lr_ratio is None else args.scales_lr_ratio
     old = json.loads(args.json.read_text()) if args.update else None
+    code = code_version()  # the code that trains, before anyone commits during a long run
     start = time.perf_counter()
     per_task: dict[str, dict] = {m: {} for m in methods}
     mixture: dict[str, dict] = {}
@@ -179,7 +180,7 @@ def main() -> None:
         if old is not None:
             rerun = {m: [t for t in per_task[m]] for m in methods}
             note = {
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "code": code_version(),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "code": code,
                 "per_task": rerun, "mixture": list(mixture), "scales_lr_ratio": ratio, "machine": machine(),
             }  # fmt: skip
             result = merged(old, result, note)

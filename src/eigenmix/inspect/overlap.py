@@ -44,19 +44,25 @@ class LayerOverlap:
 
 def module_overlap(a: Module, b: Module) -> list[LayerOverlap]:
     """Per-layer subspace overlap of the matrix layers that ``a`` and ``b`` share."""
+    return _overlaps(a, b, _spectra(a), _spectra(b))
+
+
+def _spectra(module: Module) -> dict[str, SVD]:
+    """The numerical spectrum of each matrix layer (each SVD once, however many pairs use it)."""
+    return {layer: _numerical_spectrum(d) for layer, d in module.layers.items() if len(d.shape) == 2}
+
+
+def _overlaps(a: Module, b: Module, spectra_a: dict[str, SVD], spectra_b: dict[str, SVD]) -> list[LayerOverlap]:
     rows = []
-    for layer in a.layers:
-        if layer not in b.layers or len(a.layers[layer].shape) != 2:
+    for layer, sa in spectra_a.items():
+        if layer not in spectra_b or a.layers[layer].shape != b.layers[layer].shape:
             continue
-        da, db = a.layers[layer], b.layers[layer]
-        if da.shape != db.shape:
-            continue
-        sa, sb = _numerical_spectrum(da), _numerical_spectrum(db)
+        sb = spectra_b[layer]
         if sa.S.numel() == 0 or sb.S.numel() == 0:
             continue
         col_angles = principal_angles(sa.U, sb.U)
         row_angles = principal_angles(sa.V, sb.V)
-        m, n = da.shape
+        m, n = a.layers[layer].shape
         rows.append(
             LayerOverlap(
                 layer=layer,
@@ -82,7 +88,9 @@ def mean_overlap(modules: Sequence[Module]) -> dict[str, float]:
     """How much a set of modules overlaps, as one number per measure: the mean over every
     pair of modules and every matrix layer they share of :func:`module_overlap`'s column and
     row overlaps and smallest principal angles (degrees), beside the chance overlap."""
-    rows = [row for a, b in itertools.combinations(modules, 2) for row in module_overlap(a, b)]
+    spectra = [_spectra(m) for m in modules]
+    pairs = itertools.combinations(range(len(modules)), 2)
+    rows = [row for i, j in pairs for row in _overlaps(modules[i], modules[j], spectra[i], spectra[j])]
     if not rows:
         return {"pairs": 0}
     fields = ("column_overlap", "row_overlap", "min_column_angle", "min_row_angle", "chance_column", "chance_row")

@@ -55,6 +55,10 @@ def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.N
     return json.loads((out / "results.json").read_text())
 
 
+def _mean(per_task: dict[str, float]) -> float:
+    return sum(per_task.values()) / len(per_task)
+
+
 def summary(merge: dict, compose: dict | None) -> dict:
     """The table's numbers of one kind and order (routers: those of its compose run, if any)."""
     chosen = METHODS.split(",")
@@ -63,7 +67,7 @@ def summary(merge: dict, compose: dict | None) -> dict:
     data_free = {n: r for n, r in methods.items() if n not in calibrated}
     best = max(data_free, key=lambda n: data_free[n]["avg_normalized_acc"])
     best_calibrated = max(calibrated, key=lambda n: calibrated[n]["avg_normalized_acc"]) if calibrated else None
-    routers = compose["routers"] if compose else {}
+    routed = {n: r for n, r in compose["routers"].items() if "routing_acc" in r} if compose else {}
     params = merge["trained_parameters"]
     return {
         "tasks": merge["tasks"],
@@ -72,7 +76,7 @@ def summary(merge: dict, compose: dict | None) -> dict:
         "task_arithmetic": methods["task_arithmetic"]["avg_normalized_acc"],
         "best_merge": [best, data_free[best]["avg_normalized_acc"]],
         "best_calibrated": [best_calibrated, calibrated[best_calibrated]["avg_normalized_acc"]] if best_calibrated else None,
-        "routers": {n: {"normalized": r["avg_normalized_acc"], "routing_acc": r.get("routing_acc")} for n, r in routers.items()},
+        "routers": {n: {"normalized": r["avg_normalized_acc"], "routing_acc": _mean(r["routing_acc"])} for n, r in routed.items()},
         "overlap": merge["overlap"],
     }
 
@@ -103,9 +107,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "eigenmix")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_kinds"))
+    parser.add_argument("--table", action="store_true", help="only gather the table from the runs under --out")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
-    for kind in args.kinds.split(","):
+    for kind in [] if args.table else args.kinds.split(","):
         for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
             for command in ("merge", "compose") if number == 0 else ("merge",):  # the routers once per kind
                 bench(command, kind, order, args.out / f"{kind}-{number}" / command, args)

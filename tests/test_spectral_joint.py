@@ -103,6 +103,22 @@ def test_range_overlap_ignores_scale_and_rank_deficiency():
     assert abs(range_overlap(M, 5 * torch.cat([M, M[:, :1]], dim=1)) - 1.0) < 1e-12
 
 
+@given(st.integers(2, 12), st.integers(1, 4), st.integers(0, 2**16))
+def test_gram_range_of_a_wide_stack_is_the_range_of_its_rows(m, times, seed):
+    """More factors than rows (full-rank modules stacked): a basis of the range (the whole
+    space when the rank is full), orthonormal, and coordinates that reproduce the stack."""
+    g = torch.Generator().manual_seed(seed)
+    rank = max(1, m - seed % 3)
+    X = torch.randn(m, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, m * times + 1, generator=g, dtype=torch.float64)
+    M, C = gram_range(X, 1e-6)
+    Q = X @ M
+    Q_ref = orthonormal_range(X / torch.linalg.vector_norm(X, dim=0), 1e-6)
+    assert Q.shape[1] == Q_ref.shape[1] == rank
+    assert torch.allclose(Q.T @ Q, torch.eye(rank, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(Q @ Q.T, Q_ref @ Q_ref.T, atol=1e-8)
+    assert torch.allclose(Q @ C, X, atol=1e-9 * float(X.abs().max()))
+
+
 @given(module_family(), st.floats(1e-6, 1e3))
 def test_gram_range_spans_the_same_space_as_the_qr_range(factors, magnitude):
     """The fast Gram-matrix basis equals the QR-based one: same span, orthonormal, and the

@@ -49,6 +49,10 @@ def gram_range(X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
     # eigh resolves λ only to about p·eps·λ_max, i.e. singular values to √(p·eps): a
     # tighter tolerance would keep roundoff as directions.
     rtol = max(rtol, 2.0 * (max(X.shape[1], 1) * torch.finfo(torch.float64).eps) ** 0.5)
+    if X.shape[1] > X.shape[0]:  # wide (more factors than rows, e.g. full-rank modules): the Gram matrix of the rows
+        norms = torch.linalg.vector_norm(X64, dim=0)
+        scale = torch.where(norms > 0, 1.0 / norms.clamp(min=1e-300), torch.zeros_like(norms))
+        return _wide_range(X64 * scale, rtol, scale, norms)
     G_raw = X64.T @ X64  # (p, p), the one m-sized float64 product
     norms = G_raw.diagonal().clamp(min=0).sqrt()
     scale = torch.where(norms > 0, 1.0 / norms.clamp(min=1e-300), torch.zeros_like(norms))
@@ -63,3 +67,19 @@ def gram_range(X: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
         coords_n = (lam2.sqrt()[:, None] * W2.T) @ coords_n
     norms_back = torch.where(scale > 0, norms, torch.zeros_like(norms))
     return scale[:, None] * M, coords_n * norms_back  # Q = X (scale M); coordinates of the original X
+
+
+def _wide_range(Xn: Tensor, rtol: float, scale: Tensor, norms: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`gram_range` of a wide ``Xn`` (``m < p``, columns unit-norm), from the ``m × m``
+    Gram matrix of its rows (``Xn Xnᵀ = U Λ Uᵀ``, so ``Q = U = Xn XnᵀU Λ⁻¹``) instead of the
+    ``p × p`` one of its columns: for 8 stacked full-rank 384-wide modules, 384² against 3,072²."""
+    lam, U = _eig_basis(Xn @ Xn.T, rtol)
+    M = (Xn.T @ U) / lam  # (p, R): Q = Xn M = U
+    coords_n = U.T @ Xn  # (R, p) = Qᵀ Xn
+    if lam.numel():  # Xn M is U only up to Λ's conditioning: one more pass on Q (cheap: R × R)
+        Q = Xn @ M
+        lam2, W2 = _eig_basis(Q.T @ Q, 1e-12)
+        M = M @ (W2 / lam2.sqrt())
+        coords_n = (lam2.sqrt()[:, None] * W2.T) @ coords_n
+    norms_back = torch.where(scale > 0, norms, torch.zeros_like(norms))
+    return scale[:, None] * M, coords_n * norms_back

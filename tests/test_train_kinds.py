@@ -62,6 +62,8 @@ def test_the_registry_holds_five_kinds_and_refuses_what_it_does_not_know():
     with pytest.raises(InvalidInputError, match="kind 'lora', parameter 'rank'"):
         get_kind("lora").parse_params({"rank": 4})
     assert get_kind("svf").parse_params({}).r is None and get_kind("pissa").parse_params({"r": 4}).r == 4
+    assert get_kind("svf").parse_params({}).lr_ratio == 10.0 and get_kind("lora").parse_params({}).lr_ratio == 1.0
+    assert get_kind("svf").parse_params({"lr_ratio": 3}).lr_ratio == 3.0  # a whole number is a float
 
 
 def test_lora_starts_as_peft_does():

@@ -57,11 +57,12 @@ def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir:
     folders: dict[str, Path] = {}
     suite = get_suite(settings.suite)
     chained = get_kind(settings.kind).needs_library
+    params = get_kind(settings.kind).parse_params(settings.kind_params).model_dump()  # the defaults too: a new default retrains
     with _bar(console) as progress:
         for t in tasks:
             key: dict = {"recipe": settings.recipe.model_dump(), "base": suite.base}
             if settings.kind != "lora":  # the LoRA adapters keep the keys they had before kinds existed
-                key |= {"kind": settings.kind, "params": settings.kind_params}
+                key |= {"kind": settings.kind, "params": params}
             earlier = list(folders.values()) if chained else []
             if chained:
                 key["library"] = [f.name for f in earlier]

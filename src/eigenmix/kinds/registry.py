@@ -29,6 +29,7 @@ class KindParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
     r: int = Field(8, ge=1, description="rank of the trained update per layer (the number of singular directions it touches)")
+    lr_ratio: float = Field(1.0, gt=0, description="learning rate of the kind's trained numbers, as a multiple of the recipe's lr")
 
 
 @dataclass(frozen=True)

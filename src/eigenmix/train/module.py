@@ -60,7 +60,8 @@ def train_module(
     bases = library_bases(library) if kind.needs_library else None
     trainable = attach(encoder, kind, params, target_layers(encoder, recipe.target_modules), seed=seed, library=bases)
     model = EncoderClassifier(encoder, encoder.config.hidden_size, task.num_labels)
-    groups = [{"params": trainable.parameters(), "lr": recipe.lr}, {"params": list(model.head.parameters()), "lr": recipe.head_lr}]
+    kind_lr = recipe.lr * params.lr_ratio
+    groups = [{"params": trainable.parameters(), "lr": kind_lr}, {"params": list(model.head.parameters()), "lr": recipe.head_lr}]
     seconds, loss = fit(model, lambda _, enc: model(**enc), [task], tokenizer, groups, recipe, seed=recipe.seed, on_step=on_step)
     module = trainable.module(task.name, base_model=str(base_model) if base_model is not None else MINILM_ID)
     trainable.remove()

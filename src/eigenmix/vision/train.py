@@ -126,15 +126,16 @@ def _fit(
     seed: int,
     on_step: Callable[[int, float], None] | None,
     trainable: list[nn.Parameter] | None = None,
+    lr_ratio: float = 1.0,
 ) -> tuple[float, float]:
-    """AdamW on the LoRA factors and the head for ``recipe.steps`` random batches; the model
-    stays in eval mode (batch norm's running statistics are not updated).
+    """AdamW on the LoRA factors (at ``recipe.lr × lr_ratio``) and the head for ``recipe.steps``
+    random batches; the model stays in eval mode (batch norm's running statistics are not updated).
 
     Returns:
         ``(seconds, last loss)``.
     """
     lora = trainable if trainable is not None else [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": lora, "lr": recipe.lr}, {"params": list(head.parameters()), "lr": recipe.head_lr}]
+    groups = [{"params": lora, "lr": recipe.lr * lr_ratio}, {"params": list(head.parameters()), "lr": recipe.head_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     pixels = inputs(recipe.size).pixels
     order = _batches(len(train), recipe.batch_size, torch.Generator().manual_seed(seed))
@@ -231,7 +232,7 @@ def train_image_module(
         bases = library_bases(library) if chosen.needs_library else None
         trainable = attach(base, chosen, settings, names, seed=seed, library=bases)
         head = nn.Linear(FEATURE_DIM, task.num_labels)
-    seconds, loss_value = _fit(base, head, task.train, recipe, seed, on_step, trainable.parameters())
+    seconds, loss_value = _fit(base, head, task.train, recipe, seed, on_step, trainable.parameters(), settings.lr_ratio)
     module = trainable.module(task.name, base_model=MODEL_NAME)
     trainable.remove()
     count = sum(p.numel() for p in trainable.parameters())

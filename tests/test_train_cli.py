@@ -108,7 +108,7 @@ def test_bad_configs_are_one_line_and_write_nothing(body, message, tmp_path, mon
 
 def test_a_dry_run_writes_nothing_and_kinds_are_listed(tmp_path):
     out = ok(eigenmix("train", _config(tmp_path / "c.yaml", "task: trec\nkind: pissa\n"), "--out", tmp_path / "o", "--dry-run"))
-    assert "dry run" in out and "'pissa' module (r=8, alpha=None)" in " ".join(out.split()) and not (tmp_path / "o").exists()
+    assert "dry run" in out and "'pissa' module (r=8, lr_ratio=1.0, alpha=None)" in " ".join(out.split()) and not (tmp_path / "o").exists()
     listed = " ".join(ok(eigenmix("train", "--kinds")).split())
     assert all(k in listed for k in ("lora", "pissa", "svf", "spectral_adapter", "orthogonal"))
 

@@ -64,8 +64,7 @@ def ensure_adapters(tasks: list[CarvedTask], settings: BenchSettings, cache_dir:
             if settings.kind != "lora":  # the LoRA adapters keep the keys they had before kinds existed
                 key |= {"kind": settings.kind, "params": params}
             earlier = list(folders.values()) if chained else []
-            if chained:
-                key["library"] = [f.name for f in earlier]
+            key |= {"library": [f.name for f in earlier]} if chained else {}
             folder = entry(cache_dir, "adapters", t.task, key)
             folders[t.name] = folder
             if folder.is_dir():

@@ -15,7 +15,7 @@ evaluates them; everything else (splits, caching, merges, routers, reports) is s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +25,13 @@ import torch
 from eigenmix.data import Task
 from eigenmix.errors import InvalidInputError
 from eigenmix.harness.evaluator import Evaluator
+from eigenmix.modules import Module
 from eigenmix.seeds import derived_seed
 
 SuiteName = Literal["text", "vision"]
 OnStep = Callable[[int, float], None]
+Params = dict[str, Any] | None  # a training kind's parameters
+Library = Sequence[Module]  # the modules an orthogonal module stays orthogonal to
 
 FASHION_TOPS = ("T-shirt/top", "Pullover", "Dress", "Coat", "Shirt")
 FASHION_REST = ("Trouser", "Sandal", "Sneaker", "Bag", "Ankle boot")
@@ -53,17 +56,18 @@ class TextSuite:
 
         return list(load_tasks(data_dir, names=list(names)))
 
-    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", **module: Any) -> None:
+    def train(
+        self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", params: Params = None, library: Library = ()
+    ) -> None:
         """``kind`` lora: PEFT's LoRA trainer; another kind: :func:`eigenmix.train.train_module`
-        with the recipe's schedule and ``module``'s ``params`` and ``library``."""
+        with the recipe's schedule, the kind's ``params`` and the ``library`` it stays orthogonal to."""
         from eigenmix.train import ModuleRecipe, TrainRecipe, train_adapter, train_module
 
         if kind == "lora":
             train_adapter(task, recipe, folder, on_step=on_step)
             return
         schedule = recipe.model_dump(include=set(TrainRecipe.model_fields))
-        params = module.get("params") or {}
-        train_module(task, ModuleRecipe(**schedule, kind=kind, params=params), folder, library=module.get("library", ()), on_step=on_step)
+        train_module(task, ModuleRecipe(**schedule, kind=kind, params=params or {}), folder, library=library, on_step=on_step)
 
     def evaluator(self, recipe: Any, tokens_per_batch: int) -> Evaluator:
         return Evaluator(recipe.max_length, tokens_per_batch)
@@ -86,7 +90,9 @@ class VisionSuite:
             raise InvalidInputError(f"unknown vision task '{unknown[0]}' (known: {', '.join(VISION_TASKS)})")
         return [_vision_task(name, seed) for name in names]
 
-    def train(self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", **module: Any) -> None:
+    def train(
+        self, task: Task, recipe: Any, folder: Path, on_step: OnStep, kind: str = "lora", params: Params = None, library: Library = ()
+    ) -> None:
         """``kind`` lora: PEFT's conv LoRA trainer; another kind: :func:`eigenmix.vision.train_image_module`."""
         from eigenmix.data.images import image_set
         from eigenmix.vision import ImageTask, train_image_adapter, train_image_module
@@ -96,7 +102,7 @@ class VisionSuite:
         if kind == "lora":
             train_image_adapter(image_task, recipe, folder, on_step=on_step)
         else:
-            train_image_module(image_task, recipe, folder, kind=kind, on_step=on_step, **module)
+            train_image_module(image_task, recipe, folder, kind=kind, params=params, library=library, on_step=on_step)
 
     def evaluator(self, recipe: Any, tokens_per_batch: int) -> Evaluator:
         from eigenmix.harness.backbones import load_backbone

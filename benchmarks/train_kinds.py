@@ -9,10 +9,13 @@ arrived before it; the routers run on the first order only). One JSON and one Ma
 gather them; each run keeps its own ``results.json`` under ``--out``.
 
     .venv/bin/python benchmarks/train_kinds.py --quick --out benchmarks/results/train_kinds
+    .venv/bin/python benchmarks/train_kinds.py --suite vision --out benchmarks/results/train_kinds_vision
 
-``--quick`` is the benchmark's quick size (50 steps, 24 validation and 120 test rows per
+``--quick`` is the text benchmark's quick size (50 steps, 24 validation and 120 test rows per
 task); without it, the full recipe (400 steps, 500 test rows: about an hour of training per
-kind on 2 cores).
+kind on 2 cores). ``--suite vision`` runs ``eigenmix bench vision --parts merge,routing`` on the
+vision suite's 4 tasks (conv modules of EfficientNet-Lite0, 200 steps at 64 px; its ``--quick``
+is a 2-task smoke run at 32 px).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from bench_common import write_result
 
-TASKS = "sst2,ag_news,trec,sms_spam,subj,emotion,cola,mrpc"
+TASKS = {"text": "sst2,ag_news,trec,sms_spam,subj,emotion,cola,mrpc", "vision": "fashion_tops,fashion_rest,digits_low,digits_high"}
 KINDS = "lora,orthogonal,svf,pissa,spectral_adapter"
 # The merges of the table: the strongest data-free methods of the text benchmark and two
 # calibrated ones on 64 rows per task (every method would triple the evaluation time).
@@ -43,16 +46,23 @@ def orders(tasks: list[str], count: int) -> list[list[str]]:
     return [tasks, *permuted]
 
 
-def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.Namespace) -> dict:
-    """One run of ``eigenmix bench COMMAND`` through the installed script (reused when its results exist)."""
-    if not (out / "results.json").is_file():
+def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.Namespace, routers: bool) -> None:
+    """One run of ``eigenmix bench COMMAND`` through the installed script, its results under
+    ``out/merge`` and (``routers``) ``out/compose`` (skipped when they exist)."""
+    merges = ["--methods", METHODS, "--calibration-rows", CALIBRATION_ROWS]
+    if command == "vision":  # one call writes both parts' folders (atomically: summary.json last)
+        parts = ["--parts", "merge,routing" if routers else "merge", "--tuned", "none"]
+        runs = [] if (out / "summary.json").is_file() else [(out, [*parts, *merges])]
+    else:
+        runs = [(out / "merge", merges)] + ([(out / "compose", ["--parts", "routing"])] if routers else [])
+        runs = [(folder, extra) for folder, extra in runs if not (folder / "results.json").is_file()]
+    for folder, extra in runs:
+        sub = command if command == "vision" else "compose" if folder.name == "compose" else "merge"
         size = ["--quick"] if args.quick else []
-        parts = ["--parts", "routing"] if command == "compose" else ["--methods", METHODS, "--calibration-rows", CALIBRATION_ROWS]
-        line = [str(Path(sys.executable).parent / "eigenmix"), "bench", command, *size, "--tasks", ",".join(tasks), "--kind", kind,
-                *parts, "--cache-dir", str(args.cache_dir), "--out", str(out)]  # fmt: skip
+        line = [str(Path(sys.executable).parent / "eigenmix"), "bench", sub, *size, "--tasks", ",".join(tasks), "--kind", kind,
+                *extra, "--cache-dir", str(args.cache_dir), "--out", str(folder)]  # fmt: skip
         print(" ".join(line[1:]), flush=True)
         subprocess.run(line, check=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
-    return json.loads((out / "results.json").read_text())
 
 
 def _mean(per_task: dict[str, float]) -> float:
@@ -100,24 +110,26 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--suite", choices=("text", "vision"), default="text")
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: every task of the suite)")
     parser.add_argument("--kinds", default=KINDS)
     parser.add_argument("--orders", type=int, default=3, help="arrival orders of the orthogonal kind")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "eigenmix")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_kinds"))
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/train_kinds[_vision]")
     parser.add_argument("--table", action="store_true", help="only gather the table from the runs under --out")
     args = parser.parse_args()
-    tasks = args.tasks.split(",")
+    args.out = args.out or Path("benchmarks/results/train_kinds" + ("_vision" if args.suite == "vision" else ""))
+    tasks = (args.tasks or TASKS[args.suite]).split(",")
     for kind in [] if args.table else args.kinds.split(","):
         for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
-            for command in ("merge", "compose") if number == 0 else ("merge",):  # the routers once per kind
-                bench(command, kind, order, args.out / f"{kind}-{number}" / command, args)
+            command = "vision" if args.suite == "vision" else "merge"
+            bench(command, kind, order, args.out / f"{kind}-{number}", args, routers=number == 0)  # the routers once per kind
     # the table: every run under --out (earlier calls' too), kinds in KINDS' order, then orders
     done = sorted((f for f in args.out.glob("*-*") if (f / "merge" / "results.json").is_file()),
                   key=lambda f: (KINDS.split(",").index(f.name.rsplit("-", 1)[0]), int(f.name.rsplit("-", 1)[1])))  # fmt: skip
-    result: dict = {"benchmark": "train_kinds", "tasks": tasks, "quick": args.quick, "kinds": {}}
+    result: dict = {"benchmark": "train_kinds", "suite": args.suite, "tasks": tasks, "quick": args.quick, "kinds": {}}
     for folder in done:
         merge = json.loads((folder / "merge" / "results.json").read_text())
         compose = json.loads((folder / "compose" / "results.json").read_text()) if (folder / "compose").is_dir() else None

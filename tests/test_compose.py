@@ -222,17 +222,19 @@ def reference_update(x, library, layer, g):
 @given(
     rows=st.integers(1, 6), tokens=st.integers(1, 4), per_token=st.booleans(),
     sparsity=st.sampled_from(["dense", "top1", "none"]), seed=st.integers(0, 10_000), equal=st.booleans(),
+    rank=st.integers(1, 5),
 )  # fmt: skip
-@settings(max_examples=40, deadline=None)
-def test_routed_update_equals_the_dense_sum_on_every_path(rows, tokens, per_token, sparsity, seed, equal):
-    """Stacked factors (soft mixing), batched per-row modules (top-1 of equal ranks) and
-    per-module rows (the rest) all equal the dense ``Σ g_k ΔW_k x``; unused modules add nothing."""
+@settings(max_examples=60, deadline=None)
+def test_routed_update_equals_the_dense_sum_on_every_path(rows, tokens, per_token, sparsity, seed, equal, rank):
+    """Stacked factors (soft mixing), batched per-row modules (top-1 of equal ranks),
+    per-module rows (the rest) and the modules' matrices (ranks up to full, where the factors
+    cost more) all equal the dense ``Σ g_k ΔW_k x``; unused modules add nothing."""
     from eigenmix.compose import routed_update
 
     gen = torch.Generator().manual_seed(seed)
     library = Library()
     for k in range(3):
-        r = 3 if equal else 2 + k
+        r = rank if equal else min(rank + k, 5)
         delta = eigenmix.modules.LowRankDelta(torch.randn(7, r, generator=gen), torch.randn(r, 5, generator=gen))
         library.add(eigenmix.modules.Module(f"m{k}", {"lin": delta}))
     x = torch.randn(rows, tokens, 5, generator=gen)

@@ -92,6 +92,12 @@ class LayerView:
         return torch.cat(self.U, 1), torch.cat(self.S), torch.cat(self.V, 1), tuple(int(s.shape[0]) for s in self.S)
 
     @cached_property
+    def dense(self) -> Tensor:
+        """``(K, m, n)``: every module's ``U diag(σ) Vᵀ`` (formed once per view, and only for
+        modules of high rank, whose factored product costs more than the matrix's)."""
+        return torch.stack([(U * S) @ V.T for U, S, V in zip(self.U, self.S, self.V, strict=True)])
+
+    @cached_property
     def batched(self) -> tuple[Tensor, Tensor, Tensor] | None:
         """``(U (K, m, r), S (K, r), V (K, n, r))`` when every module has the same rank (else
         None), for one batched product in which each row uses its own module."""

@@ -8,10 +8,11 @@ over the ``K_l`` library modules that have the layer) and the layer's output gai
     Σ_k g_k(x) · ΔW_k x = Σ_k g_k(x) · U_k diag(σ_k) (V_kᵀ x)
 
 computed from the library's spectral forms (``T·r_k·(m + n)`` multiply-adds per module used;
-no ``m × n`` matrix). A module whose coefficient is 0 for every row is skipped,
-so adding a module that a row does not use leaves that row's output bit-identical. The
-hooks are those of :mod:`eigenmix.compose.hooks` (the model itself is not modified); without
-autograd the update is added in place into the linear's fresh output, with no extra pass.
+no ``m × n`` matrix, unless the modules' ranks make the matrices cheaper, as full-rank ones
+do). A module whose coefficient is 0 for every row is skipped, so adding a module that a
+row does not use leaves that row's output bit-identical. The hooks are those of
+:mod:`eigenmix.compose.hooks` (the model itself is not modified); without autograd the update
+is added in place into the linear's fresh output, with no extra pass.
 
 Routers decide in every layer (``scope = "layer"``: Arrow, the spectral router), once per
 forward pass from every layer's scores (``scope = "all"``: two passes, the first on the base
@@ -110,7 +111,10 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
     is given (the linear's own output: no extra pass over an ``m``-sized tensor).
 
     Only the modules some row uses are computed (a module with coefficient 0 everywhere
-    costs nothing and changes nothing). When most rows use most of them (soft mixing), their
+    costs nothing and changes nothing). With coefficients per sequence, modules of high rank
+    (full-rank ones such as ``svf``'s), whose factors cost more than the rows' own ``m × n``
+    matrices, run as matrices (:func:`_dense_update`).
+    When most rows use most of them (soft mixing), their
     factors are stacked and the update is two products, ``((x V) ⊙ g σ) Uᵀ``; when each row
     uses one (top-1, mixed batches) and the ranks agree, two batched products with each row's
     own module; otherwise each module runs on its own rows only."""
@@ -119,6 +123,10 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
     used = g.reshape(g.shape[0], -1, g.shape[-1]).ne(0).any(1)  # (rows, K_l)
     modules = [j for j in range(used.shape[1]) if bool(used[:, j].any())]
     g = g.to(x.dtype)
+    (m, n), tokens = view.shape, x.shape[1]
+    factored = tokens * sum(int(view.S[j].shape[0]) for j in modules) * (m + n)  # multiply-adds per row
+    if modules and g.shape[1] == 1 and (len(modules) + tokens) * m * n < factored:  # per sequence: each row's matrix
+        return _dense_update(x, view, g, modules, out)
     if modules and int(used[:, modules].sum()) * 2 > used.shape[0] * len(modules):  # dense: stacked factors
         U, S, V, ranks = view.stacked
         if len(modules) < len(ranks):  # only the used modules' columns
@@ -141,6 +149,15 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
         rows = used[:, j].nonzero().squeeze(1)
         out.index_add_(0, rows, g[rows, :, j : j + 1] * (((x[rows] @ V) * S) @ U.T))
     return out
+
+
+def _dense_update(x: Tensor, view: LayerView, g: Tensor, modules: list[int], out: Tensor) -> Tensor:
+    """:func:`routed_update` for coefficients per sequence (``g`` ``(rows, 1, K_l)``) with the
+    used modules' matrices ``ΔW_k`` (``view.dense``): each row's own ``Σ_k g_k ΔW_k``, then
+    one batched product. (Per token, the factored form is as fast: the products are as many.)"""
+    D = view.dense[modules].to(x.dtype)  # (K, m, n)
+    W = torch.einsum("rk,kmn->rmn", g[:, 0, modules], D)  # (rows, m, n)
+    return out.baddbmm_(x, W.transpose(1, 2))
 
 
 class RoutedModel(nn.Module):

@@ -46,10 +46,11 @@ def orders(tasks: list[str], count: int) -> list[list[str]]:
     return [tasks, *permuted]
 
 
-def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.Namespace, routers: bool) -> None:
+def bench(command: str, kind: str, tasks: list[str], out: Path, args: argparse.Namespace, routers: bool, every: bool = False) -> None:
     """One run of ``eigenmix bench COMMAND`` through the installed script, its results under
-    ``out/merge`` and (``routers``) ``out/compose`` (skipped when they exist)."""
-    merges = ["--methods", METHODS, "--calibration-rows", CALIBRATION_ROWS]
+    ``out/merge`` and (``routers``) ``out/compose`` (skipped when they exist); ``every``: every
+    registered merge method (at the default calibration sizes) instead of ``METHODS``."""
+    merges = [] if every else ["--methods", METHODS, "--calibration-rows", CALIBRATION_ROWS]
     if command == "vision":  # one call writes both parts' folders (atomically: summary.json last)
         parts = ["--parts", "merge,routing" if routers else "merge", "--tuned", "none"]
         runs = [] if (out / "summary.json").is_file() else [(out, [*parts, *merges])]
@@ -108,6 +109,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def every_method(out: Path) -> str:
+    """Normalized accuracy of every merge method (rows, best first on ``lora``) on each kind's
+    modules (columns), from the runs under ``out/all_methods``."""
+    runs = {k: json.loads((out / "all_methods" / k / "merge" / "results.json").read_text())["methods"]
+            for k in KINDS.split(",") if (out / "all_methods" / k / "merge" / "results.json").is_file()}  # fmt: skip
+    first = next(iter(runs.values()))
+    names = sorted(first, key=lambda n: -first[n]["avg_normalized_acc"])
+    lines = ["| method | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{100 * r[n]['avg_normalized_acc']:.1f}" if n in r else "" for r in runs.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=("text", "vision"), default="text")
@@ -119,6 +133,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "eigenmix")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/train_kinds[_vision]")
     parser.add_argument("--table", action="store_true", help="only gather the table from the runs under --out")
+    parser.add_argument("--all-methods", action="store_true", help="also every merge method on each kind's first order (all_methods.md)")
     args = parser.parse_args()
     args.out = args.out or Path("benchmarks/results/train_kinds" + ("_vision" if args.suite == "vision" else ""))
     tasks = (args.tasks or TASKS[args.suite]).split(",")
@@ -126,6 +141,8 @@ def main() -> None:
         for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
             command = "vision" if args.suite == "vision" else "merge"
             bench(command, kind, order, args.out / f"{kind}-{number}", args, routers=number == 0)  # the routers once per kind
+        if args.all_methods:
+            bench(command, kind, tasks, args.out / "all_methods" / kind, args, routers=False, every=True)
     # the table: every run under --out (earlier calls' too), kinds in KINDS' order, then orders
     done = sorted((f for f in args.out.glob("*-*") if (f / "merge" / "results.json").is_file()),
                   key=lambda f: (KINDS.split(",").index(f.name.rsplit("-", 1)[0]), int(f.name.rsplit("-", 1)[1])))  # fmt: skip
@@ -136,6 +153,8 @@ def main() -> None:
         result["kinds"].setdefault(folder.name.rsplit("-", 1)[0], []).append(summary(merge, compose))
     write_result(args.out / "train_kinds.json", result)
     (args.out / "train_kinds.md").write_text(markdown(result))
+    if (args.out / "all_methods").is_dir():
+        (args.out / "all_methods.md").write_text(every_method(args.out))
 
 
 if __name__ == "__main__":

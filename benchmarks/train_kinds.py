@@ -137,9 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out or Path("benchmarks/results/train_kinds" + ("_vision" if args.suite == "vision" else ""))
     tasks = (args.tasks or TASKS[args.suite]).split(",")
+    command = "vision" if args.suite == "vision" else "merge"
     for kind in [] if args.table else args.kinds.split(","):
         for number, order in enumerate(orders(tasks, args.orders if kind == "orthogonal" else 1)):
-            command = "vision" if args.suite == "vision" else "merge"
             bench(command, kind, order, args.out / f"{kind}-{number}", args, routers=number == 0)  # the routers once per kind
         if args.all_methods:
             bench(command, kind, tasks, args.out / "all_methods" / kind, args, routers=False, every=True)

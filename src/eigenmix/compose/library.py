@@ -93,8 +93,8 @@ class LayerView:
 
     @cached_property
     def dense(self) -> Tensor:
-        """``(K, m, n)``: every module's ``U diag(σ) Vᵀ`` (formed once per view, and only for
-        modules of high rank, whose factored product costs more than the matrix's)."""
+        """``(K, m, n)``: every module's ``U diag(σ) Vᵀ``, formed once per view when first
+        asked (by the routed forward, for modules whose factors cost more than the matrix)."""
         return torch.stack([(U * S) @ V.T for U, S, V in zip(self.U, self.S, self.V, strict=True)])
 
     @cached_property

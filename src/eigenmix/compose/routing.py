@@ -113,11 +113,10 @@ def routed_update(x: Tensor, view: LayerView, g: Tensor, out: Tensor | None = No
     Only the modules some row uses are computed (a module with coefficient 0 everywhere
     costs nothing and changes nothing). With coefficients per sequence, modules of high rank
     (full-rank ones such as ``svf``'s), whose factors cost more than the rows' own ``m × n``
-    matrices, run as matrices (:func:`_dense_update`).
-    When most rows use most of them (soft mixing), their
-    factors are stacked and the update is two products, ``((x V) ⊙ g σ) Uᵀ``; when each row
-    uses one (top-1, mixed batches) and the ranks agree, two batched products with each row's
-    own module; otherwise each module runs on its own rows only."""
+    matrices, run as matrices (:func:`_dense_update`). When most rows use most of them (soft
+    mixing), their factors are stacked and the update is two products, ``((x V) ⊙ g σ) Uᵀ``;
+    when each row uses one (top-1, mixed batches) and the ranks agree, two batched products
+    with each row's own module; otherwise each module runs on its own rows only."""
     if out is None:
         out = x.new_zeros(*x.shape[:-1], view.shape[0])
     used = g.reshape(g.shape[0], -1, g.shape[-1]).ne(0).any(1)  # (rows, K_l)
